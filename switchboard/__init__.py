@@ -1,0 +1,3 @@
+"""Switchboard: a personal AI assistant as a metered service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,330 @@
+"""The credit ledger: grants, holds, settlement, expiry. Pure database work on one Connection.
+
+Every method runs inside a caller's transaction (see store.runner) and first locks the user's
+wallet row, so check-and-reserve is atomic under any concurrency, in one process or many. Domain
+outcomes (not enough credits, already settled) are returned, not raised, so that one refused
+request does not abort a group-committed batch.
+
+Invariants (checked by `verify`):
+  wallet.balance_ucr = SUM(ledger_entries.amount_ucr)           (entries are immutable)
+  wallet.balance_ucr = SUM(grants.remaining_ucr) - wallet.debt_ucr
+  wallet.held_ucr    = SUM(active holds.amount_ucr)
+  available          = balance - held                           (never reserved below zero)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from switchboard.billing.periods import period_bounds
+from switchboard.store.schema import grants, holds, ledger_entries, usage_records, users, wallets
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    balance_ucr: int
+    held_ucr: int
+    debt_ucr: int
+    period_end_ms: int
+
+    @property
+    def available_ucr(self) -> int:
+        return max(0, self.balance_ucr - self.held_ucr)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    ok: bool
+    hold_id: int | None
+    available_ucr: int  # after the hold when ok; what there was when refused
+    needed_ucr: int
+    duplicate: bool = False  # this request id already has a hold
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    charged_ucr: int
+    available_ucr: int
+    already_resolved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    user_id: int
+    what: str
+    cached: int
+    derived: int
+
+
+class Ledger:
+    def __init__(self, allowance_ucr_by_plan: dict[str, int], hold_timeout_ms: int = 900_000) -> None:
+        self.allowance_ucr_by_plan = allowance_ucr_by_plan
+        self.hold_timeout_ms = hold_timeout_ms
+
+    # -- wallets --------------------------------------------------------------------------
+    def open_wallet(self, conn: Connection, user_id: int, plan: str, at_ms: int | None = None) -> None:
+        """Create the wallet and grant the first period's allowance."""
+        at = at_ms if at_ms is not None else now_ms()
+        start, end = period_bounds(at, at)
+        conn.execute(
+            insert(wallets).values(
+                user_id=user_id, balance_ucr=0, held_ucr=0, debt_ucr=0, next_expiry_ms=None,
+                period_start_ms=start, period_end_ms=end, updated_ms=at,
+            )
+        )
+        self._grant_allowance(conn, user_id, plan, start, end, at)
+
+    def _lock(self, conn: Connection, user_id: int, at: int) -> dict[str, Any]:
+        """Lock the wallet row, then bring it up to date: expire grants, start a new period."""
+        row = conn.execute(select(wallets).where(wallets.c.user_id == user_id).with_for_update()).mappings().one()
+        wallet = dict(row)
+        if wallet["next_expiry_ms"] is not None and wallet["next_expiry_ms"] <= at:
+            self._expire(conn, wallet, at)
+        if at >= wallet["period_end_ms"]:
+            self._roll_period(conn, wallet, at)
+        return wallet
+
+    def _save(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
+        conn.execute(
+            update(wallets)
+            .where(wallets.c.user_id == wallet["user_id"])
+            .values(
+                balance_ucr=wallet["balance_ucr"], held_ucr=wallet["held_ucr"], debt_ucr=wallet["debt_ucr"],
+                next_expiry_ms=wallet["next_expiry_ms"], period_start_ms=wallet["period_start_ms"],
+                period_end_ms=wallet["period_end_ms"], updated_ms=at,
+            )
+        )
+
+    def _roll_period(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
+        plan = conn.execute(select(users.c.plan).where(users.c.id == wallet["user_id"])).scalar_one()
+        anchor = wallet["period_start_ms"]
+        start, end = period_bounds(anchor, at)
+        wallet["period_start_ms"], wallet["period_end_ms"] = start, end
+        self._grant_allowance(conn, wallet["user_id"], plan, start, end, at, wallet)
+        self._save(conn, wallet, at)
+
+    def _grant_allowance(
+        self, conn: Connection, user_id: int, plan: str, start: int, end: int, at: int,
+        wallet: dict[str, Any] | None = None,
+    ) -> None:
+        amount = self.allowance_ucr_by_plan.get(plan, 0)
+        if amount > 0:
+            self.grant(
+                conn, user_id, amount, kind="allowance", reason=f"{plan} allowance",
+                expires_ms=end, source_ref=f"allowance:{user_id}:{start}", at_ms=at, _wallet=wallet,
+            )
+
+    # -- grants ---------------------------------------------------------------------------
+    def grant(
+        self, conn: Connection, user_id: int, amount_ucr: int, *, kind: str, reason: str | None = None,
+        expires_ms: int | None = None, source_ref: str | None = None, at_ms: int | None = None,
+        _wallet: dict[str, Any] | None = None,
+    ) -> int | None:
+        """Add credits. Returns the grant id, or None when `source_ref` was already granted."""
+        if amount_ucr <= 0:
+            raise ValueError("a grant must be positive")
+        at = at_ms if at_ms is not None else now_ms()
+        wallet = _wallet if _wallet is not None else self._lock(conn, user_id, at)
+        if source_ref is not None:
+            seen = conn.execute(select(grants.c.id).where(grants.c.source_ref == source_ref)).scalar()
+            if seen is not None:
+                return None
+        # New credit pays off any debt first (the debt was already charged as an entry).
+        repay = min(wallet["debt_ucr"], amount_ucr)
+        grant_id = conn.execute(
+            insert(grants).values(
+                user_id=user_id, kind=kind, amount_ucr=amount_ucr, remaining_ucr=amount_ucr - repay,
+                expires_ms=expires_ms, created_ms=at, reason=reason, source_ref=source_ref,
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            insert(ledger_entries).values(
+                user_id=user_id, kind="grant", amount_ucr=amount_ucr, grant_id=grant_id, created_ms=at, memo=reason,
+            )
+        )
+        wallet["debt_ucr"] -= repay
+        wallet["balance_ucr"] += amount_ucr
+        if expires_ms is not None and amount_ucr > repay:
+            current = wallet["next_expiry_ms"]
+            wallet["next_expiry_ms"] = expires_ms if current is None else min(current, expires_ms)
+        if _wallet is None:
+            self._save(conn, wallet, at)
+        return int(grant_id)
+
+    def _expire(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
+        user_id = wallet["user_id"]
+        expired = conn.execute(
+            select(grants.c.id, grants.c.remaining_ucr).where(
+                grants.c.user_id == user_id, grants.c.remaining_ucr > 0, grants.c.expires_ms <= at
+            )
+        ).all()
+        for grant_id, remaining in expired:
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=0))
+            conn.execute(
+                insert(ledger_entries).values(
+                    user_id=user_id, kind="expiry", amount_ucr=-remaining, grant_id=grant_id, created_ms=at,
+                    memo="grant expired",
+                )
+            )
+            wallet["balance_ucr"] -= remaining
+        wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
+        self._save(conn, wallet, at)
+
+    @staticmethod
+    def _next_expiry(conn: Connection, user_id: int) -> int | None:
+        return conn.execute(
+            select(func.min(grants.c.expires_ms)).where(
+                grants.c.user_id == user_id, grants.c.remaining_ucr > 0, grants.c.expires_ms.is_not(None)
+            )
+        ).scalar()
+
+    # -- holds ----------------------------------------------------------------------------
+    def place_hold(
+        self, conn: Connection, user_id: int, request_id: str, amount_ucr: int, model: str,
+        at_ms: int | None = None,
+    ) -> HoldResult:
+        """Reserve `amount_ucr` if available: the check and the reservation are one atomic step."""
+        at = at_ms if at_ms is not None else now_ms()
+        wallet = self._lock(conn, user_id, at)
+        available = wallet["balance_ucr"] - wallet["held_ucr"]
+        existing = conn.execute(
+            select(holds.c.id).where(holds.c.user_id == user_id, holds.c.request_id == request_id)
+        ).scalar()
+        if existing is not None:
+            return HoldResult(False, existing, max(0, available), amount_ucr, duplicate=True)
+        if amount_ucr > available:
+            return HoldResult(False, None, max(0, available), amount_ucr)
+        hold_id = conn.execute(
+            insert(holds).values(
+                user_id=user_id, request_id=request_id, amount_ucr=amount_ucr, status="active", model=model,
+                created_ms=at, expires_ms=at + self.hold_timeout_ms,
+            )
+        ).inserted_primary_key[0]
+        wallet["held_ucr"] += amount_ucr
+        conn.execute(
+            update(wallets).where(wallets.c.user_id == user_id).values(held_ucr=wallet["held_ucr"], updated_ms=at)
+        )
+        return HoldResult(True, int(hold_id), available - amount_ucr, amount_ucr)
+
+    def settle(
+        self, conn: Connection, user_id: int, hold_id: int, charge_ucr: int, usage: dict[str, Any] | None,
+        at_ms: int | None = None,
+    ) -> SettleResult:
+        """Charge the actual cost, release the rest of the hold and write the usage record.
+
+        Exactly once per hold: a second call changes nothing and reports `already_resolved`.
+        A charge above the hold is still charged in full; what the grants cannot cover is debt.
+        A zero charge voids the hold.
+        """
+        at = at_ms if at_ms is not None else now_ms()
+        wallet = self._lock(conn, user_id, at)
+        hold = conn.execute(
+            select(holds.c.status, holds.c.amount_ucr, holds.c.request_id, holds.c.charged_ucr).where(
+                holds.c.id == hold_id, holds.c.user_id == user_id
+            )
+        ).one()
+        if hold.status != "active":
+            return SettleResult(hold.charged_ucr or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
+        if charge_ucr > 0:
+            self._charge(conn, wallet, charge_ucr, hold_id, hold.request_id, at)
+        conn.execute(
+            update(holds).where(holds.c.id == hold_id).values(
+                status="settled" if charge_ucr > 0 else "voided", resolved_ms=at, charged_ucr=charge_ucr
+            )
+        )
+        wallet["held_ucr"] -= hold.amount_ucr
+        self._save(conn, wallet, at)
+        if usage is not None:
+            conn.execute(insert(usage_records).values(user_id=user_id, charged_ucr=charge_ucr, created_ms=at, **usage))
+        return SettleResult(charge_ucr, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
+
+    def _charge(
+        self, conn: Connection, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int
+    ) -> None:
+        user_id = wallet["user_id"]
+        # Burn order: soonest expiry first (allowance before never-expiring top-ups), then oldest.
+        live = conn.execute(
+            select(grants.c.id, grants.c.remaining_ucr, grants.c.expires_ms)
+            .where(grants.c.user_id == user_id, grants.c.remaining_ucr > 0)
+            .order_by(grants.c.expires_ms.is_(None), grants.c.expires_ms, grants.c.id)
+        ).all()
+        left = amount
+        depleted_expiry = False
+        entries: list[dict[str, Any]] = []
+        for grant_id, remaining, expires in live:
+            if left == 0:
+                break
+            take = min(remaining, left)
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=remaining - take))
+            entries.append(dict(grant_id=grant_id, amount_ucr=-take, memo=None))
+            left -= take
+            depleted_expiry |= take == remaining and expires is not None
+        if left > 0:  # more than the grants hold: recorded as debt, never dropped
+            wallet["debt_ucr"] += left
+            entries.append(dict(grant_id=None, amount_ucr=-left, memo="debt: usage beyond remaining credit"))
+        conn.execute(
+            insert(ledger_entries),
+            [dict(user_id=user_id, kind="charge", hold_id=hold_id, request_id=request_id, created_ms=at, **e) for e in entries],
+        )
+        wallet["balance_ucr"] -= amount
+        if depleted_expiry:
+            wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
+
+    # -- sweeping -------------------------------------------------------------------------
+    def expired_holds(self, conn: Connection, at_ms: int | None = None, limit: int = 500) -> list[tuple[int, int]]:
+        """(user_id, hold_id) of active holds past their time-out: their process died."""
+        at = at_ms if at_ms is not None else now_ms()
+        rows = conn.execute(
+            select(holds.c.user_id, holds.c.id)
+            .where(and_(holds.c.status == "active", holds.c.expires_ms <= at))
+            .order_by(holds.c.id)
+            .limit(limit)
+        ).all()
+        return [(int(u), int(h)) for u, h in rows]
+
+    def hold_info(self, conn: Connection, hold_id: int) -> dict[str, Any]:
+        return dict(conn.execute(select(holds).where(holds.c.id == hold_id)).mappings().one())
+
+    # -- reading --------------------------------------------------------------------------
+    def balance(self, conn: Connection, user_id: int, at_ms: int | None = None) -> Balance:
+        """The wallet as of now (expired grants excluded even before the next write sweeps them)."""
+        at = at_ms if at_ms is not None else now_ms()
+        w = conn.execute(select(wallets).where(wallets.c.user_id == user_id)).mappings().one()
+        balance = w["balance_ucr"]
+        if w["next_expiry_ms"] is not None and w["next_expiry_ms"] <= at:
+            balance -= conn.execute(
+                select(func.coalesce(func.sum(grants.c.remaining_ucr), 0)).where(
+                    grants.c.user_id == user_id, grants.c.remaining_ucr > 0, grants.c.expires_ms <= at
+                )
+            ).scalar_one()
+        return Balance(balance, w["held_ucr"], w["debt_ucr"], w["period_end_ms"])
+
+    def verify(self, conn: Connection) -> list[Mismatch]:
+        """Recompute every cached balance from its source of truth."""
+        mismatches: list[Mismatch] = []
+        entry_sums = dict(conn.execute(
+            select(ledger_entries.c.user_id, func.sum(ledger_entries.c.amount_ucr)).group_by(ledger_entries.c.user_id)
+        ).all())
+        grant_sums = dict(conn.execute(
+            select(grants.c.user_id, func.sum(grants.c.remaining_ucr)).group_by(grants.c.user_id)
+        ).all())
+        held_sums = dict(conn.execute(
+            select(holds.c.user_id, func.sum(holds.c.amount_ucr)).where(holds.c.status == "active").group_by(holds.c.user_id)
+        ).all())
+        for w in conn.execute(select(wallets)).mappings():
+            uid = w["user_id"]
+            checks = [
+                ("balance vs ledger entries", w["balance_ucr"], int(entry_sums.get(uid) or 0)),
+                ("balance vs grants minus debt", w["balance_ucr"], int(grant_sums.get(uid) or 0) - w["debt_ucr"]),
+                ("held vs active holds", w["held_ucr"], int(held_sums.get(uid) or 0)),
+            ]
+            mismatches.extend(Mismatch(uid, what, cached, derived) for what, cached, derived in checks if cached != derived)
+        return mismatches

@@ -1,0 +1,204 @@
+"""Configuration: defaults < TOML file named by SWITCHBOARD_CONFIG < SWITCHBOARD_* environment.
+
+Nested fields take `__` in the environment, e.g. SWITCHBOARD_LOCAL_MODEL__ENABLED=false.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from switchboard.core.catalog import ModelSpec
+from switchboard.core.money import credits_to_ucr
+
+ProviderKind = Literal["local", "openai-compatible", "openai", "anthropic", "gemini", "xai", "qwen"]
+
+
+class ProviderConfig(BaseModel):
+    name: str
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    total_timeout_s: float = 600.0
+    max_connections: int = 512
+
+    def api_key(self) -> str | None:
+        """Read at use, never stored on the config object, so it cannot leak into a repr or log."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ModelConfig(BaseModel):
+    name: str
+    provider: str
+    upstream_name: str | None = None
+    context_window: int = Field(gt=0)
+    input_usd_per_mtok: Decimal = Field(ge=0)
+    output_usd_per_mtok: Decimal = Field(ge=0)
+    cached_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    abilities: list[str] = Field(default_factory=list)
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            name=self.name,
+            provider=self.provider,
+            upstream_name=self.upstream_name or self.name,
+            context_window=self.context_window,
+            input_usd_per_mtok=self.input_usd_per_mtok,
+            output_usd_per_mtok=self.output_usd_per_mtok,
+            cached_input_usd_per_mtok=self.cached_input_usd_per_mtok,
+            cache_write_usd_per_mtok=self.cache_write_usd_per_mtok,
+            max_output_tokens=self.max_output_tokens,
+            abilities=frozenset(self.abilities),
+        )
+
+
+class LocalModelConfig(BaseModel):
+    """The embedded Gemma 3 270M model, run in-process by llama.cpp."""
+
+    enabled: bool = True
+    name: str = "gemma-3-270m"
+    context_window: int = Field(default=8192, gt=0)
+    max_output_tokens: int = Field(default=512, gt=0)
+    # What a token costs us in compute, so that local use is metered like any other.
+    input_usd_per_mtok: Decimal = Decimal("0.01")
+    output_usd_per_mtok: Decimal = Decimal("0.04")
+    threads: int | None = None  # llama.cpp threads; None = its default
+    model_path: Path | None = None  # a GGUF file to use instead of the packaged one
+
+
+class PlanConfig(BaseModel):
+    name: str
+    monthly_usd: Decimal
+    monthly_credits: int
+    sandbox: bool = False
+
+
+def _default_plans() -> dict[str, PlanConfig]:
+    return {
+        "free": PlanConfig(name="free", monthly_usd=Decimal("0"), monthly_credits=100),
+        "plus": PlanConfig(name="plus", monthly_usd=Decimal("14.99"), monthly_credits=6000, sandbox=True),
+        "pro": PlanConfig(name="pro", monthly_usd=Decimal("39.99"), monthly_credits=18000, sandbox=True),
+    }
+
+
+class RateLimitConfig(BaseModel):
+    """Per-user limits; 0 disables a limit."""
+
+    requests_per_minute: int = Field(default=600, ge=0)
+    burst: int = Field(default=60, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    usd_per_credit: Decimal = Decimal("0.005")
+    default_model: str | None = None  # what "auto" (or no model) resolves to; None = cheapest
+    default_max_output_tokens: int = Field(default=4096, gt=0)
+    hold_timeout_s: int = Field(default=900, gt=0)
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    log_level: str = "info"
+    local_model: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(default_factory=list)
+    plans: dict[str, PlanConfig] = Field(default_factory=_default_plans)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("SWITCHBOARD_CONFIG")
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ValueError(f"SWITCHBOARD_CONFIG names {path}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError("database_url must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return url
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "Settings":
+        provider_names = [p.name for p in self.providers]
+        if len(set(provider_names)) != len(provider_names):
+            raise ValueError("provider names must be unique")
+        if self.local_model.enabled and self.local_model.name in {m.name for m in self.models}:
+            raise ValueError(f"model {self.local_model.name!r} is both configured and the local model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("model names must be unique")
+        known = set(provider_names) | ({"local"} if self.local_model.enabled else set())
+        for model in self.models:
+            if model.provider not in known:
+                raise ValueError(f"model {model.name!r} names unknown provider {model.provider!r}")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+    @cached_property
+    def catalog(self) -> dict[str, ModelSpec]:
+        """Every model clients may ask for, by name."""
+        specs: dict[str, ModelSpec] = {}
+        if self.local_model.enabled:
+            lm = self.local_model
+            specs[lm.name] = ModelSpec(
+                name=lm.name,
+                provider="local",
+                upstream_name=lm.name,
+                context_window=lm.context_window,
+                input_usd_per_mtok=lm.input_usd_per_mtok,
+                output_usd_per_mtok=lm.output_usd_per_mtok,
+                max_output_tokens=lm.max_output_tokens,
+            )
+        for model in self.models:
+            specs[model.name] = model.spec()
+        return specs
+
+    def plan(self, name: str) -> PlanConfig:
+        try:
+            return self.plans[name]
+        except KeyError:
+            raise ValueError(f"unknown plan {name!r}; known: {', '.join(sorted(self.plans))}") from None
+
+    def plan_allowance_ucr(self, name: str) -> int:
+        return credits_to_ucr(self.plan(name).monthly_credits)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

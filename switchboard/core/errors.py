@@ -1,0 +1,101 @@
+"""Errors that reach API clients, each with its HTTP status and OpenAI error type."""
+
+from __future__ import annotations
+
+
+class SwitchboardError(Exception):
+    """Base class: `status`, `type` and `code` map onto OpenAI's error JSON."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_openai(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(SwitchboardError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(SwitchboardError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class InsufficientCredits(SwitchboardError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_credits"
+
+    def __init__(self, available_ucr: int, needed_ucr: int) -> None:
+        from switchboard.core.money import format_credits
+
+        self.available_ucr = available_ucr
+        self.needed_ucr = needed_ucr
+        super().__init__(
+            f"Not enough credits: available {format_credits(available_ucr)}, "
+            f"this request needs up to {format_credits(needed_ucr)}."
+        )
+
+
+class ModelNotFound(SwitchboardError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ContextTooLong(SwitchboardError):
+    status = 413
+    type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+
+class RateLimited(SwitchboardError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamError(SwitchboardError):
+    """The provider failed (bad status, malformed reply, connection lost)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, retryable: bool = True, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class NotFound(SwitchboardError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"

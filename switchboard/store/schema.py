@@ -1,0 +1,146 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in store/migrations create it.
+
+Times are integer epoch milliseconds (`*_ms`): cheap to compare and identical on SQLite and
+PostgreSQL. Money is integer micro-credits (`*_ucr`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BigInteger primary keys autoincrement on PostgreSQL; on SQLite only INTEGER does.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("plan", String(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # shown in listings; never enough to use the key
+    Column("name", String(100)),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("revoked_ms", BigInteger),
+)
+
+# One wallet per user. Cached figures, each derivable from its source of truth:
+#   balance_ucr = SUM(ledger_entries.amount_ucr)  = SUM(live grants.remaining_ucr) - debt_ucr
+#   held_ucr    = SUM(holds.amount_ucr WHERE status = 'active')
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("user_id", ForeignKey("users.id"), primary_key=True),
+    Column("balance_ucr", BigInteger, nullable=False, default=0),
+    Column("held_ucr", BigInteger, nullable=False, default=0),
+    Column("debt_ucr", BigInteger, nullable=False, default=0),
+    Column("next_expiry_ms", BigInteger),  # earliest expiry among grants with credit left
+    Column("period_start_ms", BigInteger, nullable=False),  # current allowance period
+    Column("period_end_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # allowance | topup | manual
+    Column("amount_ucr", BigInteger, nullable=False),
+    Column("remaining_ucr", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger),  # NULL: never expires
+    Column("created_ms", BigInteger, nullable=False),
+    Column("reason", Text),
+    Column("source_ref", String(200), unique=True),  # idempotency key: one grant per source
+    Index("ix_grants_user_burn", "user_id", "remaining_ucr"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("amount_ucr", BigInteger, nullable=False),
+    Column("status", String(10), nullable=False),  # active | settled | voided
+    Column("model", String(200), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("resolved_ms", BigInteger),
+    Column("charged_ucr", BigInteger),
+    UniqueConstraint("user_id", "request_id", name="uq_holds_user_request"),
+    Index("ix_holds_status_expires", "status", "expires_ms"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # grant | charge | expiry
+    Column("amount_ucr", BigInteger, nullable=False),  # signed
+    Column("grant_id", ForeignKey("grants.id")),
+    Column("hold_id", ForeignKey("holds.id")),
+    Column("request_id", String(100)),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("memo", Text),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("api_key_id", BigInteger),
+    Column("endpoint", String(50), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("outcome", String(20), nullable=False),  # ok | cancelled | error | expired
+    Column("error", Text),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("cached_prompt_tokens", Integer, nullable=False),
+    Column("cache_write_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("reasoning_tokens", Integer, nullable=False),
+    Column("ttft_ms", Float),
+    Column("decode_tokens_per_s", Float),
+    Column("latency_ms", Float, nullable=False),
+    Column("cost_usd", String(40), nullable=False),  # exact Decimal, as text
+    Column("charged_ucr", BigInteger, nullable=False),
+    Column("route", Text),  # JSON: why this model
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("user_id", "request_id", name="uq_usage_user_request"),
+    Index("ix_usage_user_id_desc", "user_id", "id"),
+)
