@@ -84,10 +84,18 @@ class UpstreamError(SwitchboardError):
     type = "upstream_error"
     code = "upstream_error"
 
-    def __init__(self, message: str, *, retryable: bool = True, upstream_status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        upstream_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.upstream_status = upstream_status
+        self.retry_after_s = retry_after_s  # the upstream's Retry-After, when it sent one
 
 
 class UpstreamTimeout(UpstreamError):
@@ -99,3 +107,11 @@ class NotFound(SwitchboardError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class DuplicateRequest(SwitchboardError):
+    """A request id (Idempotency-Key) that was already used: it is never charged twice."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "duplicate_request_id"

@@ -45,6 +45,7 @@ class _Unit:
 class TransactionRunner:
     def __init__(self, engine: Engine, *, name: str = "switchboard-db-writer") -> None:
         self._engine = engine
+        self.engine = engine
         self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = False
@@ -144,6 +145,8 @@ class TransactionRunner:
         if unit.future is None:
             if error is not None:
                 log.error("background ledger work failed: %r", error)
+            return
+        if unit.future.cancelled():  # the waiter gave up; the work itself was still done
             return
         if error is not None:
             unit.future.set_exception(error)

@@ -1,0 +1,116 @@
+"""GET /v1/models, /v1/balance, /v1/usage and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import orjson
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import Response
+
+from switchboard.accounts.usage import list_usage
+from switchboard.api.auth import authenticate
+from switchboard.api.state import AppState
+from switchboard.core.errors import InvalidRequest
+from switchboard.core.money import UCR_PER_CREDIT, format_credits, ucr_to_credits_float
+from switchboard.store.db import reading
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def list_models(request: Request) -> Response:
+    state: AppState = request.app.state.sb
+    await authenticate(request, state.keys)
+    data = []
+    for spec in state.runtime.settings.catalog.values():
+        per_k = lambda usd: float(usd / state.runtime.settings.usd_per_credit / 1000)  # noqa: E731
+        data.append({
+            "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
+            "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
+            "abilities": sorted(spec.abilities),
+            "pricing": {
+                "input_usd_per_mtok": str(spec.input_usd_per_mtok),
+                "output_usd_per_mtok": str(spec.output_usd_per_mtok),
+                "cached_input_usd_per_mtok": None if spec.cached_input_usd_per_mtok is None else str(spec.cached_input_usd_per_mtok),
+                "input_credits_per_1k_tokens": per_k(spec.input_usd_per_mtok),
+                "output_credits_per_1k_tokens": per_k(spec.output_usd_per_mtok),
+            },
+        })
+    return json_response({"object": "list", "data": data})
+
+
+async def balance(request: Request) -> Response:
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    runtime = state.runtime
+
+    def read():  # type: ignore[no-untyped-def]
+        with reading(runtime.engine) as conn:
+            return runtime.ledger.balance(conn, principal.user_id)
+
+    b = await asyncio.to_thread(read)
+    return json_response({
+        "object": "balance",
+        "plan": principal.plan,
+        "available_credits": ucr_to_credits_float(b.available_ucr),
+        "held_credits": ucr_to_credits_float(b.held_ucr),
+        "balance_credits": ucr_to_credits_float(b.balance_ucr),
+        "debt_credits": ucr_to_credits_float(b.debt_ucr),
+        "available": format_credits(b.available_ucr),
+        "held": format_credits(b.held_ucr),
+        "available_ucr": b.available_ucr,
+        "held_ucr": b.held_ucr,
+        "ucr_per_credit": UCR_PER_CREDIT,
+        "period_end": datetime.fromtimestamp(b.period_end_ms / 1000, tz=timezone.utc).isoformat(),
+    })
+
+
+def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"'{name}' must be between {lo} and {hi}", param=name)
+    return value
+
+
+async def usage(request: Request) -> Response:
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    limit = _int_param(request, "limit", 20, 1, 1000)
+    before = _int_param(request, "before", None, 1, 2**62)
+    assert limit is not None
+    engine = state.runtime.engine
+
+    def read():  # type: ignore[no-untyped-def]
+        with reading(engine) as conn:
+            return list_usage(conn, principal.user_id, limit, before)
+
+    records, has_more = await asyncio.to_thread(read)
+    return json_response({
+        "object": "list", "data": records, "has_more": has_more,
+        "next_before": records[-1]["id"] if has_more and records else None,
+    })
+
+
+async def healthz(request: Request) -> Response:
+    state: AppState = request.app.state.sb
+    engine = state.runtime.engine
+
+    def ping() -> None:
+        with reading(engine) as conn:
+            conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ping), timeout=5)
+    except Exception as exc:  # noqa: BLE001 - health checks report, they do not raise
+        return json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
+    return json_response({"status": "ok", "models": list(state.runtime.settings.catalog)})

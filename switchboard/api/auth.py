@@ -1,0 +1,34 @@
+"""Bearer API keys -> the calling user."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+
+from switchboard.accounts.keys import KeyCache, Principal
+from switchboard.core.errors import AuthenticationFailed
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer YOUR_KEY'."
+        )
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer YOUR_KEY'.")
+    return token
+
+
+async def authenticate(request: Request, keys: KeyCache) -> Principal:
+    token = bearer_token(request)
+    hit, principal = keys.cached(token)
+    if not hit:
+        principal = await asyncio.to_thread(keys.get, token)
+    if principal is None:
+        # Never echo the key back: a prefix is enough to recognise it.
+        raise AuthenticationFailed(f"Incorrect API key provided: {token[:6]}****.")
+    return principal

@@ -1,0 +1,299 @@
+"""Operator commands: `switchboard --help`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from switchboard.accounts import keys as keys_mod
+from switchboard.accounts import users as users_mod
+from switchboard.accounts.usage import list_usage
+from switchboard.core.config import Settings, load_settings
+from switchboard.core.errors import SwitchboardError
+from switchboard.core.money import credits_to_ucr, format_credits, ucr_to_credits_float
+from switchboard.inference.runtime import make_ledger
+from switchboard.store.db import make_engine, reading
+from switchboard.store.migrate import upgrade
+from switchboard.store.runner import TransactionRunner
+
+app = typer.Typer(help="Switchboard: a metered, OpenAI-compatible AI assistant service.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Users and plans.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Credit grants.", no_args_is_help=True)
+model_app = typer.Typer(help="The embedded local model.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+app.add_typer(model_app, name="model")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except Exception as exc:  # noqa: BLE001 - configuration errors end the command cleanly
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+class _Store:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.resolved_database_url)
+        self.ledger = make_ledger(settings)
+        self.runner = TransactionRunner(self.engine)
+
+    def write(self, work: Any) -> Any:
+        return self.runner.run_sync(work)
+
+    def read(self, work: Any) -> Any:
+        with reading(self.engine) as conn:
+            return work(conn)
+
+
+def _fail(exc: SwitchboardError) -> None:
+    err.print(f"[red]error:[/red] {exc.message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Interface to listen on (default from config: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default from config: 8000)."),
+    workers: int = typer.Option(1, min=1, help="Server processes sharing the port and the database."),
+) -> None:
+    """Serve the API (migrates the database first)."""
+    import uvicorn
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    engine.dispose()
+    err.print(f"Switchboard on http://{host or settings.host}:{port or settings.port}  (database: "
+              f"{settings.resolved_database_url.split('@')[-1]})")
+    uvicorn.run(
+        "switchboard.api.app:app_from_environment", factory=True, host=host or settings.host,
+        port=port or settings.port, workers=workers, log_level=settings.log_level, access_log=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the newest version."""
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    engine.dispose()
+    err.print("database is up to date")
+
+
+@users_app.command("create")
+def users_create(email: str, plan: str = typer.Option("free", help="free, plus or pro (or a configured plan).")) -> None:
+    """Create a user with the plan's monthly allowance."""
+    store = _Store(_settings())
+    try:
+        user = store.write(lambda conn: users_mod.create_user(conn, store.ledger, email, plan))
+    except SwitchboardError as exc:
+        _fail(exc)
+    out.print(f"created user {user.email} (id {user.id}, plan {user.plan}, "
+              f"{store.settings.plan(plan).monthly_credits} credits this month)")
+
+
+@keys_app.command("create")
+def keys_create(email: str, name: Optional[str] = typer.Option(None, help="A label for the key.")) -> None:
+    """Create an API key; prints only the key (it is not shown again)."""
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+    except SwitchboardError as exc:
+        _fail(exc)
+    key = store.write(lambda conn: keys_mod.create_key(conn, user.id, name))
+    sys.stdout.write(key + "\n")
+
+
+def _parse_credits(value: str) -> int:
+    try:
+        ucr = credits_to_ucr(Decimal(value))
+    except (InvalidOperation, ValueError):
+        err.print(f"[red]error:[/red] {value!r} is not a credit amount (up to 6 decimals)")
+        raise typer.Exit(2) from None
+    if ucr <= 0:
+        err.print("[red]error:[/red] the amount must be positive")
+        raise typer.Exit(2)
+    return ucr
+
+
+@credits_app.command("grant")
+def credits_grant(
+    email: str,
+    credits: str = typer.Argument(..., help="Credits to add, e.g. 500 or 12.5."),
+    reason: str = typer.Option(..., help="Why (kept in the ledger)."),
+    expires_days: Optional[int] = typer.Option(None, min=1, help="Expire after this many days (default: never)."),
+) -> None:
+    """Grant credits to a user."""
+    store = _Store(_settings())
+    amount = _parse_credits(credits)
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+    except SwitchboardError as exc:
+        _fail(exc)
+    expires = None
+    if expires_days:
+        expires = int(datetime.now(timezone.utc).timestamp() * 1000) + expires_days * 86_400_000
+    store.write(lambda conn: store.ledger.grant(conn, user.id, amount, kind="manual", reason=reason, expires_ms=expires))
+    b = store.read(lambda conn: store.ledger.balance(conn, user.id))
+    out.print(f"granted {format_credits(amount)} credits to {user.email}; available now {format_credits(b.available_ucr)}")
+
+
+@app.command()
+def balance(email: str, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """A user's available and held credits."""
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+    except SwitchboardError as exc:
+        _fail(exc)
+    b = store.read(lambda conn: store.ledger.balance(conn, user.id))
+    period_end = datetime.fromtimestamp(b.period_end_ms / 1000, tz=timezone.utc).isoformat()
+    data = {
+        "email": user.email, "plan": user.plan,
+        "available_credits": ucr_to_credits_float(b.available_ucr), "held_credits": ucr_to_credits_float(b.held_ucr),
+        "balance_credits": ucr_to_credits_float(b.balance_ucr), "debt_credits": ucr_to_credits_float(b.debt_ucr),
+        "available_ucr": b.available_ucr, "held_ucr": b.held_ucr, "period_end": period_end,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"{user.email} ({user.plan})", show_header=False)
+    for label, ucr in (("available", b.available_ucr), ("held", b.held_ucr), ("balance", b.balance_ucr), ("debt", b.debt_ucr)):
+        table.add_row(label, format_credits(ucr) + " credits")
+    table.add_row("period ends", period_end)
+    out.print(table)
+
+
+@app.command()
+def usage(
+    email: str,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON array)."),
+    limit: int = typer.Option(20, min=1, max=10_000, help="How many records, newest first."),
+) -> None:
+    """A user's usage records, newest first."""
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+    except SwitchboardError as exc:
+        _fail(exc)
+    records, _ = store.read(lambda conn: list_usage(conn, user.id, limit))
+    if as_json:
+        sys.stdout.write(json.dumps(records) + "\n")
+        return
+    table = Table(title=f"usage of {user.email}")
+    for col in ("when (UTC)", "model", "outcome", "prompt", "cached", "output", "TTFT ms", "tok/s", "latency ms", "USD", "credits"):
+        table.add_column(col, justify="right" if col not in ("model", "outcome", "when (UTC)") else "left")
+    for r in records:
+        table.add_row(
+            datetime.fromtimestamp(r["created_ms"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            r["model"], r["outcome"], str(r["prompt_tokens"]), str(r["cached_prompt_tokens"]),
+            str(r["completion_tokens"]), _num(r["ttft_ms"]), _num(r["decode_tokens_per_s"]), _num(r["latency_ms"]),
+            r["cost_usd"], r["credits_charged_exact"],
+        )
+    out.print(table)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """The model catalog with prices in USD per million tokens and credits per 1,000 tokens."""
+    settings = _settings()
+    rows = []
+    for spec in settings.catalog.values():
+        per_k = lambda usd: usd / settings.usd_per_credit / 1000  # noqa: E731
+        rows.append({
+            "name": spec.name, "provider": spec.provider, "context_window": spec.context_window,
+            "input_usd_per_mtok": str(spec.input_usd_per_mtok), "output_usd_per_mtok": str(spec.output_usd_per_mtok),
+            "input_credits_per_1k": str(per_k(spec.input_usd_per_mtok).normalize()),
+            "output_credits_per_1k": str(per_k(spec.output_usd_per_mtok).normalize()),
+        })
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table(title="models")
+    for col in rows[0] if rows else []:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+@app.command()
+def chat(
+    prompt: str,
+    model: str = typer.Option("auto", help="A model name from `switchboard models`, or auto."),
+    user: Optional[str] = typer.Option(None, help="Whose credits pay (default: the only or the demo user)."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="Most tokens to generate."),
+) -> None:
+    """Stream an answer through the metered path, then show tokens, TTFT, tokens/s and credits."""
+    from switchboard.cli.chat import run_chat
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    raise typer.Exit(asyncio.run(run_chat(settings, engine, prompt, model, user, max_tokens, out, err)))
+
+
+DEMO_EMAIL = "demo@switchboard.local"
+
+
+@app.command("demo-setup", hidden=True)
+def demo_setup() -> None:
+    """For `make run`: create a demo user and key when there are no users, printing the key once."""
+    store = _Store(_settings())
+    upgrade(store.engine)
+    if store.read(users_mod.any_user):
+        err.print("users exist already; no demo user created (make keys with `switchboard keys create EMAIL`)")
+        return
+    user = store.write(lambda conn: users_mod.create_user(conn, store.ledger, DEMO_EMAIL, "free"))
+    key = store.write(lambda conn: keys_mod.create_key(conn, user.id, "demo"))
+    out.print(f"\n[bold]Demo user[/bold] {user.email} (free plan). Its API key, shown only this once:\n")
+    out.print(f"    [bold green]{key}[/bold green]\n")
+    out.print("Try it:  curl http://127.0.0.1:8000/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
+              "-H 'Content-Type: application/json' -d '{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'\n")
+
+
+@model_app.command("prepare")
+def model_prepare() -> None:
+    """Assemble and verify the embedded model in the data directory (done once)."""
+    settings = _settings()
+    if not settings.local_model.enabled:
+        err.print("the local model is disabled; nothing to prepare")
+        return
+    from switchboard.providers.model_asset import prepare_model
+
+    with err.status("assembling and verifying the local model (first time only)"):
+        path = prepare_model(settings.data_dir / "models", settings.local_model.model_path)
+    err.print(f"local model ready: {path}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,329 @@
+"""The metered call: route -> count -> hold -> provider (with fallbacks) -> measure -> settle -> record.
+
+`Inference.begin` does everything that can refuse a request (unknown model, prompt too long,
+not enough credits) before any output, so the API can answer with a plain error status.
+`MeteredCall.events` then streams the provider's events while measuring them, and
+`MeteredCall.settle` charges what was produced, exactly once. If the consumer goes away
+mid-stream, `settle_in_background` charges what was delivered without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from switchboard.billing.ledger import Ledger, SettleResult
+from switchboard.core.catalog import ModelSpec
+from switchboard.core.errors import (
+    ContextTooLong,
+    DuplicateRequest,
+    InsufficientCredits,
+    SwitchboardError,
+    UpstreamError,
+)
+from switchboard.core.money import usd_to_ucr
+from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
+from switchboard.providers.base import Provider
+from switchboard.router.resolve import RouteDecision, StaticRouter
+from switchboard.store.runner import TransactionRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Metering:
+    """What one request used and cost, as the client and the usage record see it."""
+
+    request_id: str
+    model: str
+    provider: str
+    usage: Usage
+    cost_usd: Decimal
+    charged_ucr: int
+    available_ucr: int
+    outcome: str
+    ttft_ms: float | None
+    decode_tokens_per_s: float | None
+    latency_ms: float
+    route: dict[str, Any] = field(default_factory=dict)
+
+
+class Inference:
+    def __init__(
+        self,
+        *,
+        router: StaticRouter,
+        providers: dict[str, Provider],
+        ledger: Ledger,
+        runner: TransactionRunner,
+        usd_per_credit: Decimal,
+        default_max_output_tokens: int,
+    ) -> None:
+        self.router = router
+        self.providers = providers
+        self.ledger = ledger
+        self.runner = runner
+        self.usd_per_credit = usd_per_credit
+        self.default_max_output_tokens = default_max_output_tokens
+
+    def provider_for(self, spec: ModelSpec) -> Provider:
+        return self.providers[spec.provider]
+
+    def _plan_candidate(self, spec: ModelSpec, request: ChatRequest) -> tuple[int, int]:
+        """(prompt tokens, max output tokens) for this model, or ContextTooLong."""
+        prompt_tokens = self.provider_for(spec).count_prompt_tokens(spec, request)
+        room = spec.context_window - prompt_tokens
+        if room <= 0:
+            raise ContextTooLong(
+                f"This model's maximum context length is {spec.context_window} tokens. However, your "
+                f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+                param="messages",
+            )
+        limit = spec.max_output_tokens or self.default_max_output_tokens
+        wanted = request.max_tokens if request.max_tokens is not None else limit
+        return prompt_tokens, max(1, min(wanted, limit, room))
+
+    async def begin(
+        self,
+        request: ChatRequest,
+        *,
+        user_id: int,
+        request_id: str,
+        endpoint: str,
+        stream: bool,
+        api_key_id: int | None = None,
+    ) -> "MeteredCall":
+        started = time.perf_counter()
+        decision = self.router.decide(request.model)
+        request.account_id = user_id
+        plans: list[tuple[ModelSpec, int, int]] = []
+        too_long: ContextTooLong | None = None
+        for spec in decision.chain:
+            try:
+                prompt_tokens, max_out = self._plan_candidate(spec, request)
+            except ContextTooLong as exc:
+                too_long = too_long or exc
+                continue
+            plans.append((spec, prompt_tokens, max_out))
+        if not plans:
+            assert too_long is not None
+            raise too_long
+        # One hold covers every candidate of the chain: a fallback never needs a second hold.
+        hold_ucr = max(
+            usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m in plans
+        )
+        first = plans[0][0].name
+        future = self.runner.submit(
+            lambda conn: self.ledger.place_hold(conn, user_id, request_id, hold_ucr, first), order_key=user_id
+        )
+        try:
+            held = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # The client left while we waited: release the hold if it was placed.
+            future.add_done_callback(lambda f: self._void_orphan(f, user_id))
+            raise
+        if held.duplicate:
+            raise DuplicateRequest(f"request id {request_id!r} was already used", param="idempotency-key")
+        if not held.ok:
+            raise InsufficientCredits(held.available_ucr, held.needed_ucr)
+        assert held.hold_id is not None
+        return MeteredCall(
+            self, request, plans, decision, user_id=user_id, request_id=request_id, hold_id=held.hold_id,
+            endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started,
+        )
+
+    def _void_orphan(self, future: Any, user_id: int) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        held = future.result()
+        if held.ok and held.hold_id is not None:
+            hold_id = held.hold_id
+            self.runner.submit_nowait(lambda conn: self.ledger.settle(conn, user_id, hold_id, 0, None), order_key=user_id)
+
+
+class MeteredCall:
+    """One admitted request: a placed hold and the candidates that may run it."""
+
+    def __init__(
+        self,
+        inference: Inference,
+        request: ChatRequest,
+        plans: list[tuple[ModelSpec, int, int]],
+        decision: RouteDecision,
+        *,
+        user_id: int,
+        request_id: str,
+        hold_id: int,
+        endpoint: str,
+        stream: bool,
+        api_key_id: int | None,
+        started: float,
+    ) -> None:
+        self._inference = inference
+        self.request = request
+        self._plans = plans
+        self.decision = decision
+        self.user_id = user_id
+        self.request_id = request_id
+        self.hold_id = hold_id
+        self.endpoint = endpoint
+        self.stream = stream
+        self.api_key_id = api_key_id
+        self._started = started
+        self.spec, self.prompt_tokens, self.max_output_tokens = plans[0]
+        self.finish_reason: str = "stop"
+        self._reported: Usage | None = None
+        self._text: list[str] = []  # produced text, counted when the provider reports no usage
+        self._tool_text: list[str] = []
+        self._first_at: float | None = None
+        self._last_at: float | None = None
+        self._settled = False
+        self.attempts: list[dict[str, Any]] = []
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.spec
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """The provider's events, falling back to the next candidate while nothing was produced."""
+        last_error: UpstreamError | None = None
+        for spec, prompt_tokens, max_out in self._plans:
+            self.spec, self.prompt_tokens, self.max_output_tokens = spec, prompt_tokens, max_out
+            self.request.max_tokens = max_out
+            provider = self._inference.provider_for(spec)
+            try:
+                async for event in provider.stream(spec, self.request):
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            self._mark_output()
+                            self._text.append(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        self._mark_output()
+                        self._tool_text.append((event.name or "") + event.arguments)
+                    elif isinstance(event, Finish):
+                        self.finish_reason = event.reason
+                    elif isinstance(event, UsageReport):
+                        self._reported = event.usage
+                        continue
+                    yield event
+                self.attempts.append({"model": spec.name, "outcome": "ok"})
+                return
+            except UpstreamError as exc:
+                self.attempts.append({"model": spec.name, "outcome": "error", "error": exc.message})
+                if self._first_at is not None or not exc.retryable:
+                    raise
+                last_error = exc
+                log.warning("model %s failed before output (%s); trying the next candidate", spec.name, exc.message)
+            except (SwitchboardError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:  # a provider bug must still reach the client as a clean error
+                log.exception("provider %s raised unexpectedly", spec.provider)
+                raise UpstreamError(f"provider {spec.provider} failed: {type(exc).__name__}", retryable=False) from exc
+        assert last_error is not None
+        raise last_error
+
+    def _mark_output(self) -> None:
+        now = time.perf_counter()
+        if self._first_at is None:
+            self._first_at = now
+        self._last_at = now
+
+    # -- metering -------------------------------------------------------------------------
+    def usage(self) -> Usage:
+        """The provider's own figures when it gave them; otherwise our count of what was produced."""
+        if self._reported is not None:
+            return self._reported
+        if self._first_at is None:
+            return Usage()  # nothing produced: nothing to charge
+        provider = self._inference.provider_for(self.spec)
+        completion = provider.count_text_tokens(self.spec, "".join(self._text) + "".join(self._tool_text))
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion)
+
+    def _metering(self, outcome: str) -> tuple[Metering, dict[str, Any]]:
+        usage = self.usage()
+        cost = self.spec.cost_usd(usage)
+        charge = usd_to_ucr(cost, self._inference.usd_per_credit)
+        now = time.perf_counter()
+        ttft = (self._first_at - self._started) * 1000 if self._first_at is not None else None
+        tps = None
+        if self._first_at is not None and self._last_at is not None and usage.completion_tokens > 1:
+            span = self._last_at - self._first_at
+            tps = (usage.completion_tokens - 1) / span if span > 0 else None
+        route = dict(self.decision.explanation)
+        if len(self.attempts) > 1 or (self.attempts and self.attempts[-1]["outcome"] != "ok"):
+            route["attempts"] = self.attempts
+        metering = Metering(
+            request_id=self.request_id, model=self.spec.name, provider=self.spec.provider, usage=usage,
+            cost_usd=cost, charged_ucr=charge, available_ucr=0, outcome=outcome, ttft_ms=ttft,
+            decode_tokens_per_s=tps, latency_ms=(now - self._started) * 1000, route=route,
+        )
+        return metering, self._usage_row(metering)
+
+    def _usage_row(self, m: Metering, error: str | None = None) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id, "api_key_id": self.api_key_id, "endpoint": self.endpoint,
+            "model": m.model, "provider": m.provider, "stream": self.stream, "outcome": m.outcome,
+            "error": error, "prompt_tokens": m.usage.prompt_tokens,
+            "cached_prompt_tokens": m.usage.cached_prompt_tokens, "cache_write_tokens": m.usage.cache_write_tokens,
+            "completion_tokens": m.usage.completion_tokens, "reasoning_tokens": m.usage.reasoning_tokens,
+            "ttft_ms": m.ttft_ms, "decode_tokens_per_s": m.decode_tokens_per_s, "latency_ms": m.latency_ms,
+            "cost_usd": str(m.cost_usd), "route": json.dumps(m.route, separators=(",", ":")),
+        }
+
+    def _claim(self) -> bool:
+        if self._settled:
+            return False
+        self._settled = True
+        return True
+
+    async def settle(self, outcome: str = "ok", error: str | None = None) -> Metering:
+        """Charge what was produced and write the usage record; wait for the commit."""
+        metering, row = self._metering(outcome)
+        if not self._claim():
+            return metering
+        row["error"] = error
+        ledger, uid, hold = self._inference.ledger, self.user_id, self.hold_id
+        future = self._inference.runner.submit(
+            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid
+        )
+        # Shielded: once queued the settlement happens even if this task is cancelled.
+        result: SettleResult = await asyncio.shield(asyncio.wrap_future(future))
+        metering.charged_ucr = result.charged_ucr
+        metering.available_ucr = result.available_ucr
+        return metering
+
+    def settle_in_background(self, outcome: str = "cancelled", error: str | None = None) -> None:
+        """Settle without waiting: the client is gone, but what it received is still charged."""
+        metering, row = self._metering(outcome)
+        if not self._claim():
+            return
+        row["error"] = error
+        ledger, uid, hold = self._inference.ledger, self.user_id, self.hold_id
+        self._inference.runner.submit_nowait(
+            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid
+        )
+
+    async def run_to_end(self) -> tuple[str, list[dict[str, Any]], Metering]:
+        """For non-streaming clients: the whole answer (text, tool calls), then settlement."""
+        tool_calls: dict[int, dict[str, Any]] = {}
+        try:
+            async for event in self.events():
+                if isinstance(event, ToolCallDelta):
+                    call = tool_calls.setdefault(event.index, {"id": None, "name": "", "arguments": ""})
+                    call["id"] = call["id"] or event.id
+                    call["name"] += event.name or ""
+                    call["arguments"] += event.arguments
+        except SwitchboardError as exc:
+            await self.settle("error", exc.message)
+            raise
+        except BaseException:  # cancelled (client gone): charge what was produced, without waiting
+            self.settle_in_background("cancelled")
+            raise
+        metering = await self.settle("ok")
+        return "".join(self._text), [tool_calls[i] for i in sorted(tool_calls)], metering

@@ -1,0 +1,67 @@
+"""Everything one process needs to serve metered requests, built from the settings.
+
+Shared by the HTTP server and the CLI (`switchboard chat` runs the very same metered path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import Engine
+
+from switchboard.billing.ledger import Ledger
+from switchboard.core.config import Settings
+from switchboard.inference.metered import Inference
+from switchboard.inference.sweeper import sweep_forever, sweep_once
+from switchboard.providers.base import Provider
+from switchboard.providers.registry import build_providers
+from switchboard.router.resolve import StaticRouter
+from switchboard.store.db import make_engine
+from switchboard.store.runner import TransactionRunner
+
+log = logging.getLogger(__name__)
+
+
+def make_ledger(settings: Settings) -> Ledger:
+    return Ledger(
+        {name: settings.plan_allowance_ucr(name) for name in settings.plans},
+        hold_timeout_ms=settings.hold_timeout_s * 1000,
+    )
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.resolved_database_url)
+        self.runner = TransactionRunner(self.engine)
+        self.ledger = make_ledger(settings)
+        self.providers: dict[str, Provider] = build_providers(settings)
+        self.router = StaticRouter(settings.catalog, settings.default_model)
+        self.inference = Inference(
+            router=self.router, providers=self.providers, ledger=self.ledger, runner=self.runner,
+            usd_per_credit=settings.usd_per_credit, default_max_output_tokens=settings.default_max_output_tokens,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, *, sweep: bool = True) -> None:
+        self.runner.start()
+        for provider in self.providers.values():
+            await provider.start()
+        if sweep:
+            # First sweep at start-up: holds left by a killed predecessor are resolved now.
+            await asyncio.to_thread(sweep_once, self.runner, self.ledger, self.settings.catalog)
+            self._sweeper = asyncio.create_task(
+                sweep_forever(self.runner, self.ledger, self.settings.catalog, self.settings.sweep_interval_s)
+            )
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for provider in self.providers.values():
+            await provider.aclose()
+        await asyncio.to_thread(self.runner.stop)
+        self.engine.dispose()

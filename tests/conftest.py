@@ -1,0 +1,77 @@
+"""Shared fixtures: real databases (SQLite files; PostgreSQL when reachable), settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from switchboard.store.db import driver_url, make_engine
+from switchboard.store.migrate import upgrade
+
+POSTGRES_URL = os.environ.get("SWITCHBOARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_pg_state: dict[str, bool] = {}
+
+
+def postgres_available() -> bool:
+    if "ok" not in _pg_state:
+        try:
+            engine = create_engine(driver_url(POSTGRES_URL), connect_args={"connect_timeout": 3})
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+            _pg_state["ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            _pg_state["ok"] = False
+            warnings.warn(f"PostgreSQL at {POSTGRES_URL} is NOT reachable ({exc!r}): PostgreSQL tests SKIPPED")
+    return _pg_state["ok"]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    if not postgres_available():
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} (set SWITCHBOARD_TEST_POSTGRES_URL)")
+    name = "sb_test_" + uuid.uuid4().hex[:12]
+    admin = create_engine(driver_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'switchboard.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'switchboard.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = make_engine(database_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    if _pg_state.get("ok") is False:
+        terminalreporter.write_sep("!", f"PostgreSQL at {POSTGRES_URL} was not reachable: PostgreSQL tests were SKIPPED", red=True)
