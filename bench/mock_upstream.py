@@ -100,7 +100,8 @@ class _Replies:
 
 
 def build_app(*, chunks: int = 4, delay_ms: float = 0.0, text: str = DEFAULT_TEXT, model: str = "mock-model") -> ASGIApp:
-    """The ASGI app. `delay_ms` is slept before each content chunk (simulated decoding)."""
+    """The ASGI app. `delay_ms` is slept before each content chunk (simulated decoding);
+    a non-streamed answer waits chunks x delay_ms in one go."""
     cache: dict[str, _Replies] = {}
     default = _Replies(model, text, chunks)
     cache[model] = default
@@ -157,6 +158,8 @@ def build_app(*, chunks: int = 4, delay_ms: float = 0.0, text: str = DEFAULT_TEX
 
         replies = replies_for(req.get("model"))
         if not req.get("stream"):
+            if delay_s:  # the same simulated decoding time as a streamed answer
+                await asyncio.sleep(delay_s * replies.content_chunks)
             await send({"type": "http.response.start", "status": 200, "headers": replies.completion_headers})
             await send({"type": "http.response.body", "body": replies.completion})
             return
@@ -216,8 +219,8 @@ class BackgroundMock:
         return f"http://{self.host}:{self.port}/v1"
 
     def _run(self) -> None:
-        self._server.config.setup_event_loop()
-        asyncio.run(self._server.serve(sockets=[self._sock]))
+        # Server.run picks uvloop when installed; off the main thread it installs no signal handlers.
+        self._server.run(sockets=[self._sock])
 
     def start(self) -> "BackgroundMock":
         self._thread.start()

@@ -45,7 +45,7 @@ class HoldResult:
     ok: bool
     hold_id: int | None
     available_ucr: int  # after the hold when ok; what there was when refused
-    needed_ucr: int
+    needed_ucr: int  # what was held when ok; the least that would have done when refused
     duplicate: bool = False  # this request id already has a hold
 
 
@@ -189,9 +189,13 @@ class Ledger:
     # -- holds ----------------------------------------------------------------------------
     def place_hold(
         self, conn: Connection, user_id: int, request_id: str, amount_ucr: int, model: str,
-        at_ms: int | None = None,
+        at_ms: int | None = None, min_amount_ucr: int | None = None,
     ) -> HoldResult:
-        """Reserve `amount_ucr` if available: the check and the reservation are one atomic step."""
+        """Reserve `amount_ucr` if available: the check and the reservation are one atomic step.
+
+        With `min_amount_ucr`, a smaller hold is accepted: everything available, if that is at
+        least the minimum (the caller then shrinks the request to fit what was held).
+        """
         at = at_ms if at_ms is not None else now_ms()
         wallet = self._lock(conn, user_id, at)
         available = wallet["balance_ucr"] - wallet["held_ucr"]
@@ -201,7 +205,9 @@ class Ledger:
         if existing is not None:
             return HoldResult(False, existing, max(0, available), amount_ucr, duplicate=True)
         if amount_ucr > available:
-            return HoldResult(False, None, max(0, available), amount_ucr)
+            if min_amount_ucr is None or available < min_amount_ucr:
+                return HoldResult(False, None, max(0, available), min_amount_ucr or amount_ucr)
+            amount_ucr = available
         hold_id = conn.execute(
             insert(holds).values(
                 user_id=user_id, request_id=request_id, amount_ucr=amount_ucr, status="active", model=model,

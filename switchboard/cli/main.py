@@ -202,14 +202,16 @@ def usage(
         sys.stdout.write(json.dumps(records) + "\n")
         return
     table = Table(title=f"usage of {user.email}")
-    for col in ("when (UTC)", "model", "outcome", "prompt", "cached", "output", "TTFT ms", "tok/s", "latency ms", "USD", "credits"):
-        table.add_column(col, justify="right" if col not in ("model", "outcome", "when (UTC)") else "left")
+    table.add_column("when (UTC)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("outcome")
+    for col in ("in", "out", "TTFT ms", "tok/s", "credits"):
+        table.add_column(col, justify="right")
     for r in records:
         table.add_row(
-            datetime.fromtimestamp(r["created_ms"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            r["model"], r["outcome"], str(r["prompt_tokens"]), str(r["cached_prompt_tokens"]),
-            str(r["completion_tokens"]), _num(r["ttft_ms"]), _num(r["decode_tokens_per_s"]), _num(r["latency_ms"]),
-            r["cost_usd"], r["credits_charged_exact"],
+            datetime.fromtimestamp(r["created_ms"] / 1000, tz=timezone.utc).strftime("%m-%d %H:%M:%S"),
+            r["model"], r["outcome"], str(r["prompt_tokens"]), str(r["completion_tokens"]),
+            _num(r["ttft_ms"]), _num(r["decode_tokens_per_s"]), r["credits_charged_exact"],
         )
     out.print(table)
 

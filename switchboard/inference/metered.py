@@ -27,13 +27,16 @@ from switchboard.core.errors import (
     SwitchboardError,
     UpstreamError,
 )
-from switchboard.core.money import usd_to_ucr
+from switchboard.core.money import UCR_PER_CREDIT, usd_to_ucr
 from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
 from switchboard.providers.base import Provider
 from switchboard.router.resolve import RouteDecision, StaticRouter
 from switchboard.store.runner import TransactionRunner
 
 log = logging.getLogger(__name__)
+
+# The shortest answer worth running when the balance cannot cover a default-length one.
+MIN_AFFORDABLE_OUTPUT = 16
 
 
 @dataclass(slots=True)
@@ -118,9 +121,18 @@ class Inference:
         hold_ucr = max(
             usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m in plans
         )
+        # A client that set no max_tokens gets what its balance affords (down to a short answer)
+        # rather than a refusal sized to the model's largest possible output.
+        min_ucr = None
+        if request.max_tokens is None:
+            min_ucr = max(
+                usd_to_ucr(spec.worst_case_usd(p, min(m, MIN_AFFORDABLE_OUTPUT)), self.usd_per_credit)
+                for spec, p, m in plans
+            )
         first = plans[0][0].name
         future = self.runner.submit(
-            lambda conn: self.ledger.place_hold(conn, user_id, request_id, hold_ucr, first), order_key=user_id
+            lambda conn: self.ledger.place_hold(conn, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr),
+            order_key=user_id,
         )
         try:
             held = await asyncio.wrap_future(future)
@@ -133,10 +145,23 @@ class Inference:
         if not held.ok:
             raise InsufficientCredits(held.available_ucr, held.needed_ucr)
         assert held.hold_id is not None
+        if held.needed_ucr < hold_ucr:
+            plans = [(spec, p, self._affordable_output(spec, p, m, held.needed_ucr)) for spec, p, m in plans]
         return MeteredCall(
             self, request, plans, decision, user_id=user_id, request_id=request_id, hold_id=held.hold_id,
             endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started,
         )
+
+    def _affordable_output(self, spec: ModelSpec, prompt_tokens: int, max_out: int, held_ucr: int) -> int:
+        """The most output tokens whose worst case still fits in `held_ucr`."""
+        if spec.output_usd_per_mtok <= 0:
+            return max_out
+        held_usd = Decimal(held_ucr) * self.usd_per_credit / UCR_PER_CREDIT
+        room = held_usd - spec.worst_case_usd(prompt_tokens, 0)
+        tokens = min(max_out, max(1, int(room * 1_000_000 / spec.output_usd_per_mtok)))
+        while tokens > 1 and usd_to_ucr(spec.worst_case_usd(prompt_tokens, tokens), self.usd_per_credit) > held_ucr:
+            tokens -= 1
+        return tokens
 
     def _void_orphan(self, future: Any, user_id: int) -> None:
         if future.cancelled() or future.exception() is not None:

