@@ -216,6 +216,11 @@ def usage(
     out.print(table)
 
 
+def _plain(value: Decimal) -> str:
+    """A Decimal without exponent or trailing zeros: 200, 0.0003."""
+    text = format(value.normalize(), "f")
+    return text
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -230,8 +235,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         rows.append({
             "name": spec.name, "provider": spec.provider, "context_window": spec.context_window,
             "input_usd_per_mtok": str(spec.input_usd_per_mtok), "output_usd_per_mtok": str(spec.output_usd_per_mtok),
-            "input_credits_per_1k": str(per_k(spec.input_usd_per_mtok).normalize()),
-            "output_credits_per_1k": str(per_k(spec.output_usd_per_mtok).normalize()),
+            "input_credits_per_1k": _plain(per_k(spec.input_usd_per_mtok)),
+            "output_credits_per_1k": _plain(per_k(spec.output_usd_per_mtok)),
         })
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
