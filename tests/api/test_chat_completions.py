@@ -241,3 +241,25 @@ def test_ledger_consistent_after_everything(gateway: Gateway) -> None:
     with reading(gateway.engine) as conn:
         assert make_ledger(gateway.settings).verify(conn) == []
     assert format_credits(0) == "0"
+
+
+def test_not_enough_credits_is_402_with_balance_and_need(gateway: Gateway) -> None:
+    from tests.api.conftest import add_user
+
+    _, key = add_user(gateway.engine, gateway.settings, "poor@example.com", "free")  # 100 credits
+    poor = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as err:
+        poor.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": "word " * 400}], max_tokens=100)
+    assert err.value.status_code == 402 and err.value.code == "insufficient_credits"
+    assert "available 100," in err.value.message and "needs up to 174.8" in err.value.message
+    assert gateway.fake.chat_requests() == []
+
+
+def test_without_max_tokens_the_answer_is_shortened_to_what_the_balance_affords(gateway: Gateway) -> None:
+    from tests.api.conftest import add_user
+
+    _, key = add_user(gateway.engine, gateway.settings, "thrifty@example.com", "free")  # 100 credits
+    poor = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0)
+    # ~341 prompt tokens (68.2 credits) + the model's 100 output tokens (40) would need 108.2 credits.
+    poor.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": "word " * 200}])
+    assert gateway.fake.last.json["max_tokens"] == 79  # (100 - 68.2) / 0.4 per token
