@@ -44,32 +44,36 @@ TOP_K = 40
 MIN_P = 0.05
 REPEAT_PENALTY = 1.1
 
-# A base model keeps writing the transcript after its answer; these end the answer at the
-# point where it starts the next turn (or rambles on after a blank-line run).
-TRANSCRIPT_STOPS: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:", "\nTool:", "\n\n\n")
+# Gemma 3 270M here is the *base* model: it continues text rather than following chat turns,
+# and it ignores Gemma's <start_of_turn> chat template (it loops on it). A plain
+# "Question: ... / Answer:" transcript gave the shortest, most often correct answers in our
+# trials, beating "User:/Assistant:" transcripts with or without a preamble. The model marks
+# the end of an answer by starting a new turn or leaving a blank line, so those end it.
+TRANSCRIPT_STOPS: tuple[str, ...] = ("\nQuestion:", "\nAnswer:", "\nTool result:", "\n\n")
 
-_ROLE_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+_ROLE_LABELS = {"user": "Question", "assistant": "Answer", "tool": "Tool result"}
 
 
 def render_prompt(messages: list[ChatMessage]) -> str:
-    """The plain transcript the base model continues.
+    """The transcript the base model continues.
 
-    System messages become a preamble; the rest become "Role: text" turns; the prompt ends
-    with "Assistant:" so that the model's continuation is the answer.
+    System messages become a preamble paragraph; the other messages become "Question:",
+    "Answer:" and "Tool result:" lines; the prompt ends with "Answer:" so that the model's
+    continuation is the reply.
     """
     system = [m.text().strip() for m in messages if m.role == "system" and m.text().strip()]
     parts: list[str] = []
     if system:
-        parts.append("\n\n".join(system) + "\n\n")
+        parts.append("\n".join(system) + "\n\n")
     for message in messages:
         if message.role == "system":
             continue
         text = message.text().strip()
         if message.role == "assistant" and message.tool_calls:
             calls = "; ".join(f"{c.name}({c.arguments})" for c in message.tool_calls)
-            text = f"{text}\n[called {calls}]".strip()
-        parts.append(f"{_ROLE_LABELS.get(message.role, 'User')}: {text}\n")
-    parts.append("Assistant:")
+            text = f"{text} [called {calls}]".strip()
+        parts.append(f"{_ROLE_LABELS.get(message.role, 'Question')}: {text}\n")
+    parts.append("Answer:")
     return "".join(parts)
 
 
@@ -98,6 +102,7 @@ class _FairQueue:
         self._cond = threading.Condition()
         self._by_account: OrderedDict[int | None, deque[_Job]] = OrderedDict()
         self._closed = False
+        self.running: _Job | None = None  # the job the worker is on, so close() can cut it off
 
     def put(self, job: _Job) -> None:
         with self._cond:
@@ -118,6 +123,7 @@ class _FairQueue:
     def take(self) -> _Job | None:
         """The next job in turn, blocking until there is one; None once closed."""
         with self._cond:
+            self.running = None
             while True:
                 if self._closed:
                     return None
@@ -129,26 +135,33 @@ class _FairQueue:
                     else:
                         del self._by_account[account]
                     if not job.cancelled.is_set():
+                        self.running = job
                         return job
                     continue
                 self._cond.wait()
 
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(len(waiting) for waiting in self._by_account.values())
+
     def close(self) -> list[_Job]:
-        """Stop handing out jobs; return the ones still waiting."""
+        """Stop handing out jobs; return the ones still waiting and the one running."""
         with self._cond:
             self._closed = True
             left = [job for waiting in self._by_account.values() for job in waiting]
+            if self.running is not None:
+                left.append(self.running)
             self._by_account.clear()
             self._cond.notify_all()
             return left
 
 
 # ---------------------------------------------------------------------------------------------
-# Stop strings
+# Answer text
 
 
 def _split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
-    """Split pending text into (safe to emit, held back, stopped).
+    """Split text into (safe to emit, held back, stopped).
 
     Text up to the first complete stop string is emitted and the rest dropped. Otherwise the
     longest tail that could still grow into a stop string is held back, so that no part of a
@@ -169,6 +182,49 @@ def _split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
                 break
     cut = len(text) - hold
     return text[:cut], text[cut:], False
+
+
+class _AnswerText:
+    """Turns decoded pieces into the text the client sees.
+
+    Leading whitespace is dropped (the model answers " Paris" after "Answer:"), trailing
+    whitespace is held until more text follows (and dropped at the end), and the answer ends at
+    the first stop string, none of which leaks out, not even in part.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.started = False
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        text = self.pending + piece
+        if self.started:
+            emit, held, self.stopped = _split_stop(text, self.stops)
+        else:
+            text = text.lstrip()
+            if not text:
+                self.pending = ""
+                return ""
+            # The prompt's "Answer:" line ended in a real newline only the model can't see here;
+            # a virtual one lets "\nQuestion:" catch a reply that opens with a new turn.
+            emit, held, self.stopped = _split_stop("\n" + text, self.stops)
+            if emit:
+                emit = emit[1:]
+            else:
+                held = held[1:]
+        body = emit.rstrip()
+        self.pending = "" if self.stopped else emit[len(body) :] + held
+        if body:
+            self.started = True
+        return body
+
+    def finish(self) -> str:
+        """What is left once generation ended without a stop string."""
+        rest = "" if self.stopped else self.pending.rstrip()
+        self.pending = ""
+        return rest if self.started else rest.lstrip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +250,7 @@ class LocalModelProvider(Provider):
 
     async def start(self) -> None:
         """Prepare and load the model on the worker thread; idempotent and safe to await twice."""
-        if self._ready is None:
+        if self._ready is None or self._ready.cancelled():
             self._ready = concurrent.futures.Future()
             self._thread = threading.Thread(target=self._worker, args=(self._ready,), name="local-model", daemon=True)
             self._thread.start()
@@ -210,9 +266,8 @@ class LocalModelProvider(Provider):
 
     async def aclose(self) -> None:
         """Stop the worker: waiting requests fail, a running one is cut off, weights are freed."""
-        left = self._jobs.close()
-        for job in left:
-            job.cancelled.set()
+        for job in self._jobs.close():
+            job.cancelled.set()  # the worker drops it at the next token
             job.emit(("error", UpstreamError("the local model shut down", retryable=True)))
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -224,6 +279,10 @@ class LocalModelProvider(Provider):
     def llama(self) -> Any:
         """The loaded `llama_cpp.Llama` (None before start). Tokenize with it; never eval."""
         return self._llama
+
+    def queue_depth(self) -> int:
+        """Requests waiting for the engine (not counting the one it is running)."""
+        return len(self._jobs)
 
     # -- counting --------------------------------------------------------------------------
 
@@ -310,6 +369,8 @@ class LocalModelProvider(Provider):
     # -- worker thread ---------------------------------------------------------------------
 
     def _worker(self, ready: concurrent.futures.Future[None]) -> None:
+        if not ready.set_running_or_notify_cancel():  # start() was cancelled before we began
+            return
         try:
             llama = self._load()
         except BaseException as exc:
@@ -376,10 +437,9 @@ class LocalModelProvider(Provider):
             llama.eval(prompt[at : at + step])
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""  # decoded text held back because it may be the start of a stop string
+        answer = _AnswerText(job.stops)
         generated = 0
         reason = "length"
-        stopped = False
         # The whole prompt is in the KV cache now, so generate() samples straight away.
         tokens = llama.generate(
             prompt,
@@ -398,20 +458,18 @@ class LocalModelProvider(Provider):
                     reason = "stop"
                     break
                 generated += 1
-                pending += decoder.decode(self._piece(token))
-                text, pending, stopped = _split_stop(pending, job.stops)
+                text = answer.feed(decoder.decode(self._piece(token)))
                 if text and not job.emit(("text", text)):
                     return
-                if stopped:
+                if answer.stopped:
                     reason = "stop"
                     break
                 if generated >= job.max_new_tokens:
                     break
         finally:
             tokens.close()
-        if not stopped:
-            # Held-back text that never became a stop string is part of the answer.
-            pending += decoder.decode(b"", final=True)
-            if pending:
-                job.emit(("text", pending))
+        if not answer.stopped:
+            rest = answer.feed(decoder.decode(b"", final=True)) + answer.finish()
+            if rest:
+                job.emit(("text", rest))
         job.emit(("done", reason, generated))

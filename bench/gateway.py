@@ -1,0 +1,150 @@
+"""Gateway benchmark: the full metered path (auth, hold, proxy, settle, usage record) against
+calling the same mock upstream directly.
+
+    .venv/bin/python -m bench.gateway [--duration 10] [--concurrency 1,32] [--stream] [--database-url URL]
+
+Starts three processes: the mock upstream (bench/mock_upstream.py), one `switchboard serve`
+process in front of it, and the load generator (bench/loadgen.py), so that each measures
+what it would in production: separate event loops, real sockets. On a 2-core machine they
+share the cores, which the figures include. Results are printed and written as JSON under
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = """
+[[providers]]
+name = "bench"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:{port}/v1"
+
+[[models]]
+name = "mock-small"
+provider = "bench"
+upstream_name = "mock-model"
+context_window = 8192
+input_usd_per_mtok = 0.15
+cached_input_usd_per_mtok = 0.075
+output_usd_per_mtok = 0.60
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _load(url: str, key: str, model: str, concurrency: int, duration: float, stream: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", model,
+           "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "2", "--json"]
+    if stream:
+        cmd.append("--stream")
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark the metered gateway against its upstream.")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated client concurrencies")
+    parser.add_argument("--stream", action="store_true", help="streaming requests (default: non-streaming)")
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    console = Console()
+
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+        mock_port, gw_port = _free_port(), _free_port()
+        config = Path(tmp) / "bench.toml"
+        config.write_text(CONFIG.format(port=mock_port))
+        env = {
+            **os.environ, "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATA_DIR": tmp,
+            "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false", "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0",
+            "SWITCHBOARD_LOG_LEVEL": "warning",
+        }
+        if args.database_url:
+            env["SWITCHBOARD_DATABASE_URL"] = args.database_url
+        sb = [sys.executable, "-m", "switchboard.cli.main"]
+
+        def cli(*a: str) -> str:
+            return subprocess.run(sb + list(a), env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+        cli("db", "upgrade")
+        email = f"bench-{int(time.time())}@example.com"
+        cli("users", "create", email, "--plan", "pro")
+        cli("credits", "grant", email, "100000000", "--reason", "benchmark")
+        key = cli("keys", "create", email)
+        mock = subprocess.Popen([sys.executable, "bench/mock_upstream.py", "--port", str(mock_port)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(sb + ["serve", "--port", str(gw_port)], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        results: dict[str, Any] = {"stream": args.stream, "duration_s": args.duration, "cpus": os.cpu_count(),
+                                   "database": args.database_url or "sqlite (file)", "runs": []}
+        try:
+            _wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
+            _wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+            for c in levels:
+                direct = _load(f"http://127.0.0.1:{mock_port}/v1", "x", "mock-model", c, args.duration, args.stream)
+                metered = _load(f"http://127.0.0.1:{gw_port}/v1", key, "mock-small", c, args.duration, args.stream)
+                results["runs"].append({"concurrency": c, "direct": direct, "gateway": metered})
+            usage = subprocess.run(sb + ["usage", email, "--json", "--limit", "1"], env=env, cwd=ROOT,
+                                   capture_output=True, text=True).stdout
+            results["last_usage_record"] = json.loads(usage)[0] if usage.strip() else None
+        finally:
+            server.terminate()
+            mock.terminate()
+            server.wait(30)
+            mock.wait(30)
+
+    table = Table(title=f"metered gateway vs direct ({'stream' if args.stream else 'non-stream'}, {os.cpu_count()} CPUs)")
+    for col in ("concurrency", "direct rps", "gateway rps", "direct p50", "gateway p50", "added p50",
+                "direct p99", "gateway p99", "added p99", "errors"):
+        table.add_column(col, justify="right")
+    for run in results["runs"]:
+        d, g = run["direct"], run["gateway"]
+        dl, gl = d["latency_ms"], g["latency_ms"]
+        run["added_p50_ms"] = round(gl["p50"] - dl["p50"], 3)
+        run["added_p99_ms"] = round(gl["p99"] - dl["p99"], 3)
+        table.add_row(str(run["concurrency"]), f"{d['ok_rps']:.0f}", f"{g['ok_rps']:.0f}", f"{dl['p50']:.2f} ms",
+                      f"{gl['p50']:.2f} ms", f"{run['added_p50_ms']:.2f} ms", f"{dl['p99']:.2f} ms",
+                      f"{gl['p99']:.2f} ms", f"{run['added_p99_ms']:.2f} ms", str(g["errors"] or "-"))
+    console.print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"gateway-{'stream' if args.stream else 'json'}-{int(time.time())}.json"
+    path.write_text(json.dumps(results, indent=2))
+    console.print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
