@@ -284,6 +284,10 @@ class LocalModelProvider(Provider):
         """Requests waiting for the engine (not counting the one it is running)."""
         return len(self._jobs)
 
+    def is_busy(self) -> bool:
+        """Whether the engine is running a request right now."""
+        return self._jobs.running is not None
+
     # -- counting --------------------------------------------------------------------------
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
