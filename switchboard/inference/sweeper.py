@@ -54,9 +54,10 @@ def sweep_once(runner: TransactionRunner, ledger: Ledger, catalog: dict[str, Mod
 async def sweep_forever(
     runner: TransactionRunner, ledger: Ledger, catalog: dict[str, ModelSpec], interval_s: float
 ) -> None:
+    """Sweep every `interval_s` (the start-up sweep is done by the caller)."""
     while True:
+        await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(sweep_once, runner, ledger, catalog)
         except Exception:  # noqa: BLE001 - a failed sweep is retried next interval
             log.exception("hold sweep failed")
-        await asyncio.sleep(interval_s)

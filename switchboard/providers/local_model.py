@@ -240,6 +240,9 @@ class LocalModelProvider(Provider):
         self._cache_dir = Path(cache_dir)
         self._llama: Any = None  # llama_cpp.Llama once loaded; only the worker runs it
         self._vocab: Any = None
+        # Held while tokenizing on a caller's thread and while the worker frees the model, so
+        # a tokenize call can never touch a vocabulary that is being freed.
+        self._free_lock = threading.Lock()
         self._n_ctx = config.context_window
         self._jobs = _FairQueue()
         self._thread: threading.Thread | None = None
@@ -290,31 +293,34 @@ class LocalModelProvider(Provider):
 
     # -- counting --------------------------------------------------------------------------
 
+    def _tokenize(self, text: str, *, add_bos: bool) -> list[int] | None:
+        """Tokens of `text`, or None when no model is loaded."""
+        with self._free_lock:
+            if self._llama is None:
+                return None
+            # special=False: text that looks like a control token stays text.
+            return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
         """The exact tokens the model will be fed for this request."""
-        if self._llama is None:
+        tokens = self._tokenize(render_prompt(request.messages), add_bos=True)
+        if tokens is None:
             raise UpstreamError("the local model is not started", retryable=True)
-        text = render_prompt(request.messages)
-        # special=False: text that looks like a control token stays text.
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        return tokens
 
     def count_prompt_tokens(self, model: ModelSpec, request: ChatRequest) -> int:
-        if self._llama is None:
-            return super().count_prompt_tokens(model, request)
-        return len(self.prompt_tokens(request))
+        tokens = self._tokenize(render_prompt(request.messages), add_bos=True)
+        return super().count_prompt_tokens(model, request) if tokens is None else len(tokens)
 
     def count_text_tokens(self, model: ModelSpec, text: str) -> int:
-        if self._llama is None:
-            return super().count_text_tokens(model, text)
         if not text:
             return 0
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        tokens = self._tokenize(text, add_bos=False)
+        return super().count_text_tokens(model, text) if tokens is None else len(tokens)
 
     # -- streaming -------------------------------------------------------------------------
 
     async def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        if self._llama is None:
-            raise UpstreamError("the local model is not started", retryable=True)
         tokens = self.prompt_tokens(request)
         if len(tokens) >= self._n_ctx:
             raise ContextTooLong(
@@ -389,9 +395,10 @@ class LocalModelProvider(Provider):
                 except Exception as exc:  # one request's failure must not kill the worker
                     job.emit(("error", exc))
         finally:
-            self._llama = None
-            self._vocab = None
-            llama.close()
+            with self._free_lock:
+                self._llama = None
+                self._vocab = None
+                llama.close()
 
     def _load(self) -> Any:
         import llama_cpp

@@ -1,0 +1,87 @@
+"""Rate limits (429 with Retry-After) and falling back to the next model within one hold."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from switchboard.api.app import create_app
+from switchboard.core.config import Settings
+from switchboard.store.db import make_engine
+from switchboard.store.migrate import upgrade
+from tests.api.conftest import INPUT_USD, OUTPUT_USD, add_user
+from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
+from tests.support.servers import ServerThread
+
+
+def _serve(tmp_path: Path, settings: Settings) -> tuple[ServerThread, str]:
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    _, key = add_user(engine, settings, "limits@example.com", "plus")
+    engine.dispose()
+    return ServerThread(create_app(settings)), key
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as f:
+        yield f
+
+
+def _models(url_a: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "providers": [
+            {"name": "primary", "kind": "openai-compatible", "base_url": url_a},
+            {"name": "secondary", "kind": "openai-compatible", "base_url": url_a},
+        ],
+        "models": [
+            {"name": "cheap", "provider": "primary", "upstream_name": "fake-model", "context_window": 4096,
+             "input_usd_per_mtok": INPUT_USD, "output_usd_per_mtok": OUTPUT_USD},
+            {"name": "sturdy", "provider": "secondary", "upstream_name": "fake-model-2", "context_window": 4096,
+             "input_usd_per_mtok": INPUT_USD * 2, "output_usd_per_mtok": OUTPUT_USD * 2},
+        ],
+    }
+
+
+def test_rate_limit_is_429_with_retry_after(tmp_path: Path, fake: FakeOpenAI) -> None:
+    settings = Settings(data_dir=tmp_path, local_model={"enabled": False},
+                        rate_limit={"requests_per_minute": 6, "burst": 2}, **_models(fake.url))
+    server, key = _serve(tmp_path, settings)
+    with server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        for _ in range(2):
+            client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+        assert err.value.response.headers["retry-after"] == "10"  # one request per 10 s
+        assert err.value.code == "rate_limit_exceeded"
+        assert len(fake.chat_requests()) == 2
+
+
+def test_auto_falls_back_to_the_next_model_within_the_same_hold(tmp_path: Path, fake: FakeOpenAI) -> None:
+    settings = Settings(data_dir=tmp_path, local_model={"enabled": False}, default_model="cheap",
+                        rate_limit={"requests_per_minute": 0}, **_models(fake.url))
+    server, key = _serve(tmp_path, settings)
+    fake.enqueue(Behaviour(status=503, error_message="overloaded"), Behaviour(text="from the fallback", prompt_tokens=10, completion_tokens=3))
+    with server:
+        raw = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=20
+        )
+        answer = raw.parse()
+        assert answer.choices[0].message.content == "from the fallback"
+        assert raw.headers["x-switchboard-model"] == "sturdy"
+        # Charged at the fallback's prices: 10 * 0.4 + 3 * 0.8 credits.
+        assert float(raw.headers["x-switchboard-credits-charged"]) == pytest.approx(6.4)
+        assert [r.json["model"] for r in fake.chat_requests()] == ["fake-model", "fake-model-2"]
+        usage = httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+        [record] = usage
+        assert record["model"] == "sturdy" and record["outcome"] == "ok"
+        assert [a["model"] for a in record["route"]["attempts"]] == ["cheap", "sturdy"]
+        balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
+        assert balance["held_credits"] == 0 and balance["available_credits"] == pytest.approx(6000 - 6.4)
+    assert json.dumps(record)  # the explanation is plain JSON
