@@ -4,7 +4,6 @@ injection, body parsed once with pydantic from bytes, orjson out) to keep per-re
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from switchboard.api.openai_format import (
 from switchboard.api.schemas import parse_chat_body
 from switchboard.api.state import AppState
 from switchboard.core.errors import InvalidRequest, SwitchboardError
+from switchboard.core.ids import new_id
 from switchboard.core.types import TextDelta, ToolCallDelta
 from switchboard.inference.metered import MeteredCall
 
@@ -37,7 +37,7 @@ def request_id_of(request: Request) -> str:
             if len(value) > 100 or not value.isprintable():
                 raise InvalidRequest(f"{header} must be at most 100 printable characters", param=header)
             return value
-    return uuid.uuid4().hex
+    return new_id()
 
 
 async def chat_completions(request: Request) -> Response:
@@ -50,7 +50,7 @@ async def chat_completions(request: Request) -> Response:
         body.to_request(), user_id=principal.user_id, request_id=request_id, endpoint="chat.completions",
         stream=body.stream, api_key_id=principal.api_key_id,
     )
-    completion_id = "chatcmpl-" + uuid.uuid4().hex
+    completion_id = "chatcmpl-" + new_id()
     created = int(time.time())
     if not body.stream:
         text, tool_calls, metering = await call.run_to_end()

@@ -194,6 +194,17 @@ def test_knows_the_capital_of_france(provider: LocalModelProvider) -> None:
     assert events[-2] == Finish("stop")
 
 
+def test_non_ascii_text_streams_intact(provider: LocalModelProvider) -> None:
+    text, _ = run(provider, ask("What is the Greek letter for pi?"))
+    assert "π" in text and "\ufffd" not in text
+
+
+def test_sampling_with_temperature_and_top_p(provider: LocalModelProvider) -> None:
+    text, events = run(provider, ask(SEA, temperature=0.9, top_p=0.9, max_tokens=12))
+    assert text and events[-2] in (Finish("stop"), Finish("length"))
+    assert 1 <= usage_of(events).completion_tokens <= 12
+
+
 def test_max_tokens_gives_length_and_exact_completion_count(provider: LocalModelProvider) -> None:
     text, events = run(provider, ask(LONG, max_tokens=5))
     assert events[-2] == Finish("length")
