@@ -52,6 +52,8 @@ REPEAT_PENALTY = 1.1
 TRANSCRIPT_STOPS: tuple[str, ...] = ("\nQuestion:", "\nAnswer:", "\nTool result:", "\n\n")
 
 _ROLE_LABELS = {"user": "Question", "assistant": "Answer", "tool": "Tool result"}
+# The same turn markers at the very start of a reply, where no newline precedes them.
+_TURN_OPENERS: tuple[str, ...] = tuple(f"{label}:" for label in _ROLE_LABELS.values())
 
 
 def render_prompt(messages: list[ChatMessage]) -> str:
@@ -192,28 +194,29 @@ class _AnswerText:
     the first stop string, none of which leaks out, not even in part.
     """
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], openers: tuple[str, ...] = ()) -> None:
         self.stops = stops
+        self.openers = openers  # markers that end the reply if it opens with them
         self.pending = ""
         self.started = False
         self.stopped = False
 
     def feed(self, piece: str) -> str:
         text = self.pending + piece
-        if self.started:
-            emit, held, self.stopped = _split_stop(text, self.stops)
-        else:
+        if not self.started:
             text = text.lstrip()
+            self.pending = text
             if not text:
+                return ""
+            # With the leading whitespace gone, a reply that opens with a new turn
+            # ("\n\nQuestion: ...") no longer shows the newline the stop strings look for.
+            if text.startswith(self.openers):
+                self.stopped = True
                 self.pending = ""
                 return ""
-            # The prompt's "Answer:" line ended in a real newline only the model can't see here;
-            # a virtual one lets "\nQuestion:" catch a reply that opens with a new turn.
-            emit, held, self.stopped = _split_stop("\n" + text, self.stops)
-            if emit:
-                emit = emit[1:]
-            else:
-                held = held[1:]
+            if any(opener.startswith(text) for opener in self.openers):
+                return ""  # could still become one: hold it
+        emit, held, self.stopped = _split_stop(text, self.stops)
         body = emit.rstrip()
         self.pending = "" if self.stopped else emit[len(body) :] + held
         if body:
@@ -448,7 +451,7 @@ class LocalModelProvider(Provider):
             llama.eval(prompt[at : at + step])
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        answer = _AnswerText(job.stops)
+        answer = _AnswerText(job.stops, _TURN_OPENERS)
         generated = 0
         reason = "length"
         # The whole prompt is in the KV cache now, so generate() samples straight away.

@@ -230,6 +230,14 @@ def test_answer_text_holds_back_partial_stops() -> None:
     answer = _AnswerText(("END",))
     out = [answer.feed(p) for p in (" a", " EN", "X ", "\n")]
     assert "".join(out) + answer.finish() == "a ENX"
+    # A reply that opens with a new turn is empty; a user's "\n" stop does not fire on the
+    # whitespace the model puts before its answer.
+    answer = _AnswerText(("\nQuestion:", "\n"), ("Question:",))
+    assert [answer.feed(p) for p in ("\n", "\nQuest", "ion:", " x")][:3] == ["", "", ""]
+    assert answer.stopped
+    answer = _AnswerText(("\nQuestion:", "\n"), ("Question:",))
+    assert [answer.feed(p) for p in ("\n", " Que", "en", "\n", "x")] == ["", "", "Queen", "", ""]
+    assert answer.stopped
 
 
 def test_concurrent_accounts_do_not_corrupt_each_other(provider: LocalModelProvider) -> None:

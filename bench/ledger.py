@@ -1,0 +1,73 @@
+"""Ledger benchmark: hold + settle pairs per second through the group-commit runner.
+
+    .venv/bin/python -m bench.ledger [--database-url URL] [--pairs 3000] [--concurrency 32]
+
+Each pair is what one API request costs the ledger: a hold (check and reserve) and a settlement
+(charge, release, usage record). Default database: a fresh SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from switchboard.accounts.users import create_user
+from switchboard.billing.ledger import Ledger
+from switchboard.store.db import make_engine
+from switchboard.store.migrate import upgrade
+from switchboard.store.runner import TransactionRunner
+
+USAGE = dict(api_key_id=None, endpoint="bench", model="m", provider="p", stream=False, outcome="ok", error=None,
+             prompt_tokens=10, cached_prompt_tokens=0, cache_write_tokens=0, completion_tokens=5, reasoning_tokens=0,
+             ttft_ms=1.0, decode_tokens_per_s=None, latency_ms=1.0, cost_usd="0.000001", route=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--pairs", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or f"sqlite:///{Path(tmp) / 'ledger.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        ledger = Ledger({"bench": 10**15})
+        runner = TransactionRunner(engine)
+        runner.start()
+        user = runner.submit(lambda c: create_user(c, ledger, f"ledger-{time.time_ns()}@example.com", "bench")).result()
+
+        def one(i: int) -> None:
+            rid = f"bench-{i}"
+            held = runner.submit(lambda c: ledger.place_hold(c, user.id, rid, 5000, "m"), order_key=user.id).result()
+            assert held.ok and held.hold_id is not None
+            hold_id = held.hold_id
+            runner.submit(lambda c: ledger.settle(c, user.id, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=user.id).result()
+
+        for i in range(200):  # warm-up
+            one(-1 - i)
+        sequential_n = min(500, args.pairs)
+        t0 = time.perf_counter()
+        for i in range(sequential_n):
+            one(10**9 + i)
+        sequential_ms = (time.perf_counter() - t0) / sequential_n * 1000
+        runner.batches = runner.units = 0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(one, range(args.pairs)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        with engine.connect() as conn:
+            assert ledger.verify(conn) == []
+        runner.stop()
+        engine.dispose()
+    kind = url.split(":")[0]
+    print(f"{kind}: sequential {sequential_ms:.3f} ms per hold+settle; "
+          f"concurrency {args.concurrency}: {args.pairs / wall:.0f} pairs/s, {cpu / args.pairs * 1e6:.0f} us CPU per pair, "
+          f"{runner.units / max(runner.batches, 1):.1f} units per commit; ledger verified")
+
+
+if __name__ == "__main__":
+    main()
