@@ -19,22 +19,10 @@ from switchboard.store.migrate import upgrade
 from switchboard.store.schema import holds, usage_records
 from tests.api.conftest import add_user, with_plan
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.config import fake_model_toml
 from tests.support.servers import ServerProcess
 
-CONFIG = """
-[[providers]]
-name = "fake"
-kind = "openai-compatible"
-base_url = "{url}"
-
-[[models]]
-name = "fake-small"
-provider = "fake"
-upstream_name = "fake-model"
-context_window = 4096
-input_usd_per_mtok = 1000
-output_usd_per_mtok = 2000
-
+EXACT_PLAN = """
 [plans.exact]
 name = "exact"
 monthly_usd = 0
@@ -44,7 +32,7 @@ monthly_credits = {credits}
 
 def _env(tmp_path: Path, database_url: str, upstream: str, credits: int, **extra: str) -> dict[str, str]:
     config = tmp_path / "switchboard.toml"
-    config.write_text(CONFIG.format(url=upstream, credits=credits))
+    config.write_text(fake_model_toml(upstream, EXACT_PLAN.format(credits=credits)))
     return {
         "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
         "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",

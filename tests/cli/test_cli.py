@@ -11,28 +11,15 @@ from typer.testing import CliRunner
 
 from switchboard.cli.main import app
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.config import fake_model_toml
 
-CONFIG = """
-[[providers]]
-name = "fake"
-kind = "openai-compatible"
-base_url = "{url}"
-
-[[models]]
-name = "fake-small"
-provider = "fake"
-upstream_name = "fake-model"
-context_window = 4096
-input_usd_per_mtok = 1000
-output_usd_per_mtok = 2000
-"""
 
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     fake = FakeOpenAI().start()
     config = tmp_path / "sb.toml"
-    config.write_text(CONFIG.format(url=fake.url))
+    config.write_text(fake_model_toml(fake.url))
     monkeypatch.setenv("SWITCHBOARD_CONFIG", str(config))
     monkeypatch.setenv("SWITCHBOARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("SWITCHBOARD_LOCAL_MODEL__ENABLED", "false")
