@@ -8,7 +8,7 @@ import orjson
 
 from switchboard.core.money import format_credits, ucr_to_credits_float
 from switchboard.core.types import Usage
-from switchboard.inference.metered import Metering
+from switchboard.inference.metered import Metering, usd_text
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def metering_json(m: Metering) -> dict[str, Any]:
         "model": m.model,
         "provider": m.provider,
         "outcome": m.outcome,
-        "cost_usd": str(m.cost_usd),
+        "cost_usd": usd_text(m.cost_usd),
         "credits_charged": ucr_to_credits_float(m.charged_ucr),
         "credits_remaining": ucr_to_credits_float(m.available_ucr),
         "charged_ucr": m.charged_ucr,

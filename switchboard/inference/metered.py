@@ -57,6 +57,11 @@ class Metering:
     route: dict[str, Any] = field(default_factory=dict)
 
 
+def usd_text(usd: Decimal) -> str:
+    """An exact USD amount as plain decimal text (0.00000021, never 2.1E-7)."""
+    return format(usd.normalize(), "f") if usd else "0"
+
+
 class Inference:
     def __init__(
         self,
@@ -233,6 +238,8 @@ class MeteredCall:
                         self._tool_text.append((event.name or "") + event.arguments)
                     elif isinstance(event, Finish):
                         self.finish_reason = event.reason
+                        if self._first_at is not None:  # decoding ran until here
+                            self._last_at = time.perf_counter()
                     elif isinstance(event, UsageReport):
                         self._reported = event.usage
                         continue
@@ -298,7 +305,7 @@ class MeteredCall:
             "cached_prompt_tokens": m.usage.cached_prompt_tokens, "cache_write_tokens": m.usage.cache_write_tokens,
             "completion_tokens": m.usage.completion_tokens, "reasoning_tokens": m.usage.reasoning_tokens,
             "ttft_ms": m.ttft_ms, "decode_tokens_per_s": m.decode_tokens_per_s, "latency_ms": m.latency_ms,
-            "cost_usd": str(m.cost_usd), "route": json.dumps(m.route, separators=(",", ":")),
+            "cost_usd": usd_text(m.cost_usd), "route": json.dumps(m.route, separators=(",", ":")),
         }
 
     def _claim(self) -> bool:
