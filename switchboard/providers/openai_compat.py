@@ -14,10 +14,7 @@ into a message, a log line or a repr.
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,7 +37,7 @@ from switchboard.core.types import (
     Usage,
     UsageReport,
 )
-from switchboard.providers.base import Provider
+from switchboard.providers.http import HTTPProvider, SSEDecoder, describe, drain, error_message, scrub
 
 log = logging.getLogger(__name__)
 
@@ -61,106 +58,14 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "error": "error",
 }
 
-# Client errors the same request will hit again anywhere; everything else (5xx, 429, and
-# 401/403/404, which are our configuration's fault) may be retried or sent elsewhere.
-_NOT_RETRYABLE_STATUSES = frozenset({400, 413, 422})
-
-_MAX_ERROR_MESSAGE = 500  # characters of an upstream error message kept in ours
-_DRAIN_AFTER_DONE_S = 0.25  # how long to wait for the body's end after [DONE], to keep the connection
 
 
-class SSEDecoder:
-    """Splits a byte stream into the `data` payloads of Server-Sent Events.
-
-    Per the SSE spec: lines end in LF (CRLF tolerated), an event ends at a blank line,
-    several `data:` lines in one event are joined with LF, comments (`:`) and other
-    fields (`event:`, `id:`, `retry:`) are ignored.
-    """
-
-    __slots__ = ("_buf", "_data")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()  # the unterminated tail waits for the next read
-        out: list[bytes] = []
-        data = self._data
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if data:
-                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
-                    data.clear()
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-        return out
-
-    def flush(self) -> list[bytes]:
-        """At end of stream: a last line without LF, and an event without its blank line."""
-        out = self.feed(b"\n\n") if self._buf or self._data else []
-        self._buf = b""
-        return out
-
-
-class OpenAICompatProvider(Provider):
+class OpenAICompatProvider(HTTPProvider):
     def __init__(self, config: ProviderConfig) -> None:
-        base_url = config.base_url or DEFAULT_BASE_URLS.get(config.kind)
-        if not base_url:
-            raise ValueError(f"provider {config.name!r} (kind {config.kind!r}) needs a base_url")
-        self.config = config
-        self.name = config.name
-        self.kind = config.kind
-        self.base_url = base_url.rstrip("/")
+        super().__init__(config, DEFAULT_BASE_URLS.get(config.kind))
         self._url = self.base_url + "/chat/completions"
         # OpenAI itself rejects `max_tokens` for reasoning models; others only know max_tokens.
         self._max_tokens_field = "max_completion_tokens" if config.kind == "openai" else "max_tokens"
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatProvider(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._ensure_session()
-
-    async def aclose(self) -> None:
-        session, self._session, self._loop = self._session, None, None
-        if session is not None and not session.closed:
-            await session.close()
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._session
-        if session is not None and not session.closed and self._loop is loop:
-            return session
-        # One pooled session per provider and event loop; a session cannot cross loops.
-        cfg = self.config
-        connector = aiohttp.TCPConnector(
-            limit=cfg.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=30.0,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=cfg.total_timeout_s,
-                sock_connect=cfg.connect_timeout_s,
-                sock_read=cfg.read_timeout_s,
-            ),
-            raise_for_status=False,
-            auto_decompress=True,
-        )
-        self._loop = loop
-        return self._session
 
     # -- request -------------------------------------------------------------------------
 
@@ -197,7 +102,7 @@ class OpenAICompatProvider(Provider):
         return body
 
     async def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        session = self._ensure_session()
+        session = self.session()
         body = orjson.dumps(self.build_payload(model, request))
         key = self.config.api_key()
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -208,15 +113,15 @@ class OpenAICompatProvider(Provider):
         try:
             resp = await session.post(self._url, data=body, headers=headers)
         except TimeoutError as exc:  # includes aiohttp's connect/read timeout classes
-            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({_describe(exc)})") from exc
+            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({describe(exc)})") from exc
         except aiohttp.ClientResponseError as exc:  # carries request headers: do not chain
             raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
         except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
-            raise UpstreamError(f"{self.name}: cannot reach upstream ({_describe(exc)})") from exc
+            raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
 
         async with resp:
             if resp.status >= 300:
-                raise await self._status_error(resp, key)
+                raise await self.status_error(resp, key)
             if resp.content_type == "application/json":
                 # A server that ignored `stream: true` and answered with a whole completion.
                 async for event in self._from_completion(resp, key):
@@ -248,7 +153,7 @@ class OpenAICompatProvider(Provider):
                             raise UpstreamError(f"{self.name}: unexpected stream chunk from upstream", retryable=not yielded)
                         if "error" in obj:  # an error reported inside a 200 stream
                             raise UpstreamError(
-                                f"{self.name}: upstream error mid-stream: {_scrub(_error_message(obj), key)}",
+                                f"{self.name}: upstream error mid-stream: {scrub(error_message(obj), key)}",
                                 retryable=not yielded,
                             )
                         choices = obj.get("choices")
@@ -287,7 +192,7 @@ class OpenAICompatProvider(Provider):
             except TimeoutError as exc:
                 if not finished:
                     raise UpstreamTimeout(
-                        f"{self.name}: upstream stalled mid-stream ({_describe(exc)})", retryable=not yielded
+                        f"{self.name}: upstream stalled mid-stream ({describe(exc)})", retryable=not yielded
                     ) from exc
                 # The answer is complete; only the usage chunk (or [DONE]) went missing.
             except aiohttp.ClientResponseError:
@@ -296,7 +201,7 @@ class OpenAICompatProvider(Provider):
             except aiohttp.ClientError as exc:  # connection reset, payload not completed
                 if not finished:
                     raise UpstreamError(
-                        f"{self.name}: upstream connection lost mid-stream ({_describe(exc)})", retryable=not yielded
+                        f"{self.name}: upstream connection lost mid-stream ({describe(exc)})", retryable=not yielded
                     ) from exc
 
             if not finished:
@@ -306,7 +211,7 @@ class OpenAICompatProvider(Provider):
             if usage is not None:
                 yield UsageReport(_usage(usage))
             if done and not content.at_eof():
-                await _drain(content)
+                await drain(content)
 
     async def _from_completion(self, resp: aiohttp.ClientResponse, key: str | None) -> AsyncIterator[StreamEvent]:
         try:
@@ -323,31 +228,6 @@ class OpenAICompatProvider(Provider):
         yield Finish(_FINISH_REASONS.get(choice.get("finish_reason") or "stop", "stop"))
         if obj.get("usage"):
             yield UsageReport(_usage(obj["usage"]))
-
-    async def _status_error(self, resp: aiohttp.ClientResponse, key: str | None) -> UpstreamError:
-        status = resp.status
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
-            raw = b""
-        try:
-            detail = _error_message(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            detail = raw.decode("utf-8", "replace").strip()
-        detail = _scrub(detail, key)[:_MAX_ERROR_MESSAGE] or resp.reason or "no detail"
-        message = f"{self.name}: upstream returned HTTP {status}: {detail}"
-        if status == 408 or status >= 500:
-            if status in (504, 408):
-                return UpstreamTimeout(message, upstream_status=status)
-            return UpstreamError(message, upstream_status=status)
-        retry_after = _retry_after_s(resp.headers) if status == 429 else None
-        return UpstreamError(
-            message,
-            retryable=status not in _NOT_RETRYABLE_STATUSES,
-            upstream_status=status,
-            retry_after_s=retry_after,
-        )
-
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -394,58 +274,3 @@ def _usage(raw: dict[str, Any]) -> Usage:
     )
 
 
-def _error_message(obj: Any) -> str:
-    """The human message out of OpenAI's `{"error": {"message": ...}}` and common variants."""
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            for field in ("message", "detail", "msg"):
-                if isinstance(err.get(field), str):
-                    return err[field]
-            return orjson.dumps(err).decode()
-        if isinstance(err, str):
-            return err
-    return orjson.dumps(obj).decode() if obj is not None else ""
-
-
-def _scrub(text: str, key: str | None) -> str:
-    # Some upstreams echo the key they rejected; never pass it on.
-    return text.replace(key, "***") if key and key in text else text
-
-
-def _retry_after_s(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` (OpenAI's precise form) or `Retry-After` (seconds or HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def _drain(content: aiohttp.StreamReader) -> None:
-    """Read to the body's end after [DONE] so the connection goes back to the pool; a server
-    that keeps the body open just costs us that connection."""
-    try:
-        async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
-            while await content.readany():
-                pass
-    except (TimeoutError, aiohttp.ClientError):
-        pass

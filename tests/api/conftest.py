@@ -59,15 +59,6 @@ def add_user(engine: Engine, settings: Settings, email: str, plan: str = "free")
     return user.id, key
 
 
-def with_plan(credits: int) -> dict[str, Any]:
-    """Default plans plus `exact`, whose allowance is `credits`: tests pick a precise balance."""
-    return {
-        "free": {"name": "free", "monthly_usd": 0, "monthly_credits": 100},
-        "plus": {"name": "plus", "monthly_usd": "14.99", "monthly_credits": 6000},
-        "exact": {"name": "exact", "monthly_usd": 0, "monthly_credits": credits},
-    }
-
-
 @dataclass
 class Gateway:
     url: str

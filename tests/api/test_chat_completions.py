@@ -13,7 +13,6 @@ import pytest
 from switchboard.core.money import format_credits
 from switchboard.store.db import reading
 from tests.api.conftest import Gateway, credits_for
-from tests.fakes.openai_upstream import Behaviour
 
 PLUS_CREDITS = 6000.0
 

@@ -17,7 +17,7 @@ from switchboard.inference.runtime import make_ledger
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
 from switchboard.store.schema import holds, usage_records
-from tests.api.conftest import add_user, with_plan
+from tests.api.conftest import add_user
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.config import fake_model_toml
 from tests.support.servers import ServerProcess

@@ -26,7 +26,8 @@ from switchboard.core.types import (
     Usage,
     UsageReport,
 )
-from switchboard.providers.openai_compat import OpenAICompatProvider, SSEDecoder
+from switchboard.providers.http import SSEDecoder
+from switchboard.providers.openai_compat import OpenAICompatProvider
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI, FakeToolCall
 
 KEY = "sk-test-SECRET-0123456789"

@@ -1,0 +1,207 @@
+"""What every HTTP provider adapter shares: one pooled aiohttp session per provider, SSE
+decoding, and the mapping of upstream HTTP failures onto our error contract.
+
+Error contract (see providers/base.py): failures before any output are `retryable=True`
+(the caller may retry or fall back), except client errors the same request would hit
+anywhere; once output has been yielded they are `retryable=False`. API keys are read per
+request from the environment and never put into a message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from switchboard.core.config import ProviderConfig
+from switchboard.core.errors import UpstreamError, UpstreamTimeout
+from switchboard.providers.base import Provider
+
+# Client errors the same request will hit again anywhere; everything else (5xx, 429, and
+# 401/403/404, which are our configuration's fault) may be retried or sent elsewhere.
+NOT_RETRYABLE_STATUSES = frozenset({400, 413, 422})
+
+MAX_ERROR_MESSAGE = 500  # characters of an upstream error message kept in ours
+_DRAIN_AFTER_DONE_S = 0.25  # how long to wait for the body's end after the last event, to keep the connection
+
+
+class SSEDecoder:
+    """Splits a byte stream into the `data` payloads of Server-Sent Events.
+
+    Per the SSE spec: lines end in LF (CRLF tolerated), an event ends at a blank line,
+    several `data:` lines in one event are joined with LF, comments (`:`) and other
+    fields (`event:`, `id:`, `retry:`) are ignored.
+    """
+
+    __slots__ = ("_buf", "_data")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()  # the unterminated tail waits for the next read
+        out: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+        return out
+
+    def flush(self) -> list[bytes]:
+        """At end of stream: a last line without LF, and an event without its blank line."""
+        out = self.feed(b"\n\n") if self._buf or self._data else []
+        self._buf = b""
+        return out
+
+
+class HTTPProvider(Provider):
+    """Base for adapters that talk to an HTTP API: session lifecycle and error mapping."""
+
+    def __init__(self, config: ProviderConfig, default_base_url: str | None) -> None:
+        base_url = config.base_url or default_base_url
+        if not base_url:
+            raise ValueError(f"provider {config.name!r} (kind {config.kind!r}) needs a base_url")
+        self.config = config
+        self.name = config.name
+        self.kind = config.kind
+        self.base_url = base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.session()
+
+    async def aclose(self) -> None:
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is not None and not session.closed and self._loop is loop:
+            return session
+        # One pooled session per provider and event loop; a session cannot cross loops.
+        cfg = self.config
+        connector = aiohttp.TCPConnector(
+            limit=cfg.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=cfg.total_timeout_s,
+                sock_connect=cfg.connect_timeout_s,
+                sock_read=cfg.read_timeout_s,
+            ),
+            raise_for_status=False,
+            auto_decompress=True,
+        )
+        self._loop = loop
+        return self._session
+
+    def error_detail(self, body: Any) -> str:
+        """The human message in an upstream error body (override per vendor)."""
+        return error_message(body)
+
+    async def status_error(self, resp: aiohttp.ClientResponse, key: str | None) -> UpstreamError:
+        status = resp.status
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        try:
+            detail = self.error_detail(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            detail = raw.decode("utf-8", "replace").strip()
+        detail = scrub(detail, key)[:MAX_ERROR_MESSAGE] or resp.reason or "no detail"
+        message = f"{self.name}: upstream returned HTTP {status}: {detail}"
+        if status == 408 or status >= 500:
+            if status in (504, 408):
+                return UpstreamTimeout(message, upstream_status=status)
+            return UpstreamError(message, upstream_status=status)
+        retry_after = retry_after_s(resp.headers) if status == 429 else None
+        return UpstreamError(
+            message,
+            retryable=status not in NOT_RETRYABLE_STATUSES,
+            upstream_status=status,
+            retry_after_s=retry_after,
+        )
+
+
+def error_message(obj: Any) -> str:
+    """The human message out of OpenAI's `{"error": {"message": ...}}` and common variants."""
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict):
+            for field in ("message", "detail", "msg"):
+                if isinstance(err.get(field), str):
+                    return err[field]
+            return orjson.dumps(err).decode()
+        if isinstance(err, str):
+            return err
+    return orjson.dumps(obj).decode() if obj is not None else ""
+
+
+def scrub(text: str, key: str | None) -> str:
+    # Some upstreams echo the key they rejected; never pass it on.
+    return text.replace(key, "***") if key and key in text else text
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` (OpenAI's precise form) or `Retry-After` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def drain(content: aiohttp.StreamReader) -> None:
+    """Read to the body's end after [DONE] so the connection goes back to the pool; a server
+    that keeps the body open just costs us that connection."""
+    try:
+        async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+            while await content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass
