@@ -31,7 +31,7 @@ async def list_models(request: Request) -> Response:
         data.append({
             "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
             "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
-            "abilities": sorted(spec.abilities),
+            "abilities": None if spec.abilities is None else sorted(spec.abilities),
             "pricing": {
                 "input_usd_per_mtok": str(spec.input_usd_per_mtok),
                 "output_usd_per_mtok": str(spec.output_usd_per_mtok),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 from switchboard.core.money import per_mtok
@@ -20,7 +20,13 @@ class ModelSpec:
     cached_input_usd_per_mtok: Decimal | None = None
     cache_write_usd_per_mtok: Decimal | None = None
     max_output_tokens: int | None = None
-    abilities: frozenset[str] = field(default_factory=frozenset)  # "tools", "vision", "json", "reasoning"
+    # "tools", "vision", "json", "reasoning"; None: not declared (any request is passed through
+    # and the upstream decides), as for a self-hosted server whose model we do not know.
+    abilities: frozenset[str] | None = None
+
+    def lacks(self, needed: frozenset[str]) -> frozenset[str]:
+        """The abilities in `needed` this model is known not to have."""
+        return frozenset() if self.abilities is None else needed - self.abilities
 
     def cost_usd(self, usage: Usage) -> Decimal:
         """Cost of one call: uncached input + cached input + cache writes + output (reasoning included)."""

@@ -50,7 +50,7 @@ class ModelConfig(BaseModel):
     cached_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     cache_write_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
-    abilities: list[str] = Field(default_factory=list)
+    abilities: list[Literal["tools", "vision", "json", "reasoning"]] | None = None  # None: not checked
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -63,7 +63,7 @@ class ModelConfig(BaseModel):
             cached_input_usd_per_mtok=self.cached_input_usd_per_mtok,
             cache_write_usd_per_mtok=self.cache_write_usd_per_mtok,
             max_output_tokens=self.max_output_tokens,
-            abilities=frozenset(self.abilities),
+            abilities=None if self.abilities is None else frozenset(self.abilities),
         )
 
 
@@ -96,6 +96,17 @@ def _default_plans() -> dict[str, PlanConfig]:
     }
 
 
+class ResilienceConfig(BaseModel):
+    """Retries before any output has reached the client, and the per-provider circuit breaker."""
+
+    attempts_per_model: int = Field(default=2, ge=1, le=10)
+    backoff_base_s: float = Field(default=0.2, ge=0)
+    backoff_max_s: float = Field(default=2.0, ge=0)
+    max_retry_after_s: float = Field(default=5.0, ge=0)
+    breaker_failures: int = Field(default=5, ge=0)  # 0 disables the breaker
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+
 class RateLimitConfig(BaseModel):
     """Per-user limits; 0 disables a limit."""
 
@@ -125,6 +136,7 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     plans: dict[str, PlanConfig] = Field(default_factory=_default_plans)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -185,6 +197,7 @@ class Settings(BaseSettings):
                 input_usd_per_mtok=lm.input_usd_per_mtok,
                 output_usd_per_mtok=lm.output_usd_per_mtok,
                 max_output_tokens=lm.max_output_tokens,
+                abilities=frozenset(),  # a small base model: text in, text out
             )
         for model in self.models:
             specs[model.name] = model.spec()

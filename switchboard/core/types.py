@@ -77,6 +77,20 @@ class ChatRequest:
     account_id: int | None = None
 
 
+    def needed_abilities(self) -> frozenset[str]:
+        """What a model must be able to do to serve this request."""
+        needed = set()
+        if self.tools:
+            needed.add("tools")
+        if self.response_format and self.response_format.get("type") in ("json_object", "json_schema"):
+            needed.add("json")
+        for message in self.messages:
+            if isinstance(message.content, list) and any(isinstance(p, ImagePart) for p in message.content):
+                needed.add("vision")
+                break
+        return frozenset(needed)
+
+
 @dataclass(slots=True)
 class Usage:
     """Token counts as the provider (or our own count, when it said nothing) reports them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,11 +25,13 @@ from switchboard.core.errors import (
     ContextTooLong,
     DuplicateRequest,
     InsufficientCredits,
+    InvalidRequest,
     SwitchboardError,
     UpstreamError,
 )
 from switchboard.core.money import UCR_PER_CREDIT, usd_to_ucr
 from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
+from switchboard.inference.resilience import CircuitBreaker, RetryPolicy
 from switchboard.providers.base import Provider
 from switchboard.router.resolve import RouteDecision, StaticRouter
 from switchboard.store.runner import TransactionRunner
@@ -57,6 +60,12 @@ class Metering:
     route: dict[str, Any] = field(default_factory=dict)
 
 
+def _provider_fault(error: UpstreamError) -> bool:
+    """Failures that say the provider is unwell (not that this request was bad)."""
+    status = error.upstream_status
+    return status is None or status >= 500 or status == 429
+
+
 def usd_text(usd: Decimal) -> str:
     """An exact USD amount as plain decimal text (0.00000021, never 2.1E-7)."""
     return format(usd.normalize(), "f") if usd else "0"
@@ -72,7 +81,13 @@ class Inference:
         runner: TransactionRunner,
         usd_per_credit: Decimal,
         default_max_output_tokens: int,
+        retry_policy: RetryPolicy | None = None,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 30.0,
     ) -> None:
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.breakers = {name: CircuitBreaker(breaker_failures, breaker_cooldown_s) for name in providers}
+        self._rng = random.Random()
         self.router = router
         self.providers = providers
         self.ledger = ledger
@@ -112,7 +127,16 @@ class Inference:
         request.account_id = user_id
         plans: list[tuple[ModelSpec, int, int]] = []
         too_long: ContextTooLong | None = None
-        for spec in decision.chain:
+        needed = request.needed_abilities()
+        chain = [spec for spec in decision.chain if not spec.lacks(needed)] if needed else list(decision.chain)
+        if not chain:
+            first = decision.chain[0]
+            missing = ", ".join(sorted(first.lacks(needed)))
+            raise InvalidRequest(
+                f"The model `{first.name}` does not support {missing}. Choose a model that does "
+                f"(`GET /v1/models` lists each model's abilities).", param="model",
+            )
+        for spec in chain:
             try:
                 prompt_tokens, max_out = self._plan_candidate(spec, request)
             except ContextTooLong as exc:
@@ -221,42 +245,63 @@ class MeteredCall:
         return self.spec
 
     async def events(self) -> AsyncIterator[StreamEvent]:
-        """The provider's events, falling back to the next candidate while nothing was produced."""
+        """The provider's events. While nothing has been produced, a failure is retried (per the
+        retry policy) and then falls back to the next candidate, all under the same hold."""
+        inference = self._inference
         last_error: UpstreamError | None = None
         for spec, prompt_tokens, max_out in self._plans:
             self.spec, self.prompt_tokens, self.max_output_tokens = spec, prompt_tokens, max_out
             self.request.max_tokens = max_out
-            provider = self._inference.provider_for(spec)
-            try:
-                async for event in provider.stream(spec, self.request):
-                    if isinstance(event, TextDelta):
-                        if event.text:
+            provider = inference.provider_for(spec)
+            breaker = inference.breakers[spec.provider]
+            attempt = 0
+            while True:
+                if not breaker.allow():
+                    last_error = UpstreamError(
+                        f"provider {spec.provider} is failing and is skipped for {breaker.retry_in_s():.0f} s",
+                        upstream_status=503,
+                    )
+                    self.attempts.append({"model": spec.name, "outcome": "skipped", "error": "circuit open"})
+                    break
+                attempt += 1
+                try:
+                    async for event in provider.stream(spec, self.request):
+                        if isinstance(event, TextDelta):
+                            if event.text:
+                                self._mark_output()
+                                self._text.append(event.text)
+                        elif isinstance(event, ToolCallDelta):
                             self._mark_output()
-                            self._text.append(event.text)
-                    elif isinstance(event, ToolCallDelta):
-                        self._mark_output()
-                        self._tool_text.append((event.name or "") + event.arguments)
-                    elif isinstance(event, Finish):
-                        self.finish_reason = event.reason
-                        if self._first_at is not None:  # decoding ran until here
-                            self._last_at = time.perf_counter()
-                    elif isinstance(event, UsageReport):
-                        self._reported = event.usage
-                        continue
-                    yield event
+                            self._tool_text.append((event.name or "") + event.arguments)
+                        elif isinstance(event, Finish):
+                            self.finish_reason = event.reason
+                            if self._first_at is not None:  # decoding ran until here
+                                self._last_at = time.perf_counter()
+                        elif isinstance(event, UsageReport):
+                            self._reported = event.usage
+                            continue
+                        yield event
+                except UpstreamError as exc:
+                    if _provider_fault(exc):
+                        breaker.record_failure()
+                    self.attempts.append({"model": spec.name, "outcome": "error", "error": exc.message})
+                    if self._first_at is not None or not exc.retryable:
+                        raise
+                    last_error = exc
+                    delay = inference.retry_policy.delay_before_retry(exc, attempt, inference._rng)
+                    if delay is None:
+                        log.warning("model %s failed before output (%s); trying the next candidate", spec.name, exc.message)
+                        break
+                    await asyncio.sleep(delay)
+                    continue
+                except (SwitchboardError, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:  # a provider bug must still reach the client as a clean error
+                    log.exception("provider %s raised unexpectedly", spec.provider)
+                    raise UpstreamError(f"provider {spec.provider} failed: {type(exc).__name__}", retryable=False) from exc
+                breaker.record_success()
                 self.attempts.append({"model": spec.name, "outcome": "ok"})
                 return
-            except UpstreamError as exc:
-                self.attempts.append({"model": spec.name, "outcome": "error", "error": exc.message})
-                if self._first_at is not None or not exc.retryable:
-                    raise
-                last_error = exc
-                log.warning("model %s failed before output (%s); trying the next candidate", spec.name, exc.message)
-            except (SwitchboardError, asyncio.CancelledError, GeneratorExit):
-                raise
-            except Exception as exc:  # a provider bug must still reach the client as a clean error
-                log.exception("provider %s raised unexpectedly", spec.provider)
-                raise UpstreamError(f"provider {spec.provider} failed: {type(exc).__name__}", retryable=False) from exc
         assert last_error is not None
         raise last_error
 

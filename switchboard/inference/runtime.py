@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from switchboard.billing.ledger import Ledger
 from switchboard.core.config import Settings
 from switchboard.inference.metered import Inference
+from switchboard.inference.resilience import RetryPolicy
 from switchboard.inference.sweeper import sweep_forever, sweep_once
 from switchboard.providers.base import Provider
 from switchboard.providers.registry import build_providers
@@ -42,6 +43,14 @@ class Runtime:
         self.inference = Inference(
             router=self.router, providers=self.providers, ledger=self.ledger, runner=self.runner,
             usd_per_credit=settings.usd_per_credit, default_max_output_tokens=settings.default_max_output_tokens,
+            retry_policy=RetryPolicy(
+                attempts_per_model=settings.resilience.attempts_per_model,
+                backoff_base_s=settings.resilience.backoff_base_s,
+                backoff_max_s=settings.resilience.backoff_max_s,
+                max_retry_after_s=settings.resilience.max_retry_after_s,
+            ),
+            breaker_failures=settings.resilience.breaker_failures,
+            breaker_cooldown_s=settings.resilience.breaker_cooldown_s,
         )
         self._sweeper: asyncio.Task[None] | None = None
 

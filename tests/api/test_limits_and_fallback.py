@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def test_auto_falls_back_to_the_next_model_within_the_same_hold(tmp_path: Path, 
     settings = Settings(data_dir=tmp_path, local_model={"enabled": False}, default_model="cheap",
                         rate_limit={"requests_per_minute": 0}, **_models(fake.url))
     server, key = _serve(tmp_path, settings)
-    fake.enqueue(Behaviour(status=503, error_message="overloaded"), Behaviour(text="from the fallback", prompt_tokens=10, completion_tokens=3))
+    # The first model fails twice (its retry included), then the next candidate answers.
+    fake.enqueue(Behaviour(status=503, error_message="overloaded"), Behaviour(status=500),
+                 Behaviour(text="from the fallback", prompt_tokens=10, completion_tokens=3))
     with server:
         raw = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0).chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=20
@@ -77,11 +80,52 @@ def test_auto_falls_back_to_the_next_model_within_the_same_hold(tmp_path: Path, 
         assert raw.headers["x-switchboard-model"] == "sturdy"
         # Charged at the fallback's prices: 10 * 0.4 + 3 * 0.8 credits.
         assert float(raw.headers["x-switchboard-credits-charged"]) == pytest.approx(6.4)
-        assert [r.json["model"] for r in fake.chat_requests()] == ["fake-model", "fake-model-2"]
+        assert [r.json["model"] for r in fake.chat_requests()] == ["fake-model", "fake-model", "fake-model-2"]
         usage = httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()["data"]
         [record] = usage
         assert record["model"] == "sturdy" and record["outcome"] == "ok"
-        assert [a["model"] for a in record["route"]["attempts"]] == ["cheap", "sturdy"]
+        assert [(a["model"], a["outcome"]) for a in record["route"]["attempts"]] == [
+            ("cheap", "error"), ("cheap", "error"), ("sturdy", "ok")]
         balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
         assert balance["held_credits"] == 0 and balance["available_credits"] == pytest.approx(6000 - 6.4)
     assert json.dumps(record)  # the explanation is plain JSON
+
+
+def test_429_is_retried_after_retry_after_and_charged_once(tmp_path: Path, fake: FakeOpenAI) -> None:
+    settings = Settings(data_dir=tmp_path, local_model={"enabled": False},
+                        rate_limit={"requests_per_minute": 0}, **_models(fake.url))
+    server, key = _serve(tmp_path, settings)
+    fake.enqueue(Behaviour(status=429, retry_after="1", error_type="rate_limit_error"),
+                 Behaviour(text="after the wait", prompt_tokens=10, completion_tokens=2))
+    with server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        started = time.monotonic()
+        answer = client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}], max_tokens=20)
+        assert time.monotonic() - started >= 1.0  # honoured Retry-After
+        assert answer.choices[0].message.content == "after the wait"
+        assert answer.model_extra["switchboard"]["credits_charged"] == pytest.approx(10 * 0.2 + 2 * 0.4)
+        assert len(fake.chat_requests()) == 2
+
+
+def test_circuit_breaker_skips_a_failing_provider(tmp_path: Path, fake: FakeOpenAI) -> None:
+    settings = Settings(data_dir=tmp_path, local_model={"enabled": False}, default_model="cheap",
+                        rate_limit={"requests_per_minute": 0},
+                        resilience={"attempts_per_model": 1, "breaker_failures": 2, "breaker_cooldown_s": 60},
+                        **_models(fake.url))
+    server, key = _serve(tmp_path, settings)
+    with server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        # "cheap" (provider primary) fails twice: its breaker opens.
+        fake.enqueue(Behaviour(status=500), Behaviour(text="b1"), Behaviour(status=500), Behaviour(text="b2"))
+        for _ in range(2):
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+        calls = len(fake.chat_requests())
+        answer = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+        assert answer.headers["x-switchboard-model"] == "sturdy"
+        assert [r.json["model"] for r in fake.chat_requests()[calls:]] == ["fake-model-2"]  # primary not called
+        with pytest.raises(openai.APIStatusError) as err:  # asked by name, the open circuit is a 502
+            client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+        assert err.value.status_code == 502 and "skipped" in err.value.message
+        balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
+        assert balance["held_credits"] == 0
