@@ -26,7 +26,7 @@ async def list_models(request: Request) -> Response:
     state: AppState = request.app.state.sb
     await authenticate(request, state.keys)
     data = []
-    for spec in state.runtime.settings.catalog.values():
+    for spec in state.runtime.catalog.values():
         per_k = lambda usd: float(usd / state.runtime.settings.usd_per_credit / 1000)  # noqa: E731
         data.append({
             "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
@@ -113,4 +113,4 @@ async def healthz(request: Request) -> Response:
         await asyncio.wait_for(asyncio.to_thread(ping), timeout=5)
     except Exception as exc:  # noqa: BLE001 - health checks report, they do not raise
         return json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
-    return json_response({"status": "ok", "models": list(state.runtime.settings.catalog)})
+    return json_response({"status": "ok", "models": list(state.runtime.catalog)})

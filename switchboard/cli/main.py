@@ -224,27 +224,48 @@ def _num(value: float | None) -> str:
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """The model catalog with prices in USD per million tokens and credits per 1,000 tokens."""
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    all_models: bool = typer.Option(True, "--all/--available", help="Also list shipped models of vendors without a key."),
+) -> None:
+    """The model catalog, with prices in USD per million tokens and in credits per 1,000 tokens."""
+    from switchboard.router.catalog import build_catalog, shipped_models
+
     settings = _settings()
+    catalog = build_catalog(settings)
+    shipped = {m.spec.name: m for m in shipped_models()}
+    specs = list(catalog.values())
+    if all_models and settings.shipped_catalog:
+        specs += [m.spec for name, m in shipped.items() if name not in catalog]
     rows = []
-    for spec in settings.catalog.values():
+    for spec in specs:
         per_k = lambda usd: usd / settings.usd_per_credit / 1000  # noqa: E731
+        info = shipped.get(spec.name)
         rows.append({
-            "name": spec.name, "provider": spec.provider, "context_window": spec.context_window,
-            "input_usd_per_mtok": str(spec.input_usd_per_mtok), "output_usd_per_mtok": str(spec.output_usd_per_mtok),
+            "name": spec.name, "provider": spec.provider, "available": spec.name in catalog,
+            "tier": info.tier if info else None, "context_window": spec.context_window,
+            "input_usd_per_mtok": _plain(spec.input_usd_per_mtok),
+            "cached_input_usd_per_mtok": None if spec.cached_input_usd_per_mtok is None else _plain(spec.cached_input_usd_per_mtok),
+            "output_usd_per_mtok": _plain(spec.output_usd_per_mtok),
             "input_credits_per_1k": _plain(per_k(spec.input_usd_per_mtok)),
             "output_credits_per_1k": _plain(per_k(spec.output_usd_per_mtok)),
+            "abilities": None if spec.abilities is None else sorted(spec.abilities),
+            "price_date": info.price_date if info else None, "price_source": info.price_source if info else None,
         })
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
-    table = Table(title="models")
-    for col in rows[0] if rows else []:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+    table = Table(title="models (USD per million tokens; credits per 1,000 tokens)")
+    for col in ("model", "provider", "ready", "context", "in $", "cached $", "out $", "in cr/1k", "out cr/1k"):
+        table.add_column(col, no_wrap=col == "model")
+    for r in rows:
+        table.add_row(r["name"], r["provider"], "yes" if r["available"] else "no key", f"{r['context_window']:,}",
+                      r["input_usd_per_mtok"], r["cached_input_usd_per_mtok"] or "-", r["output_usd_per_mtok"],
+                      r["input_credits_per_1k"], r["output_credits_per_1k"])
     out.print(table)
+    if any(not r["available"] for r in rows):
+        err.print("models marked 'no key' become available when the vendor's API key is set "
+                  "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, XAI_API_KEY, DASHSCOPE_API_KEY)")
 
 
 @app.command()

@@ -23,6 +23,7 @@ from switchboard.core.catalog import ModelSpec
 from switchboard.core.money import credits_to_ucr
 
 ProviderKind = Literal["local", "openai-compatible", "openai", "anthropic", "gemini", "xai", "qwen"]
+VENDOR_KINDS = ("openai", "anthropic", "gemini", "xai", "qwen")
 
 
 class ProviderConfig(BaseModel):
@@ -136,6 +137,8 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     plans: dict[str, PlanConfig] = Field(default_factory=_default_plans)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    # Offer the shipped vendor models (router/catalog.toml) for every vendor with a key.
+    shipped_catalog: bool = True
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
 
     @classmethod
@@ -173,7 +176,8 @@ class Settings(BaseSettings):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("model names must be unique")
-        known = set(provider_names) | ({"local"} if self.local_model.enabled else set())
+        # A vendor's own name also works: its provider is created when its API key is set.
+        known = set(provider_names) | ({"local"} if self.local_model.enabled else set()) | set(VENDOR_KINDS)
         for model in self.models:
             if model.provider not in known:
                 raise ValueError(f"model {model.name!r} names unknown provider {model.provider!r}")

@@ -18,6 +18,7 @@ from switchboard.inference.resilience import RetryPolicy
 from switchboard.inference.sweeper import sweep_forever, sweep_once
 from switchboard.providers.base import Provider
 from switchboard.providers.registry import build_providers
+from switchboard.router.catalog import build_catalog, effective_providers
 from switchboard.router.resolve import StaticRouter
 from switchboard.store.db import make_engine
 from switchboard.store.runner import TransactionRunner
@@ -38,8 +39,16 @@ class Runtime:
         self.engine = engine or make_engine(settings.resolved_database_url)
         self.runner = TransactionRunner(self.engine)
         self.ledger = make_ledger(settings)
-        self.providers: dict[str, Provider] = build_providers(settings)
-        self.router = StaticRouter(settings.catalog, settings.default_model)
+        provider_configs = effective_providers(settings)
+        self.providers: dict[str, Provider] = build_providers(settings, provider_configs)
+        self.catalog = build_catalog(settings, provider_configs)
+        missing = {spec.provider for spec in self.catalog.values()} - set(self.providers)
+        if missing:
+            raise ValueError(
+                f"models name provider(s) {', '.join(sorted(missing))}, which are neither configured "
+                f"nor have an API key in the environment"
+            )
+        self.router = StaticRouter(self.catalog, settings.default_model)
         self.inference = Inference(
             router=self.router, providers=self.providers, ledger=self.ledger, runner=self.runner,
             usd_per_credit=settings.usd_per_credit, default_max_output_tokens=settings.default_max_output_tokens,
@@ -60,9 +69,9 @@ class Runtime:
             await provider.start()
         if sweep:
             # First sweep at start-up: holds left by a killed predecessor are resolved now.
-            await asyncio.to_thread(sweep_once, self.runner, self.ledger, self.settings.catalog)
+            await asyncio.to_thread(sweep_once, self.runner, self.ledger, self.catalog)
             self._sweeper = asyncio.create_task(
-                sweep_forever(self.runner, self.ledger, self.settings.catalog, self.settings.sweep_interval_s)
+                sweep_forever(self.runner, self.ledger, self.catalog, self.settings.sweep_interval_s)
             )
 
     async def stop(self) -> None:

@@ -74,5 +74,9 @@ def test_chat_streams_through_the_metered_path_and_usage_shows_it(cli) -> None: 
 
 def test_models_lists_prices_in_usd_and_credits(cli) -> None:  # type: ignore[no-untyped-def]
     run, _ = cli
-    [model] = json.loads(run("models", "--json").stdout)
-    assert model["name"] == "fake-small" and model["input_credits_per_1k"] == "200"
+    rows = json.loads(run("models", "--json").stdout)
+    [model] = [r for r in rows if r["name"] == "fake-small"]
+    assert model["input_credits_per_1k"] == "200" and model["available"]
+    shipped = [r for r in rows if r["price_source"]]
+    assert all(not r["available"] for r in shipped)  # no vendor keys in this test
+    assert [r["name"] for r in json.loads(run("models", "--json", "--available").stdout)] == ["fake-small"]
