@@ -1,0 +1,78 @@
+"""One description per vendor: its fake upstream, its provider kind, and how it reports usage.
+
+Every vendor's fake is configured with the same `Behaviour` (tests/fakes/openai_upstream.py);
+`expected_usage` says what our normalised Usage must be for a Behaviour, following each
+vendor's documented counting rules, so the scenario tests can assert the exact charge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from switchboard.core.types import Usage
+from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
+
+# Prices (USD per million tokens) chosen so charges are easy to read: 1 credit = USD 0.005.
+PRICES = {"input": Decimal(1000), "cached": Decimal(250), "write": Decimal(1250), "output": Decimal(2000)}
+BACKUP_FACTOR = 2  # the fallback model costs twice as much
+
+
+def completion_of(b: Behaviour) -> int:
+    if b.completion_tokens is not None:
+        return b.completion_tokens
+    return max(b.chunks if b.text else 0, 1)
+
+
+def openai_usage(b: Behaviour) -> Usage:
+    """OpenAI, xAI, DashScope: cached tokens inside prompt_tokens, reasoning inside completion."""
+    return Usage(prompt_tokens=b.prompt_tokens, completion_tokens=completion_of(b),
+                 cached_prompt_tokens=b.cached_tokens, reasoning_tokens=b.reasoning_tokens)
+
+
+@dataclass(frozen=True)
+class VendorCase:
+    kind: str
+    fake_factory: Callable[[], Any]
+    expected_usage: Callable[[Behaviour], Usage]
+    reports_reasoning: bool = True
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+def cases() -> list[VendorCase]:
+    found = [
+        VendorCase("openai", FakeOpenAI, openai_usage),
+        VendorCase("xai", FakeOpenAI, openai_usage),
+        VendorCase("qwen", FakeOpenAI, openai_usage),
+    ]
+    try:
+        from tests.fakes.anthropic_upstream import FakeAnthropic
+
+        from tests.vendors.anthropic_usage import anthropic_usage
+
+        found.append(VendorCase("anthropic", FakeAnthropic, anthropic_usage, reports_reasoning=False))
+    except ImportError:  # pragma: no cover - while the adapter is being written
+        pass
+    try:
+        from tests.fakes.gemini_upstream import FakeGemini
+
+        from tests.vendors.gemini_usage import gemini_usage
+
+        found.append(VendorCase("gemini", FakeGemini, gemini_usage))
+    except ImportError:  # pragma: no cover
+        pass
+    return found
+
+
+def credits(usage: Usage, factor: int = 1) -> Decimal:
+    """What a usage costs in credits at the test prices (exact; the gateway rounds up to 1e-6)."""
+    cached = usage.cached_prompt_tokens
+    write = usage.cache_write_tokens
+    uncached = usage.prompt_tokens - cached - write
+    usd = (uncached * PRICES["input"] + cached * PRICES["cached"] + write * PRICES["write"]
+           + usage.completion_tokens * PRICES["output"]) * factor / Decimal(1_000_000)
+    return usd / Decimal("0.005")
