@@ -109,11 +109,11 @@ def error_response(exc: SwitchboardError, request_id: str | None) -> Response:
 # -- auth -------------------------------------------------------------------------------------
 
 
-def api_key_of(request: Request) -> str:
-    """The key from `x-api-key` (Anthropic's header) or `Authorization: Bearer` (also accepted)."""
+def api_key_of(request: Request) -> tuple[str, str]:
+    """(key, where it came from): `x-api-key` (Anthropic's header) or `Authorization: Bearer`."""
     key = request.headers.get("x-api-key", "").strip()
     if key:
-        return key
+        return key, "x-api-key"
     header = request.headers.get("authorization")
     if not header:
         raise AuthenticationFailed("x-api-key header is required")
@@ -121,16 +121,16 @@ def api_key_of(request: Request) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer YOUR_KEY' (or send x-api-key).")
-    return token
+    return token, "bearer token"
 
 
 async def authenticate(request: Request, keys: KeyCache) -> Principal:
-    key = api_key_of(request)
+    key, source = api_key_of(request)
     hit, principal = keys.cached(key)
     if not hit:
         principal = await asyncio.to_thread(keys.get, key)
     if principal is None:
-        raise AuthenticationFailed(f"invalid x-api-key: {key[:6]}****")  # never echo the whole key
+        raise AuthenticationFailed(f"invalid {source}: {key[:6]}****")  # never echo the whole key
     return principal
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.accounts.keys import KeyCache
-from switchboard.api import account, chat
+from switchboard.api import account, anthropic_messages, chat
 from switchboard.api.ratelimit import TokenBuckets
 from switchboard.api.state import AppState
 from switchboard.core.config import Settings, load_settings
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     # Plain Starlette routes: handlers parse their own input (see api.chat for why).
     app.router.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
+    app.router.add_route("/v1/messages", anthropic_messages.messages, methods=["POST"])
     app.router.add_route("/v1/models", account.list_models, methods=["GET"])
     app.router.add_route("/v1/balance", account.balance, methods=["GET"])
     app.router.add_route("/v1/usage", account.usage, methods=["GET"])

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     port: int = 8000
     usd_per_credit: Decimal = Decimal("0.005")
     default_model: str | None = None  # what "auto" (or no model) resolves to; None = cheapest
-    default_max_output_tokens: int = Field(default=4096, gt=0)
+    default_max_output_tokens: int = Field(default=8192, gt=0)  # the output cap when a request sets none
     hold_timeout_s: int = Field(default=900, gt=0)
     sweep_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"

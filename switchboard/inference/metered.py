@@ -108,8 +108,10 @@ class Inference:
                 f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
                 param="messages",
             )
-        limit = spec.max_output_tokens or self.default_max_output_tokens
-        wanted = request.max_tokens if request.max_tokens is not None else limit
+        limit = spec.max_output_tokens or room
+        # Without max_tokens, the hold covers `default_max_output_tokens`, not the model's whole
+        # output limit (up to a million tokens for some): one request must not reserve dollars.
+        wanted = request.max_tokens if request.max_tokens is not None else self.default_max_output_tokens
         return prompt_tokens, max(1, min(wanted, limit, room))
 
     async def begin(

@@ -116,10 +116,13 @@ class AnthropicProvider(HTTPProvider):
         }
         if system:
             body["system"] = system
+        # Sampling: sent only when the client set it. Anthropic accepts temperature 0..1 (OpenAI
+        # 0..2): values above 1 are sent as 1. Claude 4.x models reject temperature and top_p
+        # together (HTTP 400), so when both are set only temperature goes. (The newest models
+        # deprecate both; the anthropic SDK >= 1.0 no longer types them, the API still takes them.)
         if request.temperature is not None:
-            # Anthropic accepts 0..1 (OpenAI 0..2): values above 1 are sent as 1.
             body["temperature"] = min(float(request.temperature), 1.0)
-        if request.top_p is not None:
+        elif request.top_p is not None:
             body["top_p"] = request.top_p
         if request.stop:
             body["stop_sequences"] = list(request.stop)
