@@ -222,8 +222,12 @@ async def messages(request: Request) -> Response:
             )
         events = call.events()
         first = await _first_event(call, events)
+        stream = _stream(call, events, first, message_id)
+        # Start the generator here (it yields message_start at once): a started generator is
+        # closed, and so settles, even if the response is abandoned before it is iterated.
+        head = await anext(stream)
         return StreamingResponse(
-            _stream(call, events, first, message_id),
+            _prepend(head, stream),
             media_type="text/event-stream",
             headers={"x-switchboard-model": call.model.name, "x-switchboard-request-id": request_id,
                      "request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -248,6 +252,12 @@ async def _first_event(call: MeteredCall, events: AsyncIterator[StreamEvent]) ->
     except BaseException:
         call.settle_in_background("cancelled")
         raise
+
+
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in rest:
+        yield chunk
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:

@@ -146,14 +146,16 @@ class ToolDef(_Edge):
     description: str | None = None
     input_schema: dict[str, Any]
 
-    @model_validator(mode="after")
-    def _client_tools_only(self) -> "ToolDef":
-        if self.type not in (None, "custom"):
+    @model_validator(mode="before")
+    @classmethod
+    def _client_tools_only(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in (None, "custom"):
             raise ValueError(
-                f"tool type {self.type!r} is not supported: Switchboard runs client tools only "
+                f"tool type {kind!r} is not supported: Switchboard runs client tools only "
                 "(name, description, input_schema)"
             )
-        return self
+        return data
 
 
 class ToolChoice(_Edge):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import mimetypes
 import re
 import secrets
@@ -63,8 +62,6 @@ from switchboard.core.types import (
     UsageReport,
 )
 from switchboard.providers.http import HTTPProvider, SSEDecoder, describe, drain, error_message, scrub
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -553,7 +550,8 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
 def gemini_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A JSON Schema cut down to the OpenAPI subset Gemini's `Schema` accepts: local `$ref`s
     inlined (a recursive one becomes a bare OBJECT), `["T", "null"]` and `anyOf` with a null
-    branch turned into `nullable`, `oneOf` read as `anyOf`, `const` as a one-value enum,
+    branch turned into `nullable`, `oneOf` read as `anyOf`, `const` as a one-value enum, enums
+    on other types than STRING moved into the description (Gemini rejects them), and
     unsupported keys (`additionalProperties`, `$schema`, `$defs`, `allOf`, ...) and formats dropped."""
     defs: dict[str, Any] = {}
     for field in ("$defs", "definitions"):
@@ -622,11 +620,9 @@ def _schema_node(node: Any, defs: dict[str, Any], refs: tuple[str, ...], depth: 
             values = value if key == "enum" and isinstance(value, list) else [value]
             if None in values:
                 out["nullable"] = True
-            strings = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in values if v is not None]
-            if strings:
-                out["enum"] = strings
-                if any(not isinstance(v, str) for v in values if v is not None):
-                    out["format"] = "enum"  # Gemini's spelling of a non-string enum
+            values = [v for v in values if v is not None]
+            if values:
+                out["enum"] = values  # checked against the type below
         elif key == "required":
             if isinstance(value, list):
                 out["required"] = [r for r in value if isinstance(r, str)]
@@ -638,6 +634,17 @@ def _schema_node(node: Any, defs: dict[str, Any], refs: tuple[str, ...], depth: 
         else:
             out[key] = value
 
+    enum = out.pop("enum", None)
+    if enum:
+        # Gemini allows enum only on STRING: a typeless enum of strings becomes one; any other
+        # type keeps its type and gets the allowed values in its description instead.
+        if out.get("type", "STRING") == "STRING" and all(isinstance(v, str) for v in enum):
+            out["type"] = "STRING"
+            out["enum"] = enum
+        else:
+            listed = ", ".join(orjson.dumps(v).decode() for v in enum)
+            described = out.get("description")
+            out["description"] = f"{described} (one of: {listed})" if described else f"One of: {listed}"
     fmt = out.get("format")
     if fmt is not None and fmt not in _FORMATS.get(out.get("type", ""), ()):
         del out["format"]

