@@ -112,7 +112,11 @@ Block = Annotated[
         Annotated[ToolResultBlock, Tag("tool_result")],
         Annotated[OtherBlock, Tag("other")],
     ],
-    Discriminator(_block_tag, custom_error_type="invalid_block", custom_error_message="each content block must be an object with a string 'type'"),
+    Discriminator(
+        _block_tag,
+        custom_error_type="invalid_block",
+        custom_error_message="each content block must be an object with a string 'type'",
+    ),
 ]
 ToolResultBlock.model_rebuild()
 

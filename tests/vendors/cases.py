@@ -44,28 +44,19 @@ class VendorCase:
 
 
 def cases() -> list[VendorCase]:
-    found = [
+    # Imported here: the usage rules import this module's helpers.
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+    from tests.fakes.gemini_upstream import FakeGemini
+    from tests.vendors.anthropic_usage import anthropic_usage
+    from tests.vendors.gemini_usage import gemini_usage
+
+    return [
         VendorCase("openai", FakeOpenAI, openai_usage),
         VendorCase("xai", FakeOpenAI, openai_usage),
         VendorCase("qwen", FakeOpenAI, openai_usage),
+        VendorCase("anthropic", FakeAnthropic, anthropic_usage, reports_reasoning=False),
+        VendorCase("gemini", FakeGemini, gemini_usage),
     ]
-    try:
-        from tests.fakes.anthropic_upstream import FakeAnthropic
-
-        from tests.vendors.anthropic_usage import anthropic_usage
-
-        found.append(VendorCase("anthropic", FakeAnthropic, anthropic_usage, reports_reasoning=False))
-    except ImportError:  # pragma: no cover - while the adapter is being written
-        pass
-    try:
-        from tests.fakes.gemini_upstream import FakeGemini
-
-        from tests.vendors.gemini_usage import gemini_usage
-
-        found.append(VendorCase("gemini", FakeGemini, gemini_usage))
-    except ImportError:  # pragma: no cover
-        pass
-    return found
 
 
 def credits(usage: Usage, factor: int = 1) -> Decimal:

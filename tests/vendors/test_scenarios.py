@@ -224,9 +224,9 @@ def test_upstream_slower_than_timeout(world: World) -> None:
     assert record["outcome"] == "error" and record["charged_ucr"] == 0
 
 
+@pytest.mark.parametrize("world", [c for c in cases() if c.kind == "anthropic"], ids=str, indirect=True)
 def test_cache_writes_are_charged_at_their_own_price(world: World) -> None:
-    if world.case.kind != "anthropic":
-        pytest.skip("only Anthropic reports cache writes apart")
+    """Only Anthropic reports cache writes apart from the rest of the prompt."""
     b = world.fake.configure(text="ok", chunks=1, prompt_tokens=1000, cached_tokens=300, cache_write_tokens=500,
                              completion_tokens=2)
     answer = ask(world).parse()
