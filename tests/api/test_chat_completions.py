@@ -262,3 +262,29 @@ def test_without_max_tokens_the_answer_is_shortened_to_what_the_balance_affords(
     # ~341 prompt tokens (68.2 credits) + the model's 100 output tokens (40) would need 108.2 credits.
     poor.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": "word " * 200}])
     assert gateway.fake.last.json["max_tokens"] == 79  # (100 - 68.2) / 0.4 per token
+
+
+def test_responses_validate_against_the_sdk_types(gateway: Gateway) -> None:
+    """The SDK builds its objects without validating; here every body and chunk we send is
+    validated against its pydantic types, so a missing or mistyped field fails the test."""
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    from tests.fakes.openai_upstream import FakeToolCall
+
+    gateway.fake.configure(text="valid", chunks=2, tool_calls=[FakeToolCall("call_1", "f", '{"a": 1}')])
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    body = {"model": "fake-small", "messages": [{"role": "user", "content": "x"}], "tools": tools}
+    whole = httpx.post(gateway.api + "/chat/completions", json=body, headers=headers).json()
+    completion = ChatCompletion.model_validate(whole)
+    assert completion.choices[0].message.tool_calls[0].function.arguments == '{"a": 1}'
+    with httpx.stream("POST", gateway.api + "/chat/completions", headers=headers,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [ChatCompletionChunk.model_validate_json(e) for e in events[:-1]]
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    models = httpx.get(gateway.api + "/models", headers=headers).json()
+    from openai.types import Model
+
+    assert [Model.model_validate(m).id for m in models["data"]] == ["fake-small"]
