@@ -43,6 +43,7 @@ from switchboard.core.types import (
     Usage,
     UsageReport,
 )
+from switchboard.providers.media import decode_data_url
 from switchboard.providers.http import (
     NOT_RETRYABLE_STATUSES,
     HTTPProvider,
@@ -168,19 +169,11 @@ class AnthropicProvider(HTTPProvider):
     # -- stream --------------------------------------------------------------------------
 
     async def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        session = self.session()
         body = orjson.dumps(self.build_payload(model, request))
         key = self.config.api_key()
 
         # Phase 1: connect and get the status line. Nothing has been produced: retryable.
-        try:
-            resp = await session.post(self._url, data=body, headers=self.request_headers(key))
-        except TimeoutError as exc:  # includes aiohttp's connect/read timeout classes
-            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({describe(exc)})") from exc
-        except aiohttp.ClientResponseError as exc:  # carries request headers (the key): do not chain
-            raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
-        except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
-            raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
+        resp = await self.open(self._url, body, self.request_headers(key))
 
         async with resp:
             if resp.status >= 300:
@@ -400,17 +393,13 @@ def _content_blocks(content: str | list[Any] | None) -> list[dict[str, Any]]:
 def _image_block(url: str) -> dict[str, Any]:
     """data: URLs become base64 sources, http(s) URLs url sources. (`detail` has no equivalent.)"""
     if url.startswith("data:"):
-        header, comma, data = url[5:].partition(",")
-        params = [p.strip().lower() for p in header.split(";")]
-        media_type = "image/jpeg" if params[0] == "image/jpg" else params[0]
-        if not comma or "base64" not in params[1:] or not data:
-            raise InvalidRequest("Images given as data: URLs must be base64-encoded (data:image/png;base64,...).")
-        if media_type not in _IMAGE_MEDIA_TYPES:
+        image = decode_data_url(url)
+        if image.media_type not in _IMAGE_MEDIA_TYPES:
             raise InvalidRequest(
-                f"Image type {media_type or '(none)'!r} is not supported by this model; "
+                f"Image type {image.media_type!r} is not supported by this model; "
                 f"use one of: {', '.join(sorted(_IMAGE_MEDIA_TYPES))}."
             )
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.data}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise InvalidRequest("Image URLs must be http(s) URLs or base64 data: URLs.")

@@ -30,8 +30,6 @@ Error contract as in providers/base.py. The API key travels only in `x-goog-api-
 
 from __future__ import annotations
 
-import base64
-import binascii
 import mimetypes
 import re
 import secrets
@@ -61,6 +59,7 @@ from switchboard.core.types import (
     Usage,
     UsageReport,
 )
+from switchboard.providers.media import decode_data_url
 from switchboard.providers.http import HTTPProvider, SSEDecoder, describe, drain, error_message, scrub
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
@@ -241,21 +240,13 @@ class GeminiProvider(HTTPProvider):
 
     async def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         body = orjson.dumps(self.build_payload(model, request))  # InvalidRequest before any I/O
-        session = self.session()
         key = self.config.api_key()
         headers = {"Content-Type": "application/json"}
         if key:
             headers["x-goog-api-key"] = key
 
         # Phase 1: connect and get the status line. Nothing has been produced: retryable.
-        try:
-            resp = await session.post(self.url_for(model), data=body, headers=headers)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({describe(exc)})") from exc
-        except aiohttp.ClientResponseError as exc:  # carries request headers: do not chain
-            raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
-        except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
-            raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
+        resp = await self.open(self.url_for(model), body, headers)
 
         async with resp:
             if resp.status >= 300:
@@ -491,20 +482,8 @@ def _content_parts(content: str | list[ContentPart] | None) -> list[dict[str, An
 
 def _image_part(url: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        header, sep, payload = url[5:].partition(",")
-        if not sep:
-            raise InvalidRequest("image data: URL has no ',' before its data", param="messages")
-        fields = header.split(";")
-        mime = fields[0].strip() or "application/octet-stream"
-        if "base64" in fields[1:]:
-            data = "".join(payload.split())
-            try:
-                base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidRequest("image data: URL is not valid base64", param="messages") from None
-        else:
-            data = base64.b64encode(urllib.parse.unquote_to_bytes(payload)).decode()
-        return {"inlineData": {"mimeType": mime, "data": data}}
+        image = decode_data_url(url)
+        return {"inlineData": {"mimeType": image.media_type, "data": image.data}}
     path = urllib.parse.urlsplit(url).path
     mime = mimetypes.guess_type(path)[0]
     if not mime or not mime.startswith("image/"):

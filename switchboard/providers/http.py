@@ -121,6 +121,18 @@ class HTTPProvider(Provider):
         self._loop = loop
         return self._session
 
+    async def open(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST and wait for the status line. Nothing has been produced yet, so every failure
+        here is retryable (a time-out as UpstreamTimeout)."""
+        try:
+            return await self.session().post(url, data=body, headers=headers)
+        except TimeoutError as exc:  # includes aiohttp's connect/read timeout classes
+            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({describe(exc)})") from exc
+        except aiohttp.ClientResponseError as exc:  # carries request headers: do not chain
+            raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
+        except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
+            raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
+
     def error_detail(self, body: Any) -> str:
         """The human message in an upstream error body (override per vendor)."""
         return error_message(body)

@@ -102,7 +102,6 @@ class OpenAICompatProvider(HTTPProvider):
         return body
 
     async def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        session = self.session()
         body = orjson.dumps(self.build_payload(model, request))
         key = self.config.api_key()
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -110,14 +109,7 @@ class OpenAICompatProvider(HTTPProvider):
             headers["Authorization"] = f"Bearer {key}"
 
         # Phase 1: connect and get the status line. Nothing has been produced: retryable.
-        try:
-            resp = await session.post(self._url, data=body, headers=headers)
-        except TimeoutError as exc:  # includes aiohttp's connect/read timeout classes
-            raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({describe(exc)})") from exc
-        except aiohttp.ClientResponseError as exc:  # carries request headers: do not chain
-            raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
-        except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
-            raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
+        resp = await self.open(self._url, body, headers)
 
         async with resp:
             if resp.status >= 300:

@@ -336,8 +336,8 @@ def test_tool_choice_temperature_and_tool_result_ordering(fake: FakeAnthropic) -
 def test_requests_anthropic_cannot_express_are_invalid() -> None:
     provider = provider_for(None)
 
-    def build(**overrides: object) -> None:
-        provider.build_payload(MODEL, simple_request(**overrides))
+    def build(**overrides: object) -> dict:  # type: ignore[type-arg]
+        return provider.build_payload(MODEL, simple_request(**overrides))
 
     bad_args = [ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content=None, tool_calls=[ToolCall("t", "f", "{not json")])]
     with pytest.raises(InvalidRequest, match="'f'.*not valid JSON"):
@@ -346,7 +346,10 @@ def test_requests_anthropic_cannot_express_are_invalid() -> None:
     with pytest.raises(InvalidRequest, match="not a JSON object"):
         build(messages=not_object)
     with pytest.raises(InvalidRequest, match="base64"):
-        build(messages=[ChatMessage(role="user", content=[ImagePart("data:image/png,rawbytes")])])
+        build(messages=[ChatMessage(role="user", content=[ImagePart("data:image/png;base64,not*base64")])])
+    # Percent-encoded data URLs are re-encoded as base64, which is all Anthropic takes.
+    sent = build(messages=[ChatMessage(role="user", content=[ImagePart("data:image/png,raw%20bytes")])])
+    assert sent["messages"][0]["content"][0]["source"]["data"] == "cmF3IGJ5dGVz"
     with pytest.raises(InvalidRequest, match="not supported"):
         build(messages=[ChatMessage(role="user", content=[ImagePart("data:image/tiff;base64,AAAA")])])
     with pytest.raises(InvalidRequest, match="http"):
