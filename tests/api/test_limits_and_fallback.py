@@ -129,3 +129,30 @@ def test_circuit_breaker_skips_a_failing_provider(tmp_path: Path, fake: FakeOpen
         assert err.value.status_code == 502 and "skipped" in err.value.message
         balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
         assert balance["held_credits"] == 0
+
+
+def test_a_feature_the_model_lacks_is_a_clear_400(tmp_path: Path, fake: FakeOpenAI) -> None:
+    models = _models(fake.url)
+    models["models"][0]["abilities"] = ["tools"]  # "cheap" takes tools but no images or JSON mode
+    settings = Settings(data_dir=tmp_path, local_model={"enabled": False}, rate_limit={"requests_per_minute": 0}, **models)
+    server, key = _serve(tmp_path, settings)
+    image = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    with server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": image}], max_tokens=5)
+        assert "does not support vision" in err.value.message
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}], max_tokens=5,
+                                           response_format={"type": "json_object"})
+        assert "does not support json" in err.value.message
+        # "sturdy" declares no abilities (a self-hosted model): passed through to the upstream.
+        client.chat.completions.create(model="sturdy", messages=[{"role": "user", "content": image}], max_tokens=5)
+        assert fake.last.json["messages"][0]["content"][1]["type"] == "image_url"
+        # With "auto", a model that cannot serve the request is skipped instead.
+        settings_auto = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": image}], max_tokens=5)
+        assert settings_auto.headers["x-switchboard-model"] == "sturdy"
+        balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
+        assert balance["held_credits"] == 0
