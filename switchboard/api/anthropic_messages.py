@@ -210,7 +210,7 @@ async def messages(request: Request) -> Response:
         request_id = request_id_of(request)
         call = await state.runtime.inference.begin(
             body.to_request(), user_id=principal.user_id, request_id=request_id, endpoint="messages",
-            stream=body.stream, api_key_id=principal.api_key_id,
+            stream=body.stream, api_key_id=principal.api_key_id, plan=principal.plan,
         )
         message_id = "msg_" + new_id()
         if not body.stream:

@@ -48,7 +48,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = request_id_of(request)
     call = await state.runtime.inference.begin(
         body.to_request(), user_id=principal.user_id, request_id=request_id, endpoint="chat.completions",
-        stream=body.stream, api_key_id=principal.api_key_id,
+        stream=body.stream, api_key_id=principal.api_key_id, plan=principal.plan,
     )
     completion_id = "chatcmpl-" + new_id()
     created = int(time.time())
@@ -57,13 +57,14 @@ async def chat_completions(request: Request) -> Response:
         return Response(
             completion_json(completion_id, created, text, tool_calls, call.finish_reason, metering),
             media_type="application/json",
-            headers=metering_headers(metering),
+            headers={**metering_headers(metering), "x-switchboard-route": call.decision.header()},
         )
     writer = ChunkWriter(completion_id, created, call.model.name)
     return StreamingResponse(
         _stream(call, writer, body.include_usage),
         media_type="text/event-stream",
         headers={"x-switchboard-model": call.model.name, "x-switchboard-request-id": request_id,
+                 "x-switchboard-route": call.decision.header(),
                  "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 

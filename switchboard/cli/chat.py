@@ -43,7 +43,8 @@ async def run_chat(
     try:
         request = ChatRequest(model=model, messages=[ChatMessage("user", prompt)], max_tokens=max_tokens)
         call = await runtime.inference.begin(
-            request, user_id=user.id, request_id="cli-" + uuid.uuid4().hex, endpoint="cli.chat", stream=True
+            request, user_id=user.id, request_id="cli-" + uuid.uuid4().hex, endpoint="cli.chat", stream=True,
+            plan=user.plan,
         )
         outcome, error = "ok", None
         try:

@@ -108,6 +108,32 @@ class ResilienceConfig(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
+Tier = Literal["small", "mid", "flagship"]
+TaskClass = Literal["chat", "factual", "writing", "coding", "math", "long_document", "vision", "tool_use"]
+
+
+class RoutingConfig(BaseModel):
+    """How `model: "auto"` picks a model. Everything here has a working default.
+
+    Each model has a tier (shipped models carry theirs; `tiers` assigns others; the rest are
+    split by price). A task class starts at its `task_min_tier`; the difficulty estimate moves
+    it up at `difficulty_mid` and `difficulty_flagship`; the user's plan caps it at
+    `plan_max_tier`. The cheapest eligible model of the resulting tier wins.
+    """
+
+    tiers: dict[str, Tier] = Field(default_factory=dict)  # model name -> tier
+    task_min_tier: dict[TaskClass, Tier] = Field(default_factory=lambda: {
+        "chat": "small", "factual": "small", "writing": "small", "coding": "mid", "math": "mid",
+        "long_document": "mid", "vision": "small", "tool_use": "small",
+    })
+    difficulty_mid: float = Field(default=0.35, ge=0, le=1)
+    difficulty_flagship: float = Field(default=0.6, ge=0, le=1)
+    plan_max_tier: dict[str, Tier] = Field(default_factory=lambda: {"free": "small", "plus": "flagship", "pro": "flagship"})
+    long_document_tokens: int = Field(default=8000, gt=0)  # prompts this long are "long_document"
+    fallbacks: int = Field(default=2, ge=0, le=10)  # extra candidates kept after the winner
+    prefer_faster_within: float = Field(default=0.0, ge=0)  # price ratio within which lower latency wins
+
+
 class RateLimitConfig(BaseModel):
     """Per-user limits; 0 disables a limit."""
 
@@ -140,6 +166,7 @@ class Settings(BaseSettings):
     # Offer the shipped vendor models (router/catalog.toml) for every vendor with a key.
     shipped_catalog: bool = True
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @classmethod
     def settings_customise_sources(

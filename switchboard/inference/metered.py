@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from switchboard.billing.ledger import Ledger, SettleResult
+from switchboard.billing.ledger import HoldResult, Ledger, SettleResult
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.errors import (
     ContextTooLong,
@@ -33,7 +33,7 @@ from switchboard.core.money import UCR_PER_CREDIT, usd_to_ucr
 from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
 from switchboard.inference.resilience import CircuitBreaker, RetryPolicy
 from switchboard.providers.base import Provider
-from switchboard.router.resolve import RouteDecision, StaticRouter
+from switchboard.router.router import RouteDecision, Router
 from switchboard.store.runner import TransactionRunner
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Inference:
     def __init__(
         self,
         *,
-        router: StaticRouter,
+        router: Router,
         providers: dict[str, Provider],
         ledger: Ledger,
         runner: TransactionRunner,
@@ -88,6 +88,7 @@ class Inference:
         self.retry_policy = retry_policy or RetryPolicy()
         self.breakers = {name: CircuitBreaker(breaker_failures, breaker_cooldown_s) for name in providers}
         self._rng = random.Random()
+        self._latency: dict[str, float] = {}
         self.router = router
         self.providers = providers
         self.ledger = ledger
@@ -123,22 +124,53 @@ class Inference:
         endpoint: str,
         stream: bool,
         api_key_id: int | None = None,
+        plan: str = "free",
     ) -> "MeteredCall":
         started = time.perf_counter()
-        decision = self.router.decide(request.model)
         request.account_id = user_id
-        plans: list[tuple[ModelSpec, int, int]] = []
-        too_long: ContextTooLong | None = None
+        decision = self.router.decide(request, plan=plan, health=self)
+        plans = self._plan_chain(decision.chain, request)
+        held, hold_ucr = await self._hold(plans, request, user_id, request_id)
+        if not held.ok and not held.duplicate and decision.degrade:
+            # Degrade before refusing: the best cheaper model the balance can cover.
+            for spec in decision.degrade:
+                try:
+                    cheaper = self._plan_chain((spec,), request)
+                except SwitchboardError:
+                    continue
+                if self._worst_ucr(cheaper) <= held.available_ucr:
+                    explanation = {**decision.explanation, "model": spec.name,
+                                   "degraded": f"balance covers {spec.name}, not {decision.model.name}"}
+                    decision = RouteDecision((spec,), explanation)
+                    plans = cheaper
+                    held, hold_ucr = await self._hold(plans, request, user_id, request_id)
+                    break
+        if held.duplicate:
+            raise DuplicateRequest(f"request id {request_id!r} was already used", param="idempotency-key")
+        if not held.ok:
+            raise InsufficientCredits(held.available_ucr, held.needed_ucr)
+        assert held.hold_id is not None
+        if held.needed_ucr < hold_ucr:
+            plans = [(spec, p, self._affordable_output(spec, p, m, held.needed_ucr)) for spec, p, m in plans]
+        return MeteredCall(
+            self, request, plans, decision, user_id=user_id, request_id=request_id, hold_id=held.hold_id,
+            endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started,
+        )
+
+    def _plan_chain(self, chain: tuple[ModelSpec, ...], request: ChatRequest) -> list[tuple[ModelSpec, int, int]]:
+        """(model, prompt tokens, max output tokens) for each candidate that can serve the request."""
         needed = request.needed_abilities()
-        chain = [spec for spec in decision.chain if not spec.lacks(needed)] if needed else list(decision.chain)
-        if not chain:
-            first = decision.chain[0]
+        usable = [spec for spec in chain if not spec.lacks(needed)] if needed else list(chain)
+        if not usable:
+            first = chain[0]
             missing = ", ".join(sorted(first.lacks(needed)))
             raise InvalidRequest(
                 f"The model `{first.name}` does not support {missing}. Choose a model that does "
                 f"(`GET /v1/models` lists each model's abilities).", param="model",
             )
-        for spec in chain:
+        plans: list[tuple[ModelSpec, int, int]] = []
+        too_long: ContextTooLong | None = None
+        for spec in usable:
             try:
                 prompt_tokens, max_out = self._plan_candidate(spec, request)
             except ContextTooLong as exc:
@@ -148,10 +180,16 @@ class Inference:
         if not plans:
             assert too_long is not None
             raise too_long
-        # One hold covers every candidate of the chain: a fallback never needs a second hold.
-        hold_ucr = max(
-            usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m in plans
-        )
+        return plans
+
+    def _worst_ucr(self, plans: list[tuple[ModelSpec, int, int]]) -> int:
+        """One hold covers every candidate of the chain: a fallback never needs a second hold."""
+        return max(usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m in plans)
+
+    async def _hold(
+        self, plans: list[tuple[ModelSpec, int, int]], request: ChatRequest, user_id: int, request_id: str
+    ) -> tuple[HoldResult, int]:
+        hold_ucr = self._worst_ucr(plans)
         # A client that set no max_tokens gets what its balance affords (down to a short answer)
         # rather than a refusal sized to the model's largest possible output.
         min_ucr = None
@@ -166,22 +204,24 @@ class Inference:
             order_key=user_id,
         )
         try:
-            held = await asyncio.wrap_future(future)
+            return await asyncio.wrap_future(future), hold_ucr
         except asyncio.CancelledError:
             # The client left while we waited: release the hold if it was placed.
             future.add_done_callback(lambda f: self._void_orphan(f, user_id))
             raise
-        if held.duplicate:
-            raise DuplicateRequest(f"request id {request_id!r} was already used", param="idempotency-key")
-        if not held.ok:
-            raise InsufficientCredits(held.available_ucr, held.needed_ucr)
-        assert held.hold_id is not None
-        if held.needed_ucr < hold_ucr:
-            plans = [(spec, p, self._affordable_output(spec, p, m, held.needed_ucr)) for spec, p, m in plans]
-        return MeteredCall(
-            self, request, plans, decision, user_id=user_id, request_id=request_id, hold_id=held.hold_id,
-            endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started,
-        )
+
+    # -- health, for the router ------------------------------------------------------------
+    def available(self, provider: str) -> bool:
+        breaker = self.breakers.get(provider)
+        return breaker is None or breaker.state != "open"
+
+    def latency_ms(self, model: str) -> float | None:
+        return self._latency.get(model)
+
+    def observe_latency(self, model: str, ttft_ms: float) -> None:
+        """Exponentially weighted time to first token, per model (this process's view)."""
+        old = self._latency.get(model)
+        self._latency[model] = ttft_ms if old is None else old + 0.2 * (ttft_ms - old)
 
     def _affordable_output(self, spec: ModelSpec, prompt_tokens: int, max_out: int, held_ucr: int) -> int:
         """The most output tokens whose worst case still fits in `held_ucr`."""
@@ -372,6 +412,8 @@ class MeteredCall:
             lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid
         )
         # Shielded: once queued the settlement happens even if this task is cancelled.
+        if outcome == "ok" and metering.ttft_ms is not None:
+            self._inference.observe_latency(metering.model, metering.ttft_ms)
         result: SettleResult = await asyncio.shield(asyncio.wrap_future(future))
         metering.charged_ucr = result.charged_ucr
         metering.available_ucr = result.available_ucr

@@ -1,0 +1,224 @@
+"""The router: which model of the catalog runs a request, and why.
+
+A model named explicitly runs as asked. For `auto` (or no model) the decision is:
+
+1. task class (tasks.py) and difficulty (difficulty.py) of the request;
+2. the tier it needs: the task's minimum tier, raised by the difficulty thresholds, capped by
+   the user's plan;
+3. the eligible models: abilities the request needs, a context window that fits the prompt, a
+   provider whose circuit is closed, a tier the plan allows;
+4. the cheapest eligible model of the needed tier wins (if that tier has none: the nearest tier
+   above within the plan, else below); the next candidates become the fallback chain, and the
+   cheaper ones the balance fallback ("degrade before refusing").
+
+Pure and deterministic: the same request, plan, catalog and health give the same decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from switchboard.core.catalog import ModelSpec
+from switchboard.core.config import RoutingConfig
+from switchboard.core.errors import InvalidRequest, ModelNotFound
+from switchboard.core.types import ChatRequest
+from switchboard.router.tasks import classify, last_user_text
+
+AUTO = "auto"
+TIERS = ("small", "mid", "flagship")
+_RANK = {t: i for i, t in enumerate(TIERS)}
+
+
+class Health(Protocol):
+    def available(self, provider: str) -> bool: ...
+    def latency_ms(self, model: str) -> float | None: ...
+
+
+class AllHealthy:
+    """Health for offline decisions (the CLI): every provider up, no latency known."""
+
+    def available(self, provider: str) -> bool:
+        return True
+
+    def latency_ms(self, model: str) -> float | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    chain: tuple[ModelSpec, ...]  # the first runs; the rest are fallbacks, in order
+    explanation: dict[str, Any] = field(default_factory=dict)
+    degrade: tuple[ModelSpec, ...] = ()  # cheaper models to try when the balance cannot cover the chain
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.chain[0]
+
+    def header(self) -> str:
+        """The compact, ASCII-only form for the x-switchboard-route header."""
+        e = self.explanation
+        if e.get("requested") != AUTO:
+            return f"model={self.model.name}; reason=requested"
+        return (f"model={self.model.name}; task={e['task']}; difficulty={e['difficulty']:.2f}; "
+                f"tier={e['tier']}; reason={e['reason']}")
+
+
+def blended_usd_per_mtok(spec: ModelSpec) -> Decimal:
+    """One price to rank models by: a typical 3:1 input:output mix."""
+    return (3 * spec.input_usd_per_mtok + spec.output_usd_per_mtok) / 4
+
+
+def tier_by_price(spec: ModelSpec) -> str:
+    price = blended_usd_per_mtok(spec)
+    return "small" if price < 1 else "mid" if price < 6 else "flagship"
+
+
+class Router:
+    def __init__(
+        self,
+        catalog: dict[str, ModelSpec],
+        config: RoutingConfig,
+        difficulty: Callable[[str], float],
+        *,
+        default_model: str | None = None,
+        shipped_tiers: dict[str, str] | None = None,
+    ) -> None:
+        if not catalog:
+            raise ValueError("the catalog is empty: enable the local model or declare [[models]]")
+        if default_model is not None and default_model not in catalog:
+            raise ValueError(f"default_model {default_model!r} is not in the catalog")
+        self.catalog = catalog
+        self.config = config
+        self.difficulty = difficulty
+        self.default_model = default_model
+        shipped_tiers = shipped_tiers or {}
+        self.tiers: dict[str, str] = {}
+        for name, spec in catalog.items():
+            self.tiers[name] = (
+                config.tiers.get(name) or shipped_tiers.get(name)
+                or ("small" if spec.provider == "local" else tier_by_price(spec))
+            )
+        # Ranked once: cheapest first within each tier, then by name (deterministic).
+        self._ranked = sorted(catalog.values(), key=lambda s: (_RANK[self.tiers[s.name]], blended_usd_per_mtok(s), s.name))
+
+    # -- explicit names -----------------------------------------------------------------
+    def named(self, requested: str) -> RouteDecision:
+        spec = self.catalog.get(requested)
+        if spec is None:
+            if len(requested) > 200:
+                raise InvalidRequest("model name is too long", param="model")
+            known = ", ".join(sorted(self.catalog))
+            raise ModelNotFound(
+                f"The model `{requested}` does not exist or you do not have access to it. Available: {known}, auto.",
+                param="model",
+            )
+        return RouteDecision((spec,), {"requested": requested, "model": spec.name, "reason": "requested by name"})
+
+    # -- auto ---------------------------------------------------------------------------
+    def decide(
+        self, request: ChatRequest, *, plan: str = "free", prompt_tokens: int | None = None,
+        health: Health | None = None,
+    ) -> RouteDecision:
+        if request.model and request.model != AUTO:
+            return self.named(request.model)
+        health = health or AllHealthy()
+        cfg = self.config
+        tokens = prompt_tokens if prompt_tokens is not None else _quick_tokens(request)
+        task, cue = classify(request, tokens, cfg.long_document_tokens)
+        difficulty = round(float(self.difficulty(last_user_text(request))), 4)
+        need = cfg.task_min_tier.get(task, "small")  # type: ignore[call-overload]
+        why = [f"{task} ({cue}) needs at least {need}"]
+        by_difficulty = "flagship" if difficulty >= cfg.difficulty_flagship else "mid" if difficulty >= cfg.difficulty_mid else "small"
+        if _RANK[by_difficulty] > _RANK[need]:
+            need = by_difficulty
+            why.append(f"difficulty {difficulty:.2f} needs {need}")
+        cap = cfg.plan_max_tier.get(plan, "flagship")
+        if _RANK[need] > _RANK[cap]:
+            why.append(f"the {plan} plan allows up to {cap}")
+            need = cap
+        needed_abilities = request.needed_abilities()
+        considered: list[dict[str, Any]] = []
+        eligible: list[ModelSpec] = []
+        for spec in self._ranked:
+            tier = self.tiers[spec.name]
+            reason = None
+            if _RANK[tier] > _RANK[cap]:
+                reason = f"above the {plan} plan"
+            elif spec.lacks(needed_abilities):
+                reason = "lacks " + ", ".join(sorted(spec.lacks(needed_abilities)))
+            elif tokens >= spec.context_window:
+                reason = "context window too small"
+            elif not health.available(spec.provider):
+                reason = "provider circuit open"
+            considered.append({"model": spec.name, "tier": tier,
+                               "usd_per_mtok": str(blended_usd_per_mtok(spec).normalize()),
+                               "eligible": reason is None, **({"why_not": reason} if reason else {})})
+            if reason is None:
+                eligible.append(spec)
+        if not eligible:
+            raise InvalidRequest(
+                "No model in the catalog can serve this request"
+                + (f" (needs {', '.join(sorted(needed_abilities))})" if needed_abilities else "") + ".",
+                param="model",
+            )
+        order = self._preference(eligible, need, health)
+        winner = order[0]
+        won_tier = self.tiers[winner.name]
+        if self.default_model and self.default_model in {s.name for s in eligible} and won_tier == need:
+            default = self.catalog[self.default_model]
+            if self.tiers[default.name] == need:
+                order.remove(default)
+                order.insert(0, default)
+                winner = default
+        reason = f"cheapest eligible {won_tier} model" if won_tier == need else f"no eligible {need} model; nearest tier {won_tier}"
+        chain = tuple(order[: 1 + cfg.fallbacks])
+        winner_price = blended_usd_per_mtok(winner)
+        degrade = tuple(s for s in sorted(eligible, key=lambda s: (-_RANK[self.tiers[s.name]], blended_usd_per_mtok(s), s.name))
+                        if blended_usd_per_mtok(s) < winner_price and s not in chain)
+        explanation = {
+            "requested": AUTO, "task": task, "task_cue": cue, "difficulty": difficulty, "plan": plan,
+            "tier": need, "model": winner.name, "reason": reason, "why": why,
+            "prompt_tokens_estimate": tokens, "fallbacks": [s.name for s in chain[1:]], "candidates": considered,
+        }
+        return RouteDecision(chain, explanation, degrade)
+
+    def _preference(self, eligible: list[ModelSpec], need: str, health: Health) -> list[ModelSpec]:
+        """Needed tier first (cheapest first), then tiers above (nearest first), then below."""
+        target = _RANK[need]
+
+        def key(spec: ModelSpec) -> tuple[Any, ...]:
+            rank = _RANK[self.tiers[spec.name]]
+            distance = (0, 0) if rank == target else (1, rank - target) if rank > target else (2, target - rank)
+            latency = health.latency_ms(spec.name)
+            return (distance, blended_usd_per_mtok(spec), math.inf if latency is None else latency, spec.name)
+
+        order = sorted(eligible, key=key)
+        slack = self.config.prefer_faster_within
+        if slack > 0 and len(order) > 1:
+            first = order[0]
+            limit = blended_usd_per_mtok(first) * Decimal(str(1 + slack))
+            peers = [s for s in order if self.tiers[s.name] == self.tiers[first.name] and blended_usd_per_mtok(s) <= limit]
+            fastest = min(peers, key=lambda s: (health.latency_ms(s.name) or math.inf, blended_usd_per_mtok(s), s.name))
+            if fastest is not first and health.latency_ms(fastest.name) is not None:
+                order.remove(fastest)
+                order.insert(0, fastest)
+        return order
+
+    # -- offline evaluation --------------------------------------------------------------
+    def pick_from(self, names: list[str], difficulty: float, threshold: float) -> str:
+        """`--models A,B,...` (cheapest first): the first model below the threshold, then one step
+        up per equal slice of [threshold, 1]."""
+        if len(names) == 1 or difficulty < threshold:
+            return names[0]
+        steps = len(names) - 1
+        span = (1 - threshold) / steps if steps else 1
+        index = 1 + int((difficulty - threshold) / span) if span > 0 else steps
+        return names[min(index, steps)]
+
+
+def _quick_tokens(request: ChatRequest) -> int:
+    return sum(len(m.text()) for m in request.messages) // 4 + 4 * len(request.messages)
