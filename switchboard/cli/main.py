@@ -7,6 +7,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -266,6 +267,28 @@ def models(
     if any(not r["available"] for r in rows):
         err.print("models marked 'no key' become available when the vendor's API key is set "
                   "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, XAI_API_KEY, DASHSCOPE_API_KEY)")
+
+
+@app.command()
+def route(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt to route (or use --batch)."),
+    plan: str = typer.Option("pro", help="The user's plan: caps the tiers the router may choose."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    batch: Optional[Path] = typer.Option(None, help="A JSONL file, one object with a `prompt` field per line."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Only these models, cheapest first: A,B,..."),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Difficulty where the stronger model takes over."),
+) -> None:
+    """Show how the router would route a prompt (calls no model)."""
+    from switchboard.cli.routing import route_batch, route_one
+
+    settings = _settings()
+    if (prompt is None) == (batch is None):
+        err.print("[red]error:[/red] give a PROMPT or --batch FILE, not both")
+        raise typer.Exit(2)
+    names = [m.strip() for m in models_.split(",") if m.strip()] if models_ else None
+    if batch is not None:
+        raise typer.Exit(route_batch(settings, batch, plan, names, threshold, err))
+    raise typer.Exit(route_one(settings, prompt or "", plan, names, threshold, as_json, out, err))
 
 
 @app.command()

@@ -132,6 +132,9 @@ class RoutingConfig(BaseModel):
     long_document_tokens: int = Field(default=8000, gt=0)  # prompts this long are "long_document"
     fallbacks: int = Field(default=2, ge=0, le=10)  # extra candidates kept after the winner
     prefer_faster_within: float = Field(default=0.0, ge=0)  # price ratio within which lower latency wins
+    # The embedded 270M base model is cheap but weak: with other models in the catalog it is the
+    # last resort, not the default for every easy task.
+    local_model_last: bool = True
 
 
 class RateLimitConfig(BaseModel):

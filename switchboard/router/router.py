@@ -174,11 +174,16 @@ class Router:
                 order.remove(default)
                 order.insert(0, default)
                 winner = default
-        reason = f"cheapest eligible {won_tier} model" if won_tier == need else f"no eligible {need} model; nearest tier {won_tier}"
+        if won_tier == need:
+            reason = f"cheapest eligible {won_tier} model"
+        elif winner.provider == "local" and len(eligible) == 1:
+            reason = "the only eligible model"
+        else:
+            reason = f"no eligible {need} model; nearest tier {won_tier}"
         chain = tuple(order[: 1 + cfg.fallbacks])
         winner_price = blended_usd_per_mtok(winner)
         degrade = tuple(s for s in sorted(eligible, key=lambda s: (-_RANK[self.tiers[s.name]], blended_usd_per_mtok(s), s.name))
-                        if blended_usd_per_mtok(s) < winner_price and s not in chain)
+                        if blended_usd_per_mtok(s) < winner_price)
         explanation = {
             "requested": AUTO, "task": task, "task_cue": cue, "difficulty": difficulty, "plan": plan,
             "tier": need, "model": winner.name, "reason": reason, "why": why,
@@ -194,7 +199,8 @@ class Router:
             rank = _RANK[self.tiers[spec.name]]
             distance = (0, 0) if rank == target else (1, rank - target) if rank > target else (2, target - rank)
             latency = health.latency_ms(spec.name)
-            return (distance, blended_usd_per_mtok(spec), math.inf if latency is None else latency, spec.name)
+            last = self.config.local_model_last and spec.provider == "local"
+            return (last, distance, blended_usd_per_mtok(spec), math.inf if latency is None else latency, spec.name)
 
         order = sorted(eligible, key=key)
         slack = self.config.prefer_faster_within

@@ -25,8 +25,10 @@ MATH = re.compile(
 )
 WRITING = re.compile(
     r"\b(write|draft|compose|rewrite|rephrase|summari[sz]e|translate|proofread|edit)\b.{0,40}"
-    r"\b(email|essay|letter|story|poem|post|article|paragraph|speech|summary|cover letter|bio|text|message)\b"
-    r"|\b(essay|poem|short story|blog post|cover letter)\b",
+    r"\b(email|essay|letter|story|poem|post|article|paragraph|speech|summary|cover letter|bio|text|message"
+    r"|haiku|song|lyrics|limerick|joke|tweet|caption|slogan|description|outline|report|review|toast)\b"
+    r"|\b(essay|poem|haiku|short story|blog post|cover letter)\b"
+    r"|^\s*(please\s+)?(write|draft|compose)\b",
     re.IGNORECASE | re.DOTALL,
 )
 CHAT = re.compile(

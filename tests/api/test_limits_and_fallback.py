@@ -156,3 +156,33 @@ def test_a_feature_the_model_lacks_is_a_clear_400(tmp_path: Path, fake: FakeOpen
         assert settings_auto.headers["x-switchboard-model"] == "sturdy"
         balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
         assert balance["held_credits"] == 0
+
+
+def test_auto_routes_explains_and_degrades_before_refusing(tmp_path: Path, fake: FakeOpenAI) -> None:
+    settings = Settings(data_dir=tmp_path, local_model={"enabled": False}, rate_limit={"requests_per_minute": 0},
+                        routing={"tiers": {"cheap": "small", "sturdy": "mid"}, "plan_max_tier": {"free": "flagship"}},
+                        **_models(fake.url))
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    _, rich_key = add_user(engine, settings, "rich@example.com", "plus")
+    _, poor_key = add_user(engine, settings, "poor@example.com", "free")  # 100 credits
+    engine.dispose()
+    coding = [{"role": "user", "content": "Fix the bug in this python function: def f(): return 1/0"}]
+    with ServerThread(create_app(settings)) as server:
+        rich = openai.OpenAI(base_url=server.url + "/v1", api_key=rich_key, max_retries=0)
+        raw = rich.chat.completions.with_raw_response.create(model="auto", messages=coding, max_tokens=200)
+        assert raw.headers["x-switchboard-model"] == "sturdy"  # coding needs a mid-tier model
+        route = raw.headers["x-switchboard-route"]
+        assert route.startswith("model=sturdy; task=coding; difficulty=") and "tier=mid" in route
+        [record] = httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {rich_key}"}).json()["data"]
+        assert record["route"]["task"] == "coding" and record["route"]["model"] == "sturdy"
+        assert {c["model"] for c in record["route"]["candidates"]} == {"cheap", "sturdy"}
+        # 200 output tokens on "sturdy" could cost 160 credits; the poor user has 100: "cheap" runs.
+        poor = openai.OpenAI(base_url=server.url + "/v1", api_key=poor_key, max_retries=0)
+        raw = poor.chat.completions.with_raw_response.create(model="auto", messages=coding, max_tokens=200)
+        assert raw.headers["x-switchboard-model"] == "cheap"
+        [record] = httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {poor_key}"}).json()["data"]
+        assert "degraded" in record["route"]
+        with pytest.raises(openai.APIStatusError) as err:  # even "cheap" is too dear for 400 tokens: 402
+            poor.chat.completions.create(model="auto", messages=coding, max_tokens=400)
+        assert err.value.status_code == 402

@@ -80,3 +80,24 @@ def test_models_lists_prices_in_usd_and_credits(cli) -> None:  # type: ignore[no
     shipped = [r for r in rows if r["price_source"]]
     assert all(not r["available"] for r in shipped)  # no vendor keys in this test
     assert [r["name"] for r in json.loads(run("models", "--json", "--available").stdout)] == ["fake-small"]
+
+
+def test_route_offline_single_and_batch(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, _ = cli
+    one = json.loads(run("route", "Remind me to water the plants", "--plan", "free", "--json").stdout)
+    assert one["task"] == "chat" and 0 <= one["difficulty"] <= 1 and one["model"]
+    assert {"candidates", "why", "reason"} <= set(one)
+    batch = tmp_path / "prompts.jsonl"
+    prompts = ["hi", "Prove that the square root of 2 is irrational.", "Write a haiku about rain", "What is 2+2?"]
+    batch.write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n" for i, p in enumerate(prompts)))
+    lines = run("route", "--batch", str(batch), "--json").stdout.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 4 and all({"model", "task", "difficulty"} <= set(r) for r in rows)
+    assert rows[1]["task"] == "math" and rows[2]["task"] == "writing"
+    pair = [json.loads(x) for x in run("route", "--batch", str(batch), "--json", "--models", "weak,strong",
+                                       "--threshold", "0").stdout.splitlines()]
+    assert {r["model"] for r in pair} == {"strong"}  # threshold 0: everything escalates
+    pair = [json.loads(x) for x in run("route", "--batch", str(batch), "--json", "--models", "weak,strong",
+                                       "--threshold", "1").stdout.splitlines()]
+    assert {r["model"] for r in pair} <= {"weak", "strong"} and [r["difficulty"] for r in pair] == [r["difficulty"] for r in rows]
+    assert run("route", ok=False).exit_code == 2

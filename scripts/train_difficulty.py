@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""Train and validate the router's difficulty estimate (switchboard/router/difficulty.py).
+
+Data: the RouteLLM MMLU outcomes (57 CSVs, one per subject; columns by position: prompt, weak model
+correct, strong model correct) plus ``contaminated_prompts.jsonl``, whose prompts are excluded from
+training and from evaluation.
+
+    .venv/bin/python scripts/train_difficulty.py --evaluate   # subject-grouped CV -> docs/routing-results.json
+    .venv/bin/python scripts/train_difficulty.py              # train on all rows -> weights file
+
+``--evaluate`` holds out whole subjects (every subject exactly once) and never scores a question the
+fold trained on (prompts that occur in two subjects are dropped from that fold's training rows).
+From the out-of-fold scores it computes the routing curve (accuracy vs share of strong-model calls
+when "score >= threshold" goes to the strong model), APGR, CPT(50%), CPT(80%) and AUC, for each
+candidate label; the label with the best pooled APGR is the one training uses by default.
+
+Only numpy and the standard library are used: logistic regression with L2, fitted by full-batch
+L-BFGS over index arrays (np.bincount) instead of a sparse-matrix library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from switchboard.router import difficulty as D  # noqa: E402
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "routellm-mmlu"
+DEFAULT_REPORT = REPO_ROOT / "docs" / "routing-results.json"
+SEED = 20240601
+N_FOLDS = 8
+L2_HASHED = 3e-4
+L2_DENSE = 1e-3
+MAX_ITER = 200
+
+LABELS = {
+    "weak_wrong_strong_right": "1 if the weak model is wrong and the strong model is right, else 0",
+    "weak_wrong": "1 if the weak model is wrong (whatever the strong model does), else 0",
+    "strong_gain": "soft target (1 + strong_correct - weak_correct) / 2: 1 strong-only, 0.5 tie, 0 weak-only",
+}
+DEFAULT_LABEL = "weak_wrong_strong_right"
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Dataset:
+    prompts: list[str]
+    subjects: np.ndarray  # str
+    weak: np.ndarray  # bool: weak model correct
+    strong: np.ndarray  # bool: strong model correct
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, mask: np.ndarray) -> Dataset:
+        idx = np.flatnonzero(mask)
+        return Dataset([self.prompts[i] for i in idx], self.subjects[idx], self.weak[idx], self.strong[idx])
+
+
+def _as_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "1.0", "yes"):
+        return True
+    if v in ("false", "0", "0.0", "no", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def load_contaminated(data_dir: Path) -> set[str]:
+    path = data_dir / "contaminated_prompts.jsonl"
+    out: set[str] = set()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                for key in ("eval_prompt", "train_prompt", "prompt"):
+                    if isinstance(rec.get(key), str):
+                        out.add(rec[key].strip())
+    return out
+
+
+def load_dataset(data_dir: Path) -> tuple[Dataset, dict]:
+    """All rows except the contaminated ones; columns read by position."""
+    files = sorted(data_dir.glob("*.csv"))
+    if not files:
+        raise SystemExit(f"no CSV files in {data_dir} (use --data DIR)")
+    contaminated = load_contaminated(data_dir)
+    prompts: list[str] = []
+    subjects: list[str] = []
+    weak: list[bool] = []
+    strong: list[bool] = []
+    total = excluded = 0
+    for path in files:
+        subject = path.stem.removeprefix("mmlu_")
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)  # header: model names are not stable, read by position
+            for row in reader:
+                if len(row) < 3:
+                    continue
+                total += 1
+                if row[0].strip() in contaminated:
+                    excluded += 1
+                    continue
+                prompts.append(row[0])
+                subjects.append(subject)
+                weak.append(_as_bool(row[1]))
+                strong.append(_as_bool(row[2]))
+    ds = Dataset(prompts, np.array(subjects), np.array(weak, dtype=bool), np.array(strong, dtype=bool))
+    stats = {"files": len(files), "rows": total, "contaminated_excluded": excluded, "rows_used": len(ds),
+             "subjects": len(set(subjects))}
+    return ds, stats
+
+
+def make_labels(ds: Dataset, kind: str) -> np.ndarray:
+    w = ds.weak.astype(np.float64)
+    s = ds.strong.astype(np.float64)
+    if kind == "weak_wrong_strong_right":
+        return (1 - w) * s
+    if kind == "weak_wrong":
+        return 1 - w
+    if kind == "strong_gain":
+        return (1 + s - w) / 2
+    raise ValueError(f"unknown label {kind!r}; one of {sorted(LABELS)}")
+
+
+# ------------------------------------------------------------------------------------- features
+
+
+@dataclass
+class Matrix:
+    """Rows of hashed features as index arrays (value 1/sqrt(k) per present bucket) + dense block."""
+
+    rows: np.ndarray  # int64 (nnz,)
+    cols: np.ndarray  # int64 (nnz,)
+    vals: np.ndarray  # float64 (nnz,)
+    dense: np.ndarray  # float64 (n, N_DENSE)
+
+    @property
+    def n(self) -> int:
+        return self.dense.shape[0]
+
+    def take(self, mask: np.ndarray) -> Matrix:
+        idx = np.flatnonzero(mask)
+        remap = np.full(self.n, -1, dtype=np.int64)
+        remap[idx] = np.arange(idx.size)
+        keep = remap[self.rows] >= 0
+        return Matrix(remap[self.rows[keep]], self.cols[keep], self.vals[keep], self.dense[idx])
+
+
+def featurize(prompts: list[str]) -> Matrix:
+    rows, cols, vals = [], [], []
+    dense = np.zeros((len(prompts), D.N_DENSE))
+    for i, p in enumerate(prompts):
+        idx, d = D.features(p)
+        dense[i] = d
+        if idx.size:
+            rows.append(np.full(idx.size, i, dtype=np.int64))
+            cols.append(idx)
+            vals.append(np.full(idx.size, 1.0 / np.sqrt(idx.size)))
+    if rows:
+        return Matrix(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), dense)
+    empty = np.zeros(0, dtype=np.int64)
+    return Matrix(empty, empty, np.zeros(0), dense)
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class Params:
+    hashed: np.ndarray  # (HASH_DIM,)
+    dense: np.ndarray  # (N_DENSE,) on the raw (unstandardised) features
+    intercept: float
+
+    def logits(self, X: Matrix) -> np.ndarray:
+        z = np.bincount(X.rows, weights=X.vals * self.hashed[X.cols], minlength=X.n)
+        return z + X.dense @ self.dense + self.intercept
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def fit(X: Matrix, y: np.ndarray, l2_hashed: float = L2_HASHED, l2_dense: float = L2_DENSE,
+        max_iter: int = MAX_ITER, tol: float = 1e-6, verbose: bool = False) -> Params:
+    """L2-regularised logistic regression (targets in [0, 1]) by L-BFGS; deterministic."""
+    n, dim = X.n, D.HASH_DIM
+    mu = X.dense.mean(axis=0)
+    sd = X.dense.std(axis=0)
+    sd[sd < 1e-9] = 1.0
+    Z = (X.dense - mu) / sd
+    y = np.asarray(y, dtype=np.float64)
+    nd = Z.shape[1]
+
+    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, v, b = theta[:dim], theta[dim:dim + nd], theta[-1]
+        z = np.bincount(X.rows, weights=X.vals * w[X.cols], minlength=n) + Z @ v + b
+        # log(1 + e^z) - y z, stably
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        loss += 0.5 * l2_hashed * float(w @ w) + 0.5 * l2_dense * float(v @ v)
+        r = (_sigmoid(z) - y) / n
+        g = np.empty_like(theta)
+        g[:dim] = np.bincount(X.cols, weights=X.vals * r[X.rows], minlength=dim) + l2_hashed * w
+        g[dim:dim + nd] = Z.T @ r + l2_dense * v
+        g[-1] = r.sum()
+        return loss, g
+
+    theta = np.zeros(dim + nd + 1)
+    p0 = float(np.clip(y.mean(), 1e-4, 1 - 1e-4))
+    theta[-1] = np.log(p0 / (1 - p0))
+    theta = _lbfgs(loss_grad, theta, max_iter=max_iter, tol=tol, verbose=verbose)
+    w, v, b = theta[:dim], theta[dim:dim + nd], float(theta[-1])
+    v_raw = v / sd
+    return Params(w.copy(), v_raw, b - float(v_raw @ mu))
+
+
+def _lbfgs(fun, x: np.ndarray, max_iter: int, tol: float, m: int = 10, verbose: bool = False) -> np.ndarray:
+    f, g = fun(x)
+    s_hist: list[np.ndarray] = []
+    y_hist: list[np.ndarray] = []
+    for it in range(max_iter):
+        # two-loop recursion
+        q = g.copy()
+        alphas = []
+        for s, yv in zip(reversed(s_hist), reversed(y_hist)):
+            rho = 1.0 / float(yv @ s)
+            a = rho * float(s @ q)
+            alphas.append((a, rho))
+            q -= a * yv
+        if s_hist:
+            q *= float(s_hist[-1] @ y_hist[-1]) / float(y_hist[-1] @ y_hist[-1])
+        for (a, rho), s, yv in zip(reversed(alphas), s_hist, y_hist):
+            bta = rho * float(yv @ q)
+            q += (a - bta) * s
+        d = -q
+        gd = float(g @ d)
+        if gd >= 0:  # not a descent direction: restart
+            s_hist.clear()
+            y_hist.clear()
+            d = -g
+            gd = float(g @ d)
+        step = 1.0 if s_hist else 1.0 / max(1.0, float(np.abs(g).max()))
+        for _ in range(30):  # backtracking (Armijo)
+            x_new = x + step * d
+            f_new, g_new = fun(x_new)
+            if f_new <= f + 1e-4 * step * gd:
+                break
+            step *= 0.5
+        else:
+            break
+        s_vec, y_vec = x_new - x, g_new - g
+        if float(s_vec @ y_vec) > 1e-12:
+            s_hist.append(s_vec)
+            y_hist.append(y_vec)
+            if len(s_hist) > m:
+                s_hist.pop(0)
+                y_hist.pop(0)
+        converged = abs(f - f_new) <= tol * max(1.0, abs(f))
+        x, f, g = x_new, f_new, g_new
+        if verbose and it % 20 == 0:
+            print(f"    iter {it:3d} loss {f:.5f} |g| {np.abs(g).max():.2e}", flush=True)
+        if converged or float(np.abs(g).max()) < 1e-7:
+            break
+    return x
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+
+def routing_curve(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (share of strong calls, cumulative accuracy gain) vertices of threshold routing.
+
+    Sending every prompt with score >= t to the strong model, for every t: vertices at each
+    distinct score; between them (ties) the curve is linear, which is the expectation under
+    random tie-breaking. Gain counts (strong_correct - weak_correct) of the routed prompts / N.
+    """
+    n = len(scores)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    s = np.asarray(scores, dtype=np.float64)[order]
+    gain = strong[order].astype(np.float64) - weak[order].astype(np.float64)
+    cum = np.cumsum(gain)
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each tie group
+    share = np.r_[0.0, (ends + 1) / n]
+    gained = np.r_[0.0, cum[ends] / n]
+    return share, gained
+
+
+def routing_metrics(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray,
+                    points: int = 21) -> dict:
+    weak_acc = float(np.mean(weak))
+    strong_acc = float(np.mean(strong))
+    gap = strong_acc - weak_acc
+    share, gained = routing_curve(scores, weak, strong)
+    pgr = gained / gap if gap > 0 else np.zeros_like(gained)
+    apgr = float(np.sum((pgr[1:] + pgr[:-1]) * np.diff(share)) / 2)
+    grid = np.linspace(0, 1, points)
+    acc = weak_acc + np.interp(grid, share, gained)
+    return {
+        "n": int(len(scores)),
+        "weak_acc": weak_acc,
+        "strong_acc": strong_acc,
+        "oracle_acc": float(np.mean(weak | strong)),
+        "apgr": apgr,
+        "cpt50": cpt(share, pgr, 0.5),
+        "cpt80": cpt(share, pgr, 0.8),
+        "max_acc": float(weak_acc + gained.max()),
+        "max_acc_share": float(share[int(np.argmax(gained))]),
+        "curve": [
+            {"strong_share": round(float(g), 4), "accuracy": round(float(a), 5),
+             "random_accuracy": round(weak_acc + float(g) * gap, 5),
+             "pgr": round(float((a - weak_acc) / gap), 5) if gap > 0 else None}
+            for g, a in zip(grid, acc)
+        ],
+    }
+
+
+def cpt(share: np.ndarray, pgr: np.ndarray, target: float) -> float | None:
+    """Smallest share of strong calls at which the (piecewise-linear) PGR curve reaches target."""
+    hit = np.flatnonzero(pgr >= target - 1e-12)
+    if hit.size == 0:
+        return None
+    j = int(hit[0])
+    if j == 0:
+        return 0.0
+    x0, x1, y0, y1 = share[j - 1], share[j], pgr[j - 1], pgr[j]
+    return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0)) if y1 != y0 else float(x1)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC (Mann-Whitney, ties counted half) of scores for a binary label."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    s = np.asarray(scores)[order]
+    ranks = np.empty(len(s))
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):
+        ranks[a:b] = (a + b + 1) / 2.0  # average 1-based rank
+    r = np.empty(len(s))
+    r[order] = ranks
+    return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# ------------------------------------------------------------------------------------------ CV
+
+
+def subject_folds(subjects: np.ndarray, k: int = N_FOLDS, seed: int = SEED) -> dict[str, int]:
+    """Each subject goes to exactly one fold; greedy by size so folds hold similar row counts."""
+    names, counts = np.unique(subjects, return_counts=True)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(names))
+    order = sorted(perm, key=lambda i: -counts[i])  # stable: ties keep the random order
+    load = [0] * k
+    fold: dict[str, int] = {}
+    for i in order:
+        f = min(range(k), key=lambda j: (load[j], j))
+        fold[str(names[i])] = f
+        load[f] += int(counts[i])
+    return fold
+
+
+def cross_validate(ds: Dataset, X: Matrix, label: str, k: int = N_FOLDS, seed: int = SEED,
+                   verbose: bool = True, **fit_kw) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Out-of-fold scores with whole subjects held out; returns (scores, fold of each row, folds)."""
+    folds = subject_folds(ds.subjects, k, seed)
+    row_fold = np.array([folds[s] for s in ds.subjects])
+    y = make_labels(ds, label)
+    oof = np.full(len(ds), np.nan)
+    norm = [p.strip() for p in ds.prompts]
+    for f in range(k):
+        test = row_fold == f
+        test_prompts = {norm[i] for i in np.flatnonzero(test)}
+        train = ~test & np.array([p not in test_prompts for p in norm])
+        t0 = time.perf_counter()
+        params = fit(X.take(train), y[train], **fit_kw)
+        oof[test] = _sigmoid(params.logits(X.take(test)))
+        if verbose:
+            dropped = int((~test).sum() - train.sum())
+            print(f"  [{label}] fold {f}: train {int(train.sum())} (dropped {dropped} shared prompts), "
+                  f"test {int(test.sum())}, {time.perf_counter() - t0:.1f}s", flush=True)
+    return oof, row_fold, folds
+
+
+def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int, **fit_kw) -> dict:
+    results = {}
+    target = ~ds.weak & ds.strong
+    for label in labels:
+        oof, row_fold, folds = cross_validate(ds, X, label, k, seed, **fit_kw)
+        pooled = routing_metrics(oof, ds.weak, ds.strong)
+        per_fold = []
+        for f in range(k):
+            m = row_fold == f
+            fm = routing_metrics(oof[m], ds.weak[m], ds.strong[m])
+            per_fold.append({
+                "fold": f, "subjects": sorted(s for s, j in folds.items() if j == f), "n": fm["n"],
+                "weak_acc": round(fm["weak_acc"], 4), "strong_acc": round(fm["strong_acc"], 4),
+                "apgr": round(fm["apgr"], 4),
+                "auc_weak_wrong_strong_right": _r(auc(oof[m], target[m])),
+            })
+        fold_apgr = np.array([p["apgr"] for p in per_fold])
+        results[label] = {
+            "definition": LABELS[label],
+            "apgr": round(pooled["apgr"], 4),
+            "cpt50": _r(pooled["cpt50"]),
+            "cpt80": _r(pooled["cpt80"]),
+            "auc_weak_wrong_strong_right": _r(auc(oof, target)),
+            "auc_weak_wrong": _r(auc(oof, ~ds.weak)),
+            "auc_own_label": _r(auc(oof, make_labels(ds, label) > 0.5)) if label != "strong_gain" else None,
+            "max_acc": round(pooled["max_acc"], 4),
+            "max_acc_share": round(pooled["max_acc_share"], 4),
+            "weak_acc": round(pooled["weak_acc"], 4),
+            "strong_acc": round(pooled["strong_acc"], 4),
+            "oracle_acc": round(pooled["oracle_acc"], 4),
+            "n": pooled["n"],
+            "fold_apgr_mean": round(float(fold_apgr.mean()), 4),
+            "fold_apgr_std": round(float(fold_apgr.std(ddof=1)), 4) if k > 1 else None,
+            "fold_apgr_min": round(float(fold_apgr.min()), 4),
+            "fold_apgr_max": round(float(fold_apgr.max()), 4),
+            "curve": pooled["curve"],
+            "folds": per_fold,
+        }
+        print(f"[{label}] APGR {pooled['apgr']:.4f}  CPT50 {_fmt(pooled['cpt50'])}  "
+              f"CPT80 {_fmt(pooled['cpt80'])}  AUC(wwsr) {results[label]['auc_weak_wrong_strong_right']}  "
+              f"fold APGR {fold_apgr.mean():.3f} ± {fold_apgr.std(ddof=1):.3f} "
+              f"[{fold_apgr.min():.3f}, {fold_apgr.max():.3f}]", flush=True)
+    return results
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def feature_config() -> dict:
+    return {
+        "feature_version": D.FEATURE_VERSION,
+        "hash": "zlib.crc32 of words (unigrams), mixed crc32 pairs (bigrams), crc32 of symbol bytes",
+        "hash_bits": D.HASH_BITS,
+        "head_bytes": D.HEAD_BYTES,
+        "tail_bytes": D.TAIL_BYTES,
+        "dense_names": list(D.DENSE_NAMES),
+    }
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"data directory (default {DEFAULT_DATA})")
+    ap.add_argument("--evaluate", action="store_true", help="subject-grouped cross-validation; write --report")
+    ap.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="evaluation JSON (written by --evaluate, "
+                    "read by training for the metadata)")
+    ap.add_argument("--out", type=Path, default=D.DEFAULT_WEIGHTS, help="weights file to write when training")
+    ap.add_argument("--label", choices=sorted(LABELS), default=None,
+                    help="training target (default: the best label in --report, else " + DEFAULT_LABEL + ")")
+    ap.add_argument("--labels", default=",".join(LABELS), help="labels compared by --evaluate (comma-separated)")
+    ap.add_argument("--folds", type=int, default=N_FOLDS)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--l2", type=float, default=L2_HASHED, help="L2 on hashed weights")
+    ap.add_argument("--l2-dense", type=float, default=L2_DENSE, help="L2 on standardised dense weights")
+    ap.add_argument("--max-iter", type=int, default=MAX_ITER)
+    args = ap.parse_args(argv)
+    fit_kw = {"l2_hashed": args.l2, "l2_dense": args.l2_dense, "max_iter": args.max_iter}
+
+    t0 = time.perf_counter()
+    ds, stats = load_dataset(args.data)
+    X = featurize(ds.prompts)
+    print(f"loaded {stats['rows_used']} rows ({stats['contaminated_excluded']} contaminated excluded) from "
+          f"{stats['files']} files; features in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    if args.evaluate:
+        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+        results = evaluate(ds, X, labels, args.folds, args.seed, **fit_kw)
+        best = max(results, key=lambda k: results[k]["apgr"])
+        report = {
+            "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "scripts/train_difficulty.py --evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "data": stats,
+            "protocol": {
+                "folds": args.folds, "seed": args.seed,
+                "grouping": "subjects (every subject held out exactly once)",
+                "contaminated": "excluded from training and evaluation",
+                "shared_prompts": "prompts that also occur in the held-out fold are dropped from that fold's training rows",
+                "routing": "send to the strong model when score >= threshold; curve is exact over all thresholds "
+                           "(linear between distinct scores = random tie-breaking)",
+                "apgr": "area under PGR(share) on share in [0, 1], PGR = (acc - weak_acc) / (strong_acc - weak_acc); "
+                        "random routing = 0.5",
+                "cpt": "smallest share of strong calls with PGR >= 50% / 80%",
+            },
+            "model": {"l2_hashed": args.l2, "l2_dense": args.l2_dense, "max_iter": args.max_iter, **feature_config()},
+            "best_label": best,
+            "labels": results,
+        }
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"best label: {best}; report written to {args.report} ({time.perf_counter() - t0:.0f}s)")
+        return 0
+
+    report = None
+    if args.report.exists():
+        report = json.loads(args.report.read_text(encoding="utf-8"))
+        if report.get("model", {}).get("feature_version") != D.FEATURE_VERSION:
+            print(f"note: {args.report} was made with other features; its metrics are not embedded")
+            report = None
+    label = args.label or (report["best_label"] if report else DEFAULT_LABEL)
+    t1 = time.perf_counter()
+    params = fit(X, make_labels(ds, label), **fit_kw)
+    train_s = time.perf_counter() - t1
+    held_out = None
+    if report and label in report["labels"]:
+        r = report["labels"][label]
+        held_out = {k: r[k] for k in ("apgr", "cpt50", "cpt80", "auc_weak_wrong_strong_right", "fold_apgr_mean",
+                                      "fold_apgr_std", "fold_apgr_min", "fold_apgr_max")}
+        held_out.update(source=str(args.report.relative_to(REPO_ROOT)) if args.report.is_relative_to(REPO_ROOT)
+                        else str(args.report), generated=report.get("generated"), folds=report["protocol"]["folds"])
+    meta = {
+        "trained": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {**stats, "source": "lm-sys/RouteLLM MMLU responses (weak: Mixtral-8x7B-Instruct-v0.1, "
+                                    "strong: gpt-4-1106-preview)"},
+        "label": label,
+        "label_definition": LABELS[label],
+        "score_meaning": "estimated probability that the weak model fails and the strong model is needed",
+        "model": {"type": "logistic regression, L2, L-BFGS", "l2_hashed": args.l2, "l2_dense": args.l2_dense,
+                  "max_iter": args.max_iter, "seed": args.seed},
+        **feature_config(),
+        "held_out": held_out,
+        "train_seconds": round(train_s, 1),
+    }
+    save_weights(args.out, params, meta)
+    size = args.out.stat().st_size
+    print(f"trained on {len(ds)} rows with label {label} in {train_s:.1f}s "
+          f"(total {time.perf_counter() - t0:.1f}s); wrote {args.out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+def save_weights(path: Path, params: Params, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        np.savez_compressed(
+            fh,
+            hashed_weights=params.hashed.astype(np.float32),
+            dense_weights=params.dense.astype(np.float64),
+            intercept=np.float64(params.intercept),
+            metadata=np.array(json.dumps(meta, sort_keys=True)),
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
