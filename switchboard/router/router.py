@@ -102,8 +102,12 @@ class Router:
                 config.tiers.get(name) or shipped_tiers.get(name)
                 or ("small" if spec.provider == "local" else tier_by_price(spec))
             )
+        # Per-model figures computed once: a decision only reads them.
+        self._price = {name: blended_usd_per_mtok(spec) for name, spec in catalog.items()}
+        self._price_text = {name: str(price.normalize()) for name, price in self._price.items()}
+        self._rank = {name: _RANK[tier] for name, tier in self.tiers.items()}
         # Ranked once: cheapest first within each tier, then by name (deterministic).
-        self._ranked = sorted(catalog.values(), key=lambda s: (_RANK[self.tiers[s.name]], blended_usd_per_mtok(s), s.name))
+        self._ranked = sorted(catalog.values(), key=lambda s: (self._rank[s.name], self._price[s.name], s.name))
 
     # -- explicit names -----------------------------------------------------------------
     def named(self, requested: str) -> RouteDecision:
@@ -143,10 +147,11 @@ class Router:
         needed_abilities = request.needed_abilities()
         considered: list[dict[str, Any]] = []
         eligible: list[ModelSpec] = []
+        cap_rank = _RANK[cap]
         for spec in self._ranked:
             tier = self.tiers[spec.name]
             reason = None
-            if _RANK[tier] > _RANK[cap]:
+            if self._rank[spec.name] > cap_rank:
                 reason = f"above the {plan} plan"
             elif spec.lacks(needed_abilities):
                 reason = "lacks " + ", ".join(sorted(spec.lacks(needed_abilities)))
@@ -154,8 +159,7 @@ class Router:
                 reason = "context window too small"
             elif not health.available(spec.provider):
                 reason = "provider circuit open"
-            considered.append({"model": spec.name, "tier": tier,
-                               "usd_per_mtok": str(blended_usd_per_mtok(spec).normalize()),
+            considered.append({"model": spec.name, "tier": tier, "usd_per_mtok": self._price_text[spec.name],
                                "eligible": reason is None, **({"why_not": reason} if reason else {})})
             if reason is None:
                 eligible.append(spec)
@@ -181,9 +185,10 @@ class Router:
         else:
             reason = f"no eligible {need} model; nearest tier {won_tier}"
         chain = tuple(order[: 1 + cfg.fallbacks])
-        winner_price = blended_usd_per_mtok(winner)
-        degrade = tuple(s for s in sorted(eligible, key=lambda s: (-_RANK[self.tiers[s.name]], blended_usd_per_mtok(s), s.name))
-                        if blended_usd_per_mtok(s) < winner_price)
+        price = self._price
+        winner_price = price[winner.name]
+        degrade = tuple(s for s in sorted(eligible, key=lambda s: (-self._rank[s.name], price[s.name], s.name))
+                        if price[s.name] < winner_price)
         explanation = {
             "requested": AUTO, "task": task, "task_cue": cue, "difficulty": difficulty, "plan": plan,
             "tier": need, "model": winner.name, "reason": reason, "why": why,
@@ -195,20 +200,23 @@ class Router:
         """Needed tier first (cheapest first), then tiers above (nearest first), then below."""
         target = _RANK[need]
 
+        local_last = self.config.local_model_last
+        rank_of, price = self._rank, self._price
+
         def key(spec: ModelSpec) -> tuple[Any, ...]:
-            rank = _RANK[self.tiers[spec.name]]
+            rank = rank_of[spec.name]
             distance = (0, 0) if rank == target else (1, rank - target) if rank > target else (2, target - rank)
             latency = health.latency_ms(spec.name)
-            last = self.config.local_model_last and spec.provider == "local"
-            return (last, distance, blended_usd_per_mtok(spec), math.inf if latency is None else latency, spec.name)
+            last = local_last and spec.provider == "local"
+            return (last, distance, price[spec.name], math.inf if latency is None else latency, spec.name)
 
         order = sorted(eligible, key=key)
         slack = self.config.prefer_faster_within
         if slack > 0 and len(order) > 1:
             first = order[0]
-            limit = blended_usd_per_mtok(first) * Decimal(str(1 + slack))
-            peers = [s for s in order if self.tiers[s.name] == self.tiers[first.name] and blended_usd_per_mtok(s) <= limit]
-            fastest = min(peers, key=lambda s: (health.latency_ms(s.name) or math.inf, blended_usd_per_mtok(s), s.name))
+            limit = price[first.name] * Decimal(str(1 + slack))
+            peers = [s for s in order if self.tiers[s.name] == self.tiers[first.name] and price[s.name] <= limit]
+            fastest = min(peers, key=lambda s: (health.latency_ms(s.name) or math.inf, price[s.name], s.name))
             if fastest is not first and health.latency_ms(fastest.name) is not None:
                 order.remove(fastest)
                 order.insert(0, fastest)

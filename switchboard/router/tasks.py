@@ -1,8 +1,10 @@
-"""What kind of task a request is: a handful of compiled patterns, microseconds per call.
+"""What kind of task a request is: word sets and a few literal cues, microseconds per call.
 
 Why rules and not a model: the classes are few and their cues are lexical (code fences,
 equations, "remind me", "write an email"), the decision must be explainable, and it must cost
-nothing. The difficulty estimate (difficulty.py) is where learning pays.
+nothing. The difficulty estimate (difficulty.py) is where learning pays. Cues are looked up in
+the set of words of the message's head, not with alternation-heavy regular expressions, which
+measured ~50 us per search on a 2 kB prompt.
 """
 
 from __future__ import annotations
@@ -11,35 +13,30 @@ import re
 
 from switchboard.core.types import ChatRequest, ImagePart
 
-CODE = re.compile(
-    r"```|\bdef |\bclass \w+[:(]|\bimport \w|#include|\bfunction\s*\(|=>|\bconsole\.log|\bSELECT\b.+\bFROM\b"
-    r"|\b(python|javascript|typescript|rust|golang|java|c\+\+|sql|regex|bash|kotlin|swift)\b"
-    r"|\b(code|function|bug|compile|stack ?trace|exception|refactor|unit test|api endpoint|script)\b",
-    re.IGNORECASE,
+HEAD_CHARS = 2000  # cues live at the start; long pastes are long_document anyway
+_WORDS = re.compile(r"[a-z][a-z0-9_+#]*")
+_ARITHMETIC = re.compile(r"\d\s*[-+*/^=<>]\s*\(?\d|\b\d+[a-z]\b\s*[-+=]")
+
+CODE_WORDS = frozenset(
+    "python javascript typescript rust golang java c++ c# sql regex bash shell kotlin swift php ruby html css "
+    "code function functions bug bugs compile compiler exception traceback stacktrace refactor script debug "
+    "segfault api endpoint dockerfile kubernetes git npm pip variable loop recursion algorithm".split()
 )
-MATH = re.compile(
-    r"\\frac|\\int|\\sum|\\sqrt|\$[^$]+\$|\d\s*[-+*/^=]\s*\d|\b\d+x\b"
-    r"|\b(prove|proof|theorem|lemma|integral|derivative|equation|solve for|probability|matrix|eigen\w*"
-    r"|polynomial|logarithm|factorial|prime number|how many ways|calculate|compute the|reason step by step)\b",
-    re.IGNORECASE,
+CODE_MARKS = ("```", "def ", "#include", "=>", "console.log", "import ", "function(", "select ", "();", "){", "</")
+MATH_WORDS = frozenset(
+    "prove proof theorem lemma integral derivative equation equations probability matrix eigenvalue eigenvalues "
+    "polynomial logarithm factorial calculate compute solve sum integer integers prime divisible modulo "
+    "geometry triangle algebra calculus".split()
 )
-WRITING = re.compile(
-    r"\b(write|draft|compose|rewrite|rephrase|summari[sz]e|translate|proofread|edit)\b.{0,40}"
-    r"\b(email|essay|letter|story|poem|post|article|paragraph|speech|summary|cover letter|bio|text|message"
-    r"|haiku|song|lyrics|limerick|joke|tweet|caption|slogan|description|outline|report|review|toast)\b"
-    r"|\b(essay|poem|haiku|short story|blog post|cover letter)\b"
-    r"|^\s*(please\s+)?(write|draft|compose)\b",
-    re.IGNORECASE | re.DOTALL,
+MATH_MARKS = ("\\frac", "\\int", "\\sum", "\\sqrt", "$$", "√", "∫", "≤", "≥")
+WRITING_VERBS = frozenset("write draft compose rewrite rephrase summarise summarize translate proofread edit".split())
+WRITING_NOUNS = frozenset(
+    "email essay letter story poem post article paragraph speech summary bio message haiku song lyrics limerick "
+    "joke tweet caption slogan description outline report review toast".split()
 )
-CHAT = re.compile(
-    r"^\s*(hi|hello|hey|thanks|thank you|good (morning|night|evening)|how are you|ok|okay|yes|no|bye)\b"
-    r"|\bremind me\b|\breminder\b|\bset (an? )?(alarm|timer)\b|\b(add|put) .{0,30}\b(to|on) my (list|calendar)\b",
-    re.IGNORECASE,
-)
-FACTUAL = re.compile(
-    r"^\s*(what|who|when|where|which|how (many|much|old|far|long|tall)|is|are|does|did|define|name)\b",
-    re.IGNORECASE,
-)
+GREETINGS = frozenset("hi hello hey thanks thank ok okay yes no bye morning night evening".split())
+REMINDER_MARKS = ("remind me", "reminder", "set an alarm", "set a timer", "set alarm", "to my list", "on my calendar")
+QUESTION_WORDS = frozenset("what who when where which is are does did define name how".split())
 
 
 def last_user_text(request: ChatRequest) -> str:
@@ -58,15 +55,18 @@ def classify(request: ChatRequest, prompt_tokens: int, long_document_tokens: int
     if prompt_tokens >= long_document_tokens:
         return "long_document", f"the prompt is {prompt_tokens} tokens"
     text = last_user_text(request)
-    head = text[:4000]  # cues live at the start; long pastes are long_document anyway
-    if CODE.search(head):
+    head = text[:HEAD_CHARS].lower()
+    words = _WORDS.findall(head)
+    vocabulary = set(words)
+    first = words[0] if words else ""
+    if any(mark in head for mark in CODE_MARKS) or vocabulary & CODE_WORDS:
         return "coding", "code or programming terms"
-    if MATH.search(head):
+    if any(mark in head for mark in MATH_MARKS) or vocabulary & MATH_WORDS or _ARITHMETIC.search(head):
         return "math", "maths or reasoning terms"
-    if WRITING.search(head):
+    if first in ("write", "draft", "compose") or (vocabulary & WRITING_VERBS and vocabulary & WRITING_NOUNS):
         return "writing", "a writing request"
-    if CHAT.search(head) and len(text) < 300:
+    if len(text) < 300 and (first in GREETINGS or any(mark in head for mark in REMINDER_MARKS)):
         return "chat", "small talk or a reminder"
-    if FACTUAL.search(head) and len(text) < 600:
+    if first in QUESTION_WORDS and len(text) < 600:
         return "factual", "a short question"
     return ("chat", "short message") if len(text) < 200 else ("writing", "a longer open request")
