@@ -5,9 +5,16 @@ wallet row, so check-and-reserve is atomic under any concurrency, in one process
 outcomes (not enough credits, already settled) are returned, not raised, so that one refused
 request does not abort a group-committed batch.
 
+Double entry: every change is one transaction (`txn_id`) of entries that sum to zero, between
+a user's `wallet` (credits held), the user's `receivables` (credits owed: usage beyond the
+balance) and the system accounts `sales` (credits paid for), `promotions` (credits given),
+`revenue` (credits spent on inference), `breakage` (credits expired) and `refunds`.
+
 Invariants (checked by `verify`):
-  wallet.balance_ucr = SUM(ledger_entries.amount_ucr)           (entries are immutable)
-  wallet.balance_ucr = SUM(grants.remaining_ucr) - wallet.debt_ucr
+  SUM(amount_ucr) of every transaction = 0                      (entries are immutable)
+  wallet.balance_ucr = SUM(wallet and receivables entries of the user)
+  SUM(wallet entries of the user) = SUM(grants.remaining_ucr)
+  wallet.debt_ucr    = -SUM(receivables entries of the user)
   wallet.held_ucr    = SUM(active holds.amount_ucr)
   available          = balance - held                           (never reserved below zero)
 """
@@ -21,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, select, update
 
 from switchboard.billing.periods import period_bounds
+from switchboard.core.ids import new_id
 from switchboard.store import rawsql
 from switchboard.store.schema import grants, holds, ledger_entries, usage_records, users, wallets
 
@@ -46,9 +54,14 @@ _LIVE_GRANTS = (
 )
 _SET_REMAINING = "UPDATE grants SET remaining_ucr = :remaining WHERE id = :gid"
 _INSERT_CHARGE = (
-    "INSERT INTO ledger_entries (user_id, kind, amount_ucr, grant_id, hold_id, request_id, created_ms, memo) "
-    "VALUES (:user_id, 'charge', :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
+    "INSERT INTO ledger_entries (txn_id, account, user_id, kind, amount_ucr, grant_id, hold_id, request_id, created_ms, memo) "
+    "VALUES (:txn_id, :account, :user_id, 'charge', :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
 )
+
+# Accounts. Per user: WALLET, RECEIVABLES. System-wide: the rest.
+WALLET, RECEIVABLES = "wallet", "receivables"
+SALES, PROMOTIONS, REVENUE, BREAKAGE, REFUNDS = "sales", "promotions", "revenue", "breakage", "refunds"
+USER_ACCOUNTS = (WALLET, RECEIVABLES)
 _USAGE_COLUMNS = tuple(c.name for c in usage_records.columns if c.name != "id")
 _INSERT_USAGE = (
     f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) VALUES ({', '.join(':' + c for c in _USAGE_COLUMNS)})"
@@ -96,8 +109,11 @@ class Mismatch:
 
 
 class Ledger:
-    def __init__(self, allowance_ucr_by_plan: dict[str, int], hold_timeout_ms: int = 900_000) -> None:
+    def __init__(
+        self, allowance_ucr_by_plan: dict[str, int], hold_timeout_ms: int = 900_000, paid_plans: frozenset[str] = frozenset(),
+    ) -> None:
         self.allowance_ucr_by_plan = allowance_ucr_by_plan
+        self.paid_plans = paid_plans  # their allowances are funded by sales, the others' by promotions
         self.hold_timeout_ms = hold_timeout_ms
 
     # -- wallets --------------------------------------------------------------------------
@@ -144,16 +160,20 @@ class Ledger:
         if amount > 0:
             self.grant(
                 conn, user_id, amount, kind="allowance", reason=f"{plan} allowance",
-                expires_ms=end, source_ref=f"allowance:{user_id}:{start}", at_ms=at, _wallet=wallet,
+                expires_ms=end, source_ref=f"allowance:{user_id}:{start}", at_ms=at,
+                funded_by=SALES if plan in self.paid_plans else PROMOTIONS, _wallet=wallet,
             )
 
     # -- grants ---------------------------------------------------------------------------
     def grant(
         self, conn: Connection, user_id: int, amount_ucr: int, *, kind: str, reason: str | None = None,
         expires_ms: int | None = None, source_ref: str | None = None, at_ms: int | None = None,
-        _wallet: dict[str, Any] | None = None,
+        funded_by: str = PROMOTIONS, _wallet: dict[str, Any] | None = None,
     ) -> int | None:
-        """Add credits. Returns the grant id, or None when `source_ref` was already granted."""
+        """Add credits, funded by `sales` (paid for) or `promotions` (given). Returns the grant
+        id, or None when `source_ref` was already granted (idempotent)."""
+        if funded_by not in (SALES, PROMOTIONS):
+            raise ValueError(f"a grant is funded by sales or promotions, not {funded_by!r}")
         if amount_ucr <= 0:
             raise ValueError("a grant must be positive")
         at = at_ms if at_ms is not None else now_ms()
@@ -170,11 +190,15 @@ class Ledger:
                 expires_ms=expires_ms, created_ms=at, reason=reason, source_ref=source_ref,
             )
         ).inserted_primary_key[0]
-        conn.execute(
-            insert(ledger_entries).values(
-                user_id=user_id, kind="grant", amount_ucr=amount_ucr, grant_id=grant_id, created_ms=at, memo=reason,
-            )
-        )
+        txn = new_id()
+        legs = [(funded_by, -amount_ucr), (WALLET, amount_ucr - repay)]
+        if repay:
+            legs.append((RECEIVABLES, repay))  # the new credit settles what was owed first
+        conn.execute(insert(ledger_entries), [
+            dict(txn_id=txn, account=account, user_id=user_id, kind="grant", amount_ucr=amount, grant_id=grant_id,
+                 created_ms=at, memo=reason)
+            for account, amount in legs if amount
+        ])
         wallet["debt_ucr"] -= repay
         wallet["balance_ucr"] += amount_ucr
         if expires_ms is not None and amount_ucr > repay:
@@ -193,12 +217,12 @@ class Ledger:
         ).all()
         for grant_id, remaining in expired:
             conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=0))
-            conn.execute(
-                insert(ledger_entries).values(
-                    user_id=user_id, kind="expiry", amount_ucr=-remaining, grant_id=grant_id, created_ms=at,
-                    memo="grant expired",
-                )
-            )
+            txn = new_id()
+            conn.execute(insert(ledger_entries), [
+                dict(txn_id=txn, account=account, user_id=user_id, kind="expiry", amount_ucr=amount,
+                     grant_id=grant_id, created_ms=at, memo="grant expired")
+                for account, amount in ((WALLET, -remaining), (BREAKAGE, remaining))
+            ])
             wallet["balance_ucr"] -= remaining
         wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         self._save(conn, wallet, at)
@@ -292,15 +316,17 @@ class Ledger:
                 break
             take = min(remaining, left)
             rawsql.execute(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take}).close()
-            entries.append(dict(grant_id=grant_id, amount_ucr=-take, memo=None))
+            entries.append(dict(account=WALLET, grant_id=grant_id, amount_ucr=-take, memo=None))
             left -= take
             depleted_expiry |= take == remaining and expires is not None
-        if left > 0:  # more than the grants hold: recorded as debt, never dropped
+        if left > 0:  # more than the grants hold: owed by the user, never dropped
             wallet["debt_ucr"] += left
-            entries.append(dict(grant_id=None, amount_ucr=-left, memo="debt: usage beyond remaining credit"))
+            entries.append(dict(account=RECEIVABLES, grant_id=None, amount_ucr=-left, memo="usage beyond remaining credit"))
+        entries.append(dict(account=REVENUE, grant_id=None, amount_ucr=amount, memo=None))
+        txn = new_id()
         rawsql.execute_many(
             conn, _INSERT_CHARGE,
-            [dict(user_id=user_id, hold_id=hold_id, request_id=request_id, created_ms=at, **e) for e in entries],
+            [dict(txn_id=txn, user_id=user_id, hold_id=hold_id, request_id=request_id, created_ms=at, **e) for e in entries],
         )
         wallet["balance_ucr"] -= amount
         if depleted_expiry:
@@ -336,11 +362,23 @@ class Ledger:
         return Balance(balance, w["held_ucr"], w["debt_ucr"], w["period_end_ms"])
 
     def verify(self, conn: Connection) -> list[Mismatch]:
-        """Recompute every cached balance from its source of truth."""
+        """Recompute every cached figure from its source of truth, and check that every
+        transaction balances. `user_id` 0 marks a whole-ledger check."""
         mismatches: list[Mismatch] = []
-        entry_sums = dict(conn.execute(
-            select(ledger_entries.c.user_id, func.sum(ledger_entries.c.amount_ucr)).group_by(ledger_entries.c.user_id)
-        ).all())
+        unbalanced = conn.execute(
+            select(ledger_entries.c.txn_id, func.sum(ledger_entries.c.amount_ucr))
+            .group_by(ledger_entries.c.txn_id)
+            .having(func.sum(ledger_entries.c.amount_ucr) != 0)
+        ).all()
+        mismatches.extend(Mismatch(0, f"transaction {txn} does not balance", int(total), 0) for txn, total in unbalanced)
+        sums: dict[tuple[int, str], int] = {
+            (uid, account): int(total)
+            for uid, account, total in conn.execute(
+                select(ledger_entries.c.user_id, ledger_entries.c.account, func.sum(ledger_entries.c.amount_ucr))
+                .where(ledger_entries.c.account.in_(USER_ACCOUNTS))
+                .group_by(ledger_entries.c.user_id, ledger_entries.c.account)
+            ).all()
+        }
         grant_sums = dict(conn.execute(
             select(grants.c.user_id, func.sum(grants.c.remaining_ucr)).group_by(grants.c.user_id)
         ).all())
@@ -349,10 +387,21 @@ class Ledger:
         ).all())
         for w in conn.execute(select(wallets)).mappings():
             uid = w["user_id"]
+            wallet_sum, receivable_sum = sums.get((uid, WALLET), 0), sums.get((uid, RECEIVABLES), 0)
             checks = [
-                ("balance vs ledger entries", w["balance_ucr"], int(entry_sums.get(uid) or 0)),
-                ("balance vs grants minus debt", w["balance_ucr"], int(grant_sums.get(uid) or 0) - w["debt_ucr"]),
+                ("wallet balance vs its entries (wallet + receivables)", w["balance_ucr"], wallet_sum + receivable_sum),
+                ("wallet entries vs grants remaining", wallet_sum, int(grant_sums.get(uid) or 0)),
+                ("debt vs receivables entries", w["debt_ucr"], -receivable_sum),
                 ("held vs active holds", w["held_ucr"], int(held_sums.get(uid) or 0)),
             ]
             mismatches.extend(Mismatch(uid, what, cached, derived) for what, cached, derived in checks if cached != derived)
         return mismatches
+
+    def account_balances(self, conn: Connection) -> dict[str, int]:
+        """Every account's balance (user accounts summed over users); they add up to zero."""
+        return {
+            account: int(total)
+            for account, total in conn.execute(
+                select(ledger_entries.c.account, func.sum(ledger_entries.c.amount_ucr)).group_by(ledger_entries.c.account)
+            ).all()
+        }

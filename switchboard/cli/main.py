@@ -24,6 +24,8 @@ from switchboard.inference.runtime import make_ledger
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
 from switchboard.store.runner import TransactionRunner
+from switchboard.store.schema import users as users_table
+from sqlalchemy import select
 
 app = typer.Typer(help="Switchboard: a metered, OpenAI-compatible AI assistant service.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -31,11 +33,13 @@ users_app = typer.Typer(help="Users and plans.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Credit grants.", no_args_is_help=True)
 model_app = typer.Typer(help="The embedded local model.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry credit ledger.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(model_app, name="model")
+app.add_typer(ledger_app, name="ledger")
 
 out = Console()
 err = Console(stderr=True)
@@ -267,6 +271,76 @@ def models(
     if any(not r["available"] for r in rows):
         err.print("models marked 'no key' become available when the vendor's API key is set "
                   "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, XAI_API_KEY, DASHSCOPE_API_KEY)")
+
+
+@ledger_app.command("verify")
+def ledger_verify(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Recompute every balance from its entries; exit 1 naming each account that disagrees."""
+    store = _Store(_settings())
+    mismatches, balances = store.read(lambda conn: (store.ledger.verify(conn), store.ledger.account_balances(conn)))
+    emails = dict(store.read(lambda conn: conn.execute(select(users_table.c.id, users_table.c.email)).all()))
+    problems = [
+        {"account": f"wallet of {emails.get(m.user_id, m.user_id)}" if m.user_id else "ledger", "check": m.what,
+         "cached_ucr": m.cached, "derived_ucr": m.derived}
+        for m in mismatches
+    ]
+    total = sum(balances.values())
+    if total != 0:
+        problems.append({"account": "all accounts", "check": "the accounts do not sum to zero", "cached_ucr": total, "derived_ucr": 0})
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": not problems, "problems": problems, "accounts_ucr": balances}) + "\n")
+    else:
+        table = Table(title="accounts (credits; they sum to zero)")
+        table.add_column("account")
+        table.add_column("balance", justify="right")
+        for account, ucr in sorted(balances.items()):
+            table.add_row(account, format_credits(ucr))
+        out.print(table)
+        for p in problems:
+            err.print(f"[red]MISMATCH[/red] {p['account']}: {p['check']}: cached {format_credits(p['cached_ucr'])}, "
+                      f"derived {format_credits(p['derived_ucr'])}")
+        if not problems:
+            out.print("ledger verified: every transaction balances and every cached balance equals its entries")
+    if problems:
+        raise typer.Exit(1)
+
+
+@ledger_app.command("statement")
+def ledger_statement(
+    email: str,
+    month: Optional[str] = typer.Option(None, help="YYYY-MM (default: this month, UTC)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """A user's monthly statement: opening balance, grants, charges, expiries, closing balance."""
+    from switchboard.billing.statements import statement
+
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+        st = store.read(lambda conn: statement(conn, user.id, month))
+    except SwitchboardError as exc:
+        _fail(exc)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    rows = [("opening balance", st.opening_ucr), ("grants", st.grants_ucr), ("charges", st.charges_ucr),
+            ("expiries", st.expiries_ucr), ("refunds", st.refunds_ucr), ("closing balance", st.closing_ucr)]
+    if as_json:
+        data: dict[str, Any] = {"email": user.email, "month": st.month, "charges_count": st.charges_count}
+        for label, ucr in rows:
+            key = label.replace(" balance", "").replace(" ", "_")
+            data[f"{key}_credits"] = ucr_to_credits_float(ucr)
+            data[f"{key}_ucr"] = ucr
+        data["grants"] = [{**g, "credits": ucr_to_credits_float(g["amount_ucr"])} for g in st.grant_lines]
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"{user.email}, {st.month}")
+    table.add_column("")
+    table.add_column("credits", justify="right")
+    for label, ucr in rows:
+        table.add_row(label, format_credits(ucr))
+    out.print(table)
+    out.print(f"{st.charges_count} charged requests")
 
 
 @app.command()

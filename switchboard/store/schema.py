@@ -102,18 +102,24 @@ holds = Table(
     Index("ix_holds_status_expires", "status", "expires_ms"),
 )
 
+# Double entry: the entries of one transaction (txn_id) sum to zero. `account` is the user's
+# "wallet" or "receivables", or a system account (sales, promotions, revenue, breakage, refunds);
+# `user_id` is the user the transaction concerns, on every entry.
 ledger_entries = Table(
     "ledger_entries",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
+    Column("txn_id", String(40), nullable=False, index=True),
+    Column("account", String(32), nullable=False),
     Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
-    Column("kind", String(16), nullable=False),  # grant | charge | expiry
+    Column("kind", String(16), nullable=False),  # grant | charge | expiry | refund
     Column("amount_ucr", BigInteger, nullable=False),  # signed
     Column("grant_id", ForeignKey("grants.id")),
     Column("hold_id", ForeignKey("holds.id")),
     Column("request_id", String(100)),
     Column("created_ms", BigInteger, nullable=False),
     Column("memo", Text),
+    Index("ix_ledger_entries_user_account_created", "user_id", "account", "created_ms"),
 )
 
 usage_records = Table(

@@ -101,3 +101,30 @@ def test_route_offline_single_and_batch(cli, tmp_path: Path) -> None:  # type: i
                                        "--threshold", "1").stdout.splitlines()]
     assert {r["model"] for r in pair} <= {"weak", "strong"} and [r["difficulty"] for r in pair] == [r["difficulty"] for r in rows]
     assert run("route", ok=False).exit_code == 2
+
+
+def test_ledger_verify_and_statement(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, fake = cli
+    fake.configure(text="ok", chunks=1, prompt_tokens=10, completion_tokens=5)  # 2 + 2 = 4 credits
+    run("users", "create", "books@example.com")
+    run("credits", "grant", "books@example.com", "50", "--reason", "welcome gift")
+    run("chat", "hello", "--model", "fake-small", "--user", "books@example.com")
+    verified = json.loads(run("ledger", "verify", "--json").stdout)
+    assert verified["ok"] and sum(verified["accounts_ucr"].values()) == 0
+    assert verified["accounts_ucr"]["revenue"] == 4_000_000 and verified["accounts_ucr"]["promotions"] == -150_000_000
+    st = json.loads(run("ledger", "statement", "books@example.com", "--json").stdout)
+    assert (st["opening_credits"], st["grants_credits"], st["charges_credits"], st["closing_credits"]) == (0, 150, -4, 146)
+    assert [g["reason"] for g in st["grants"]] == ["free allowance", "welcome gift"]
+    assert st["charges_count"] == 1
+    empty = json.loads(run("ledger", "statement", "books@example.com", "--month", "2020-01", "--json").stdout)
+    assert empty["closing_credits"] == 0
+    assert run("ledger", "statement", "books@example.com", "--month", "2020-13", ok=False).exit_code == 2
+    # Tamper with a cached balance: verify names the account and exits non-zero.
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "data" / "switchboard.db")
+    db.execute("UPDATE wallets SET balance_ucr = balance_ucr + 1")
+    db.commit()
+    db.close()
+    bad = run("ledger", "verify", ok=False)
+    assert bad.exit_code == 1 and "books@example.com" in bad.stderr
