@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Integer, case, func, select
 
 from switchboard.core.money import format_credits, ucr_to_credits_float
 from switchboard.store.schema import usage_records
@@ -47,3 +52,86 @@ def usage_json(row: Any) -> dict[str, Any]:
         "charged_ucr": row["charged_ucr"],
         "route": json.loads(row["route"]) if row["route"] else None,
     }
+
+
+def summarize(conn: Connection, user_id: int | None, by: str, since_ms: int | None = None) -> list[dict[str, Any]]:
+    """Totals per day (UTC) or per model: requests, tokens, USD cost and credits.
+
+    `user_id` None: every user (the operator's view)."""
+    if by not in ("day", "model"):
+        raise ValueError("group by 'day' or 'model'")
+    u = usage_records.c
+    key = u.model if by == "model" else (u.created_ms / 86_400_000).cast(Integer)
+    query = select(
+        key.label("key"), func.count().label("requests"), func.sum(u.prompt_tokens), func.sum(u.cached_prompt_tokens),
+        func.sum(u.completion_tokens), func.sum(u.reasoning_tokens), func.sum(u.charged_ucr),
+        func.sum(case((u.outcome == "ok", 0), else_=1)),
+    )
+    if user_id is not None:
+        query = query.where(u.user_id == user_id)
+    if since_ms is not None:
+        query = query.where(u.created_ms >= since_ms)
+    rows = conn.execute(query.group_by(key).order_by(key)).all()
+    costs = _cost_sums(conn, user_id, by, since_ms)
+    out = []
+    for k, requests, prompt, cached, completion, reasoning, charged, failed in rows:
+        label = k if by == "model" else datetime.fromtimestamp(int(k) * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
+        out.append({
+            by: label, "requests": int(requests), "failed_requests": int(failed or 0),
+            "prompt_tokens": int(prompt or 0), "cached_prompt_tokens": int(cached or 0),
+            "completion_tokens": int(completion or 0), "reasoning_tokens": int(reasoning or 0),
+            "cost_usd": format(costs.get(k, Decimal(0)).normalize(), "f") if costs.get(k) else "0",
+            "credits_charged": ucr_to_credits_float(int(charged or 0)), "charged_ucr": int(charged or 0),
+        })
+    return out
+
+
+def _cost_sums(conn: Connection, user_id: int | None, by: str, since_ms: int | None) -> dict[Any, Decimal]:
+    """USD is stored as exact decimal text: summed in Python, never as floats."""
+    u = usage_records.c
+    key = u.model if by == "model" else (u.created_ms / 86_400_000).cast(Integer)
+    query = select(key, u.cost_usd)
+    if user_id is not None:
+        query = query.where(u.user_id == user_id)
+    if since_ms is not None:
+        query = query.where(u.created_ms >= since_ms)
+    sums: dict[Any, Decimal] = {}
+    for k, cost in conn.execute(query):
+        sums[k] = sums.get(k, Decimal(0)) + Decimal(cost)
+    return sums
+
+
+EXPORT_COLUMNS = (
+    "id", "request_id", "created_ms", "endpoint", "model", "provider", "stream", "outcome", "prompt_tokens",
+    "cached_prompt_tokens", "cache_write_tokens", "completion_tokens", "reasoning_tokens", "ttft_ms",
+    "decode_tokens_per_s", "latency_ms", "cost_usd", "charged_ucr",
+)
+
+
+def export_rows(conn: Connection, user_id: int | None, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every usage record, oldest first, streamed in batches (the operator's export can be large)."""
+    u = usage_records.c
+    columns = [getattr(u, c) for c in EXPORT_COLUMNS] + [u.user_id]
+    last = 0
+    while True:
+        query = select(*columns).where(u.id > last).order_by(u.id).limit(batch)
+        if user_id is not None:
+            query = query.where(u.user_id == user_id)
+        # Plain str keys: column names are a str subclass, which orjson refuses as keys.
+        rows = [{str(k): v for k, v in row._asdict().items()} for row in conn.execute(query).all()]
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1]["id"]
+
+
+def to_csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    yield buffer.getvalue()
+    for row in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(row)
+        yield buffer.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timezone
 
 import orjson
@@ -10,7 +11,7 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.accounts.usage import list_usage
+from switchboard.accounts.usage import EXPORT_COLUMNS, export_rows, list_usage, summarize, to_csv
 from switchboard.api.auth import authenticate
 from switchboard.api.state import AppState
 from switchboard.core.errors import InvalidRequest
@@ -99,6 +100,47 @@ async def usage(request: Request) -> Response:
         "object": "list", "data": records, "has_more": has_more,
         "next_before": records[-1]["id"] if has_more and records else None,
     })
+
+
+async def usage_summary(request: Request) -> Response:
+    """GET /v1/usage/summary?by=day|model&days=30: the caller's totals per day or per model."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    by = request.query_params.get("by", "day")
+    if by not in ("day", "model"):
+        raise InvalidRequest("'by' must be 'day' or 'model'", param="by")
+    days = _int_param(request, "days", 30, 1, 3660)
+    assert days is not None
+    since = int(time.time() * 1000) - days * 86_400_000
+    engine = state.runtime.engine
+
+    def read():  # type: ignore[no-untyped-def]
+        with reading(engine) as conn:
+            return summarize(conn, principal.user_id, by, since)
+
+    return json_response({"object": "list", "by": by, "days": days, "data": await asyncio.to_thread(read)})
+
+
+async def usage_export(request: Request) -> Response:
+    """GET /v1/usage/export?format=csv|json: every usage record of the caller, oldest first."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    fmt = request.query_params.get("format", "csv")
+    if fmt not in ("csv", "json"):
+        raise InvalidRequest("'format' must be 'csv' or 'json'", param="format")
+    engine = state.runtime.engine
+
+    def read() -> list[dict[str, object]]:
+        with reading(engine) as conn:
+            return list(export_rows(conn, principal.user_id))
+
+    rows = await asyncio.to_thread(read)
+    for row in rows:
+        row.pop("user_id", None)
+    if fmt == "json":
+        return json_response({"object": "list", "data": rows})
+    return Response("".join(to_csv(rows, EXPORT_COLUMNS)), media_type="text/csv",
+                    headers={"content-disposition": 'attachment; filename="usage.csv"'})
 
 
 async def healthz(request: Request) -> Response:

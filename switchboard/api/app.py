@@ -83,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_route("/v1/models", account.list_models, methods=["GET"])
     app.router.add_route("/v1/balance", account.balance, methods=["GET"])
     app.router.add_route("/v1/usage", account.usage, methods=["GET"])
+    app.router.add_route("/v1/usage/summary", account.usage_summary, methods=["GET"])
+    app.router.add_route("/v1/usage/export", account.usage_export, methods=["GET"])
     app.router.add_route("/healthz", account.healthz, methods=["GET"])
     return app
 

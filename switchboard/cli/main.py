@@ -193,13 +193,18 @@ def usage(
     email: str,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON array)."),
     limit: int = typer.Option(20, min=1, max=10_000, help="How many records, newest first."),
+    by: Optional[str] = typer.Option(None, help="Totals per 'day' or per 'model' instead of records."),
+    days: int = typer.Option(30, min=1, help="With --by: how many days back."),
 ) -> None:
-    """A user's usage records, newest first."""
+    """A user's usage records, newest first (or totals with --by day|model)."""
     store = _Store(_settings())
     try:
         user = store.read(lambda conn: users_mod.find_user(conn, email))
     except SwitchboardError as exc:
         _fail(exc)
+    if by is not None:
+        _print_summary(store, user.id, by, days, as_json, title=f"usage of {user.email} by {by}")
+        return
     records, _ = store.read(lambda conn: list_usage(conn, user.id, limit))
     if as_json:
         sys.stdout.write(json.dumps(records) + "\n")
@@ -223,6 +228,59 @@ def _plain(value: Decimal) -> str:
     """A Decimal without exponent or trailing zeros: 200, 0.0003."""
     text = format(value.normalize(), "f")
     return text
+
+def _print_summary(store: "_Store", user_id: int | None, by: str, days: int, as_json: bool, title: str) -> None:
+    from switchboard.accounts.usage import summarize
+
+    if by not in ("day", "model"):
+        err.print("[red]error:[/red] --by takes 'day' or 'model'")
+        raise typer.Exit(2)
+    since = int(datetime.now(timezone.utc).timestamp() * 1000) - days * 86_400_000
+    rows = store.read(lambda conn: summarize(conn, user_id, by, since))
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table(title=title)
+    for col in (by, "requests", "failed", "prompt", "completion", "USD", "credits"):
+        table.add_column(col, justify="left" if col == by else "right", no_wrap=col == by)
+    for r in rows:
+        table.add_row(r[by], str(r["requests"]), str(r["failed_requests"]), str(r["prompt_tokens"]),
+                      str(r["completion_tokens"]), r["cost_usd"], format_credits(r["charged_ucr"]))
+    out.print(table)
+
+
+@app.command("usage-export")
+def usage_export(
+    email: Optional[str] = typer.Option(None, help="One user's records (default: every user's, for the operator)."),
+    fmt: str = typer.Option("csv", "--format", help="csv or json (JSON lines)."),
+    by: Optional[str] = typer.Option(None, help="Export totals per 'day' or 'model' instead of records."),
+    days: int = typer.Option(30, min=1, help="With --by: how many days back."),
+) -> None:
+    """Export usage records (or totals) as CSV or JSON lines on stdout."""
+    from switchboard.accounts.usage import EXPORT_COLUMNS, export_rows, to_csv
+
+    store = _Store(_settings())
+    user_id = None
+    if email:
+        try:
+            user_id = store.read(lambda conn: users_mod.find_user(conn, email)).id
+        except SwitchboardError as exc:
+            _fail(exc)
+    if fmt not in ("csv", "json"):
+        err.print("[red]error:[/red] --format takes csv or json")
+        raise typer.Exit(2)
+    if by is not None:
+        _print_summary(store, user_id, by, days, True, title="")
+        return
+    with reading(store.engine) as conn:
+        rows = export_rows(conn, user_id)
+        if fmt == "json":
+            for row in rows:
+                sys.stdout.write(json.dumps(row) + "\n")
+        else:
+            for chunk in to_csv(rows, (*EXPORT_COLUMNS, "user_id")):
+                sys.stdout.write(chunk)
+
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"

@@ -288,3 +288,30 @@ def test_responses_validate_against_the_sdk_types(gateway: Gateway) -> None:
     from openai.types import Model
 
     assert [Model.model_validate(m).id for m in models["data"]] == ["fake-small"]
+
+
+def test_usage_summary_and_export(gateway: Gateway) -> None:
+    import csv
+    import io
+
+    gateway.fake.configure(text="ok", chunks=1, prompt_tokens=10, completion_tokens=5)
+    for _ in range(3):
+        client(gateway).chat.completions.create(model="fake-small", messages=[{"role": "user", "content": "x"}])
+    gateway.fake.configure(status=500)
+    with pytest.raises(openai.InternalServerError):
+        client(gateway).chat.completions.create(model="fake-small", messages=[{"role": "user", "content": "x"}])
+    h = {"Authorization": f"Bearer {gateway.key}"}
+    [by_model] = httpx.get(gateway.api + "/usage/summary?by=model", headers=h).json()["data"]
+    assert by_model["model"] == "fake-small" and by_model["requests"] == 4 and by_model["failed_requests"] == 1
+    assert by_model["prompt_tokens"] == 30 and by_model["credits_charged"] == pytest.approx(3 * credits_for(10, 5))
+    assert by_model["cost_usd"] == "0.06"  # 3 x (10 x 0.001 + 5 x 0.002), exact
+    [by_day] = httpx.get(gateway.api + "/usage/summary?by=day&days=1", headers=h).json()["data"]
+    assert by_day["requests"] == 4 and len(by_day["day"]) == 10
+    assert httpx.get(gateway.api + "/usage/summary?by=week", headers=h).status_code == 400
+    exported = httpx.get(gateway.api + "/usage/export?format=csv", headers=h)
+    assert exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert len(rows) == 4 and [r["outcome"] for r in rows] == ["ok", "ok", "ok", "error"]  # oldest first
+    assert "user_id" not in rows[0]
+    as_json = httpx.get(gateway.api + "/usage/export?format=json", headers=h).json()["data"]
+    assert [r["request_id"] for r in as_json] == [r["request_id"] for r in rows]

@@ -128,3 +128,18 @@ def test_ledger_verify_and_statement(cli, tmp_path: Path) -> None:  # type: igno
     db.close()
     bad = run("ledger", "verify", ok=False)
     assert bad.exit_code == 1 and "books@example.com" in bad.stderr
+
+
+def test_usage_totals_and_operator_export(cli) -> None:  # type: ignore[no-untyped-def]
+    run, fake = cli
+    fake.configure(text="ok", chunks=1, prompt_tokens=10, completion_tokens=5)
+    for email in ("one@example.com", "two@example.com"):
+        run("users", "create", email)
+        run("chat", "hi", "--model", "fake-small", "--user", email)
+    [row] = json.loads(run("usage", "one@example.com", "--by", "model", "--json").stdout)
+    assert row["requests"] == 1 and row["credits_charged"] == 4.0
+    assert "requests" in run("usage", "two@example.com", "--by", "day").stdout
+    lines = run("usage-export").stdout.splitlines()
+    assert lines[0].startswith("id,request_id") and len(lines) == 3  # header + both users' records
+    mine = run("usage-export", "--email", "one@example.com", "--format", "json").stdout.splitlines()
+    assert len(mine) == 1 and json.loads(mine[0])["charged_ucr"] == 4_000_000
