@@ -41,14 +41,21 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "routellm-mmlu"
 DEFAULT_REPORT = REPO_ROOT / "docs" / "routing-results.json"
 SEED = 20240601
 N_FOLDS = 8
-L2_HASHED = 3e-4
-L2_DENSE = 1e-3
+L2_HASHED = 1e-4
+L2_DENSE = 1e-2
 MAX_ITER = 200
 
 LABELS = {
     "weak_wrong_strong_right": "1 if the weak model is wrong and the strong model is right, else 0",
     "weak_wrong": "1 if the weak model is wrong (whatever the strong model does), else 0",
-    "strong_gain": "soft target (1 + strong_correct - weak_correct) / 2: 1 strong-only, 0.5 tie, 0 weak-only",
+    "strong_wins": "soft 'strong model wins' target (1 + strong_correct - weak_correct) / 2: 1 if only the strong "
+                   "model is right, 0 if only the weak model is right, 0.5 if both or neither",
+}
+SCORE_MEANING = {
+    "weak_wrong_strong_right": "P(weak model fails and strong model succeeds)",
+    "weak_wrong": "P(weak model fails)",
+    "strong_wins": "P(strong model beats weak model, ties counted half) = 0.5 + 0.5 * (P(weak fails and strong "
+                   "succeeds) - P(weak succeeds and strong fails)); above 0.5 the strong model is expected to help",
 }
 DEFAULT_LABEL = "weak_wrong_strong_right"
 
@@ -133,7 +140,7 @@ def make_labels(ds: Dataset, kind: str) -> np.ndarray:
         return (1 - w) * s
     if kind == "weak_wrong":
         return 1 - w
-    if kind == "strong_gain":
+    if kind == "strong_wins":
         return (1 + s - w) / 2
     raise ValueError(f"unknown label {kind!r}; one of {sorted(LABELS)}")
 
@@ -185,10 +192,14 @@ def featurize(prompts: list[str]) -> Matrix:
 class Params:
     hashed: np.ndarray  # (HASH_DIM,)
     dense: np.ndarray  # (N_DENSE,) on the raw (unstandardised) features
+    bin_edges: np.ndarray  # (N_DENSE, N_BIN_EDGES)
+    bin_weights: np.ndarray  # (N_DENSE, N_BIN_EDGES + 1)
     intercept: float
 
     def logits(self, X: Matrix) -> np.ndarray:
         z = np.bincount(X.rows, weights=X.vals * self.hashed[X.cols], minlength=X.n)
+        bins = D.dense_bins(X.dense, self.bin_edges)
+        z += self.bin_weights[np.arange(D.N_DENSE)[None, :], bins].sum(axis=1)
         return z + X.dense @ self.dense + self.intercept
 
 
@@ -196,22 +207,54 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def bin_edges(dense: np.ndarray, n_edges: int = D.N_BIN_EDGES) -> np.ndarray:
+    """Quantile edges per dense feature (+inf padded); mostly-zero features get a zero/non-zero edge first."""
+    out = np.full((dense.shape[1], n_edges), np.inf)
+    q = np.linspace(0, 1, n_edges + 2)[1:-1]
+    for j in range(dense.shape[1]):
+        x = dense[:, j]
+        if np.unique(x).size <= 2:
+            continue  # binary (or constant): the linear weight already says everything
+        nz = x[x != 0]
+        if (x == 0).mean() > 0.3:
+            e = np.unique(np.r_[nz.min(), np.quantile(nz, q[1:])])
+        else:
+            e = np.unique(np.quantile(x, q))
+        e = e[: n_edges]
+        out[j, : e.size] = e
+    return out
+
+
+def _onehot_bins(dense: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    bins = D.dense_bins(dense, edges)
+    k = edges.shape[1] + 1
+    oh = np.zeros((dense.shape[0], dense.shape[1] * k))
+    oh[np.arange(dense.shape[0])[:, None], np.arange(dense.shape[1])[None, :] * k + bins] = 1.0
+    return oh
+
+
 def fit(X: Matrix, y: np.ndarray, l2_hashed: float = L2_HASHED, l2_dense: float = L2_DENSE,
         max_iter: int = MAX_ITER, tol: float = 1e-6, verbose: bool = False) -> Params:
-    """L2-regularised logistic regression (targets in [0, 1]) by L-BFGS; deterministic."""
+    """L2-regularised logistic regression (targets in [0, 1]) by L-BFGS; deterministic.
+
+    Parameters: one weight per hash bucket, one per (standardised) dense feature, one per
+    (dense feature, quantile bin) and an intercept; the dense standardisation is folded back into
+    the returned weights so that serving needs no means or scales.
+    """
     n, dim = X.n, D.HASH_DIM
-    mu = X.dense.mean(axis=0)
-    sd = X.dense.std(axis=0)
+    edges = bin_edges(X.dense)
+    A = np.hstack([X.dense, _onehot_bins(X.dense, edges)])
+    mu = A.mean(axis=0)
+    sd = A.std(axis=0)
     sd[sd < 1e-9] = 1.0
-    Z = (X.dense - mu) / sd
+    Z = (A - mu) / sd
     y = np.asarray(y, dtype=np.float64)
     nd = Z.shape[1]
 
     def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, v, b = theta[:dim], theta[dim:dim + nd], theta[-1]
         z = np.bincount(X.rows, weights=X.vals * w[X.cols], minlength=n) + Z @ v + b
-        # log(1 + e^z) - y z, stably
-        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))  # cross-entropy for soft targets, up to a constant
         loss += 0.5 * l2_hashed * float(w @ w) + 0.5 * l2_dense * float(v @ v)
         r = (_sigmoid(z) - y) / n
         g = np.empty_like(theta)
@@ -226,7 +269,9 @@ def fit(X: Matrix, y: np.ndarray, l2_hashed: float = L2_HASHED, l2_dense: float 
     theta = _lbfgs(loss_grad, theta, max_iter=max_iter, tol=tol, verbose=verbose)
     w, v, b = theta[:dim], theta[dim:dim + nd], float(theta[-1])
     v_raw = v / sd
-    return Params(w.copy(), v_raw, b - float(v_raw @ mu))
+    intercept = b - float(v_raw @ mu)
+    nf = D.N_DENSE
+    return Params(w.copy(), v_raw[:nf], edges, v_raw[nf:].reshape(nf, D.N_BIN_EDGES + 1), intercept)
 
 
 def _lbfgs(fun, x: np.ndarray, max_iter: int, tol: float, m: int = 10, verbose: bool = False) -> np.ndarray:
@@ -424,7 +469,7 @@ def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int, **fit
             "cpt80": _r(pooled["cpt80"]),
             "auc_weak_wrong_strong_right": _r(auc(oof, target)),
             "auc_weak_wrong": _r(auc(oof, ~ds.weak)),
-            "auc_own_label": _r(auc(oof, make_labels(ds, label) > 0.5)) if label != "strong_gain" else None,
+            "auc_own_label": _r(auc(oof, make_labels(ds, label) > 0.5)) if label != "strong_wins" else None,
             "max_acc": round(pooled["max_acc"], 4),
             "max_acc_share": round(pooled["max_acc_share"], 4),
             "weak_acc": round(pooled["weak_acc"], 4),
@@ -460,6 +505,7 @@ def feature_config() -> dict:
         "hash_bits": D.HASH_BITS,
         "head_bytes": D.HEAD_BYTES,
         "tail_bytes": D.TAIL_BYTES,
+        "dense_bin_edges": D.N_BIN_EDGES,
         "dense_names": list(D.DENSE_NAMES),
     }
 
@@ -475,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                     "read by training for the metadata)")
     ap.add_argument("--out", type=Path, default=D.DEFAULT_WEIGHTS, help="weights file to write when training")
     ap.add_argument("--label", choices=sorted(LABELS), default=None,
-                    help="training target (default: the best label in --report, else " + DEFAULT_LABEL + ")")
+                    help=f"training target (default {DEFAULT_LABEL}, the label with the best held-out APGR)")
     ap.add_argument("--labels", default=",".join(LABELS), help="labels compared by --evaluate (comma-separated)")
     ap.add_argument("--folds", type=int, default=N_FOLDS)
     ap.add_argument("--seed", type=int, default=SEED)
@@ -525,10 +571,15 @@ def main(argv: list[str] | None = None) -> int:
         if report.get("model", {}).get("feature_version") != D.FEATURE_VERSION:
             print(f"note: {args.report} was made with other features; its metrics are not embedded")
             report = None
-    label = args.label or (report["best_label"] if report else DEFAULT_LABEL)
+    label = args.label or DEFAULT_LABEL
+    if report and report.get("best_label") != label:
+        print(f"note: {args.report} found {report.get('best_label')} routes best; training {label}")
     t1 = time.perf_counter()
     params = fit(X, make_labels(ds, label), **fit_kw)
     train_s = time.perf_counter() - t1
+    train_scores = _sigmoid(params.logits(X))
+    # In-sample score quantiles: to turn a wanted share of strong calls (on MMLU-like traffic) into a threshold.
+    quantiles = {f"{q:.2f}": round(float(np.quantile(train_scores, q)), 5) for q in np.linspace(0, 1, 21)}
     held_out = None
     if report and label in report["labels"]:
         r = report["labels"][label]
@@ -542,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "strong: gpt-4-1106-preview)"},
         "label": label,
         "label_definition": LABELS[label],
-        "score_meaning": "estimated probability that the weak model fails and the strong model is needed",
+        "score_meaning": SCORE_MEANING[label],
+        "score_quantiles_on_training_prompts": quantiles,
         "model": {"type": "logistic regression, L2, L-BFGS", "l2_hashed": args.l2, "l2_dense": args.l2_dense,
                   "max_iter": args.max_iter, "seed": args.seed},
         **feature_config(),
@@ -563,6 +615,8 @@ def save_weights(path: Path, params: Params, meta: dict) -> None:
             fh,
             hashed_weights=params.hashed.astype(np.float32),
             dense_weights=params.dense.astype(np.float64),
+            bin_edges=params.bin_edges.astype(np.float64),
+            bin_weights=params.bin_weights.astype(np.float64),
             intercept=np.float64(params.intercept),
             metadata=np.array(json.dumps(meta, sort_keys=True)),
         )

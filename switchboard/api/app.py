@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from switchboard.accounts.keys import KeyCache
 from switchboard.api import account, anthropic_messages, chat
+from switchboard.api import billing
 from switchboard.api.ratelimit import TokenBuckets
 from switchboard.api.state import AppState
 from switchboard.core.config import Settings, load_settings
@@ -86,6 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_route("/v1/usage/summary", account.usage_summary, methods=["GET"])
     app.router.add_route("/v1/usage/export", account.usage_export, methods=["GET"])
     app.router.add_route("/healthz", account.healthz, methods=["GET"])
+    app.router.add_route("/v1/billing/checkout", billing.checkout, methods=["POST"])
+    app.router.add_route("/v1/billing/subscription", billing.subscription, methods=["GET"])
+    app.router.add_route("/v1/billing/cancel", billing.cancel, methods=["POST"])
+    app.router.add_route("/webhooks/stripe", billing.stripe_webhook, methods=["POST"])
     return app
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, and_, func, insert, select, update
 from switchboard.billing.periods import period_bounds
 from switchboard.core.ids import new_id
 from switchboard.store import rawsql
+from switchboard.store.billing_schema import subscriptions
 from switchboard.store.schema import grants, holds, ledger_entries, usage_records, users, wallets
 
 # Hot-path statements (hold and settle run twice per API request): raw SQL, see store.rawsql.
@@ -57,6 +58,18 @@ _INSERT_CHARGE = (
     "INSERT INTO ledger_entries (txn_id, account, user_id, kind, amount_ucr, grant_id, hold_id, request_id, created_ms, memo) "
     "VALUES (:txn_id, :account, :user_id, 'charge', :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
 )
+
+def _billed_by_subscription(conn: Connection, user_id: int) -> bool:
+    """A live Stripe subscription grants its allowances itself (billing.subscriptions, on
+    invoice.paid): the lazy period roll then grants nothing, so a renewal happens exactly once
+    and never before it is paid."""
+    return conn.execute(
+        select(subscriptions.c.id).where(
+            subscriptions.c.user_id == user_id, subscriptions.c.status != "canceled",
+            subscriptions.c.stripe_subscription_id.is_not(None),
+        )
+    ).first() is not None
+
 
 # Accounts. Per user: WALLET, RECEIVABLES. System-wide: the rest.
 WALLET, RECEIVABLES = "wallet", "receivables"
@@ -149,7 +162,8 @@ class Ledger:
         anchor = wallet["period_start_ms"]
         start, end = period_bounds(anchor, at)
         wallet["period_start_ms"], wallet["period_end_ms"] = start, end
-        self._grant_allowance(conn, wallet["user_id"], plan, start, end, at, wallet)
+        if not _billed_by_subscription(conn, wallet["user_id"]):  # those renew on invoice.paid
+            self._grant_allowance(conn, wallet["user_id"], plan, start, end, at, wallet)
         self._save(conn, wallet, at)
 
     def _grant_allowance(
@@ -207,6 +221,66 @@ class Ledger:
         if _wallet is None:
             self._save(conn, wallet, at)
         return int(grant_id)
+
+    def reverse_grant(
+        self, conn: Connection, user_id: int, grant_id: int, amount_ucr: int, *, reason: str | None = None,
+        source_ref: str | None = None, at_ms: int | None = None,
+    ) -> int:
+        """Take back up to `amount_ucr` of a grant (a refunded payment) into `refunds`.
+
+        What the grant still holds leaves the wallet; what already expired comes back out of
+        `breakage`; what was already spent becomes debt (receivables), paid off by the next
+        grant. Never more than the grant's amount in all. Idempotent on `source_ref` (kept in
+        the entries' request_id). Returns the credits reversed (0 when already done)."""
+        if amount_ucr <= 0:
+            raise ValueError("a reversal must be positive")
+        at = at_ms if at_ms is not None else now_ms()
+        wallet = self._lock(conn, user_id, at)
+        if source_ref is not None and conn.execute(
+            select(ledger_entries.c.id).where(
+                ledger_entries.c.user_id == user_id, ledger_entries.c.kind == "refund", ledger_entries.c.request_id == source_ref,
+            ).limit(1)
+        ).first() is not None:
+            return 0
+        grant = conn.execute(
+            select(grants.c.amount_ucr, grants.c.remaining_ucr, grants.c.expires_ms)
+            .where(grants.c.id == grant_id, grants.c.user_id == user_id)
+        ).first()
+        if grant is None:
+            raise LookupError(f"grant {grant_id} of user {user_id} does not exist")
+        reversed_before = -int(conn.execute(
+            select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0)).where(
+                ledger_entries.c.user_id == user_id, ledger_entries.c.grant_id == grant_id, ledger_entries.c.kind == "refund",
+                ledger_entries.c.account.in_(USER_ACCOUNTS + (BREAKAGE,)),
+            )
+        ).scalar_one())
+        amount = min(amount_ucr, grant.amount_ucr - reversed_before)
+        if amount <= 0:
+            return 0
+        expired = int(conn.execute(
+            select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0)).where(
+                ledger_entries.c.user_id == user_id, ledger_entries.c.grant_id == grant_id,
+                ledger_entries.c.account == BREAKAGE,
+            )
+        ).scalar_one())
+        from_wallet = min(amount, grant.remaining_ucr)
+        from_breakage = min(amount - from_wallet, max(0, expired))
+        to_debt = amount - from_wallet - from_breakage
+        if from_wallet:
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=grant.remaining_ucr - from_wallet))
+        txn = new_id()
+        legs = [(WALLET, -from_wallet), (BREAKAGE, -from_breakage), (RECEIVABLES, -to_debt), (REFUNDS, amount)]
+        conn.execute(insert(ledger_entries), [
+            dict(txn_id=txn, account=account, user_id=user_id, kind="refund", amount_ucr=value, grant_id=grant_id,
+                 request_id=source_ref, created_ms=at, memo=reason)
+            for account, value in legs if value
+        ])
+        wallet["balance_ucr"] -= from_wallet + to_debt
+        wallet["debt_ucr"] += to_debt
+        if from_wallet == grant.remaining_ucr and grant.expires_ms is not None:
+            wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
+        self._save(conn, wallet, at)
+        return amount
 
     def _expire(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]

@@ -40,6 +40,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(model_app, name="model")
 app.add_typer(ledger_app, name="ledger")
+subscription_app = typer.Typer(help="Paid subscriptions (Stripe).", no_args_is_help=True)
+app.add_typer(subscription_app, name="subscription")
 
 out = Console()
 err = Console(stderr=True)
@@ -160,6 +162,73 @@ def credits_grant(
     store.write(lambda conn: store.ledger.grant(conn, user.id, amount, kind="manual", reason=reason, expires_ms=expires))
     b = store.read(lambda conn: store.ledger.balance(conn, user.id))
     out.print(f"granted {format_credits(amount)} credits to {user.email}; available now {format_credits(b.available_ucr)}")
+
+
+@credits_app.command("topup")
+def credits_topup(
+    email: str,
+    pack: str = typer.Argument(..., help="A pack name from `switchboard plans`, e.g. 2000."),
+    reason: Optional[str] = typer.Option(None, help="Why (kept in the ledger; default: operator top-up)."),
+) -> None:
+    """Grant a top-up pack as if bought (funded by sales, expires like a bought pack)."""
+    from switchboard.billing.payments import grant_pack
+
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+        store.write(lambda conn: grant_pack(conn, store.ledger, store.settings, user.id, pack,
+                                            reason=reason or f"pack {pack} (operator top-up)"))
+    except SwitchboardError as exc:
+        _fail(exc)
+    b = store.read(lambda conn: store.ledger.balance(conn, user.id))
+    out.print(f"granted pack {pack} to {user.email}; available now {format_credits(b.available_ucr)}")
+
+
+@subscription_app.command("show")
+def subscription_show(email: str, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """A user's plan and paid subscription."""
+    from switchboard.billing import subscriptions as subs
+
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+    except SwitchboardError as exc:
+        _fail(exc)
+    sub = store.read(lambda conn: subs.get(conn, user.id))
+    data = {"email": user.email, "plan": user.plan, "subscription": sub.as_json() if sub else None}
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"{user.email} (plan in force: {user.plan})", show_header=False)
+    for key, value in (sub.as_json() if sub else {"subscription": "none"}).items():
+        if key.endswith("_ms") and value:
+            value = datetime.fromtimestamp(value / 1000, tz=timezone.utc).isoformat()
+        table.add_row(key.removesuffix("_ms"), str(value))
+    out.print(table)
+
+
+@app.command()
+def plans(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Plans and top-up packs, with prices."""
+    from switchboard.billing.payments import price_list
+
+    data = price_list(_settings())
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title="plans (monthly)")
+    for col in ("plan", "USD/month", "credits/month", "sandbox", "rollover"):
+        table.add_column(col)
+    for p in data["plans"]:
+        table.add_row(p["name"], p["monthly_usd"], f"{p['monthly_credits']:,}", "yes" if p["sandbox"] else "no",
+                      "yes" if p["rollover"] else "no")
+    out.print(table)
+    table = Table(title="top-up packs (one-off)")
+    for col in ("pack", "credits", "USD", "expires after"):
+        table.add_column(col)
+    for p in data["packs"]:
+        table.add_row(p["name"], f"{p['credits']:,}", p["usd"], f"{p['expires_after_days']} days")
+    out.print(table)
 
 
 @app.command()

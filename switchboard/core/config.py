@@ -87,6 +87,45 @@ class PlanConfig(BaseModel):
     monthly_usd: Decimal
     monthly_credits: int
     sandbox: bool = False
+    # False: the monthly allowance expires at the end of its period. True: it stays for one
+    # more period (expires at the end of the next one). See docs/billing.md.
+    rollover: bool = False
+
+
+class PackConfig(BaseModel):
+    """A top-up pack: `credits` for `usd`, bought once; adds a grant, never changes the plan."""
+
+    name: str
+    credits: int = Field(gt=0)
+    usd: Decimal = Field(gt=0)
+
+
+def _default_packs() -> dict[str, PackConfig]:
+    return {
+        str(credits): PackConfig(name=str(credits), credits=credits, usd=Decimal(usd))
+        for credits, usd in ((600, "3"), (2000, "10"), (5000, "25"), (10000, "50"))
+    }
+
+
+class StripeConfig(BaseModel):
+    """Stripe: secrets are read from the environment at use, never stored here or logged."""
+
+    api_key_env: str = "STRIPE_API_KEY"
+    webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    api_base: str | None = None  # e.g. a fake Stripe for tests; None: https://api.stripe.com
+    success_url: str = "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    cancel_url: str = "http://127.0.0.1:8000/billing/cancelled"
+    currency: str = "usd"
+    # Price ids (price_...) per plan / pack name; absent: Checkout gets the price inline (price_data).
+    plan_price_ids: dict[str, str] = Field(default_factory=dict)
+    pack_price_ids: dict[str, str] = Field(default_factory=dict)
+    webhook_tolerance_s: int = Field(default=300, ge=0)  # signed timestamps older than this are refused
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    def webhook_secret(self) -> str | None:
+        return os.environ.get(self.webhook_secret_env) or None
 
 
 def _default_plans() -> dict[str, PlanConfig]:
@@ -165,6 +204,9 @@ class Settings(BaseSettings):
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
     plans: dict[str, PlanConfig] = Field(default_factory=_default_plans)
+    packs: dict[str, PackConfig] = Field(default_factory=_default_packs)  # by name: "600", "2000", ...
+    topup_expiry_days: int = Field(default=365, gt=0)
+    stripe: StripeConfig = Field(default_factory=StripeConfig)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     # Offer the shipped vendor models (router/catalog.toml) for every vendor with a key.
     shipped_catalog: bool = True

@@ -35,7 +35,8 @@ import numpy as np
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("difficulty_weights.npz")
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
+N_BIN_EDGES = 7  # each dense feature is also one-hot binned into up to N_BIN_EDGES + 1 bins
 HASH_BITS = 18
 HASH_DIM = 1 << HASH_BITS
 HEAD_BYTES = 512
@@ -95,12 +96,15 @@ DENSE_NAMES: tuple[str, ...] = (
     "n_options",
     "has_options",
     "log_stem_bytes",
+    "log_stem_digits",
+    "log_stem_sentences",
     "log_option_bytes_mean",
     "option_bytes_cv",
     "option_longest_share",
     "numeric_options_share",
     "pair_options_share",
     "roman_options_share",
+    "option_word_overlap",
     "all_none_of_above",
     "statement_pair",
     "negation_caps",
@@ -156,6 +160,20 @@ def _options(tail: bytes) -> tuple[int, list[bytes]]:
     return first, opts
 
 
+def _option_overlap(opts: list[bytes]) -> float:
+    """Mean pairwise Jaccard overlap of the options' word sets (near-identical options are hard)."""
+    sets = [set(o.split()) for o in opts]
+    total = 0.0
+    pairs = 0
+    for i in range(len(sets) - 1):
+        a = sets[i]
+        for b in sets[i + 1:]:
+            union = len(a | b)
+            total += len(a & b) / union if union else 1.0
+            pairs += 1
+    return total / pairs
+
+
 def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated: bool) -> np.ndarray:
     n = len(raw)
     nw = len(window)
@@ -168,6 +186,9 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
     n_opt = len(opts)
     if n_opt:
         stem = n - len(tail) + first
+        stem_tail = tail[:first]
+        stem_digits = len(stem_tail) - len(stem_tail.translate(None, _DIGITS))
+        stem_sentences = stem_tail.count(b". ") + stem_tail.count(b"? ") + stem_tail.count(b".\n")
         lens = [len(o) for o in opts]
         total = float(sum(lens))
         mean_len = total / n_opt
@@ -179,9 +200,12 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
         roman = sum(1 for o in opts if _ROMAN_OPTION.match(o)) / n_opt
         low_opts = b"\n".join(opts).lower()
         allnone = float(b"of the above" in low_opts or b"none of these" in low_opts)
+        overlap = _option_overlap(low_opts.split(b"\n")) if n_opt >= 2 else 0.0
     else:
         stem = n
-        mean_len = cv = longest = numeric = pair = roman = allnone = 0.0
+        stem_digits = nw - len(window.translate(None, _DIGITS))
+        stem_sentences = window.count(b". ") + window.count(b"? ") + window.count(b".\n")
+        mean_len = cv = longest = numeric = pair = roman = allnone = overlap = 0.0
 
     log1p = math.log1p
     return np.array(
@@ -199,12 +223,15 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
             min(n_opt, 10) / 4.0,
             float(n_opt >= 2),
             log1p(max(stem, 0)),
+            log1p(stem_digits),
+            log1p(stem_sentences),
             log1p(mean_len),
             cv,
             longest,
             numeric,
             pair,
             roman,
+            overlap,
             allnone,
             float(b"statement 0 " in text or b"statement i " in text),
             log1p(sum(map(window.count, _NEGATION_CAPS))),
@@ -245,13 +272,32 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+def dense_bins(dense: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each dense feature: how many of its (ascending, +inf padded) edges it reaches.
+
+    ``dense`` is (N_DENSE,) or (n, N_DENSE); ``edges`` is (N_DENSE, N_BIN_EDGES). The model adds
+    one weight per (feature, bin), so each dense feature also gets a learnt piecewise-constant shape.
+    """
+    return (dense[..., None] >= edges).sum(axis=-1)
+
+
+_FEATURE_ROWS = np.arange(N_DENSE)
+
+
 @dataclass
 class DifficultyModel:
-    """Logistic regression over ``features()``; ``score()`` is P(weak fails and strong succeeds)."""
+    """Logistic regression over ``features()``; ``score()`` is a probability in [0, 1].
+
+    What the probability is of depends on the label the weights were trained with
+    (``metadata["label"]``, ``metadata["score_meaning"]``); higher always means "more in need of
+    the stronger model".
+    """
 
     hashed_weights: np.ndarray  # (HASH_DIM,) float32
     dense_weights: np.ndarray  # (N_DENSE,) float64, already divided by each feature's std
-    intercept: float  # includes -sum(w * mean / std) of the dense standardisation
+    bin_edges: np.ndarray  # (N_DENSE, N_BIN_EDGES) float64, ascending, +inf padded
+    bin_weights: np.ndarray  # (N_DENSE, N_BIN_EDGES + 1) float64
+    intercept: float  # includes -sum(w * mean / std) of the standardisation
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -260,6 +306,8 @@ class DifficultyModel:
             meta = json.loads(str(data["metadata"]))
             hashed = np.asarray(data["hashed_weights"], dtype=np.float32)
             dense = np.asarray(data["dense_weights"], dtype=np.float64)
+            edges = np.asarray(data["bin_edges"], dtype=np.float64)
+            bins = np.asarray(data["bin_weights"], dtype=np.float64)
             intercept = float(data["intercept"])
         if meta.get("feature_version") != FEATURE_VERSION or hashed.shape != (HASH_DIM,):
             raise ValueError(
@@ -267,17 +315,19 @@ class DifficultyModel:
                 f"{hashed.shape[0]} buckets; this code computes version {FEATURE_VERSION} with "
                 f"{HASH_DIM}: retrain with scripts/train_difficulty.py"
             )
-        if tuple(meta.get("dense_names", ())) != DENSE_NAMES or dense.shape != (N_DENSE,):
+        if (tuple(meta.get("dense_names", ())) != DENSE_NAMES or dense.shape != (N_DENSE,)
+                or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)):
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
-        return cls(hashed, dense, intercept, meta)
+        return cls(hashed, dense, edges, bins, intercept, meta)
 
     def logit(self, prompt: str) -> float:
         idx, dense = features(prompt)
         z = self.intercept + float(dense @ self.dense_weights)
+        z += float(self.bin_weights[_FEATURE_ROWS, dense_bins(dense, self.bin_edges)].sum())
         if idx.size:
             z += float(self.hashed_weights[idx].sum(dtype=np.float64)) / math.sqrt(idx.size)
         return z
 
     def score(self, prompt: str) -> float:
-        """Estimated probability in [0, 1] that the weak model fails and the strong one is needed."""
+        """Estimated probability in [0, 1] that the prompt needs the stronger model (see class doc)."""
         return _sigmoid(self.logit(prompt))

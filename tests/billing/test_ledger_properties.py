@@ -40,7 +40,7 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
         with engine.begin() as conn:
             uid = create_user(conn, ledger, "p@example.com", "free").id
         open_holds: list[tuple[int, int]] = []  # (hold id, amount)
-        granted = charged = 0
+        granted = charged = requests_made = 0
         for op, a, b in operations:
             with engine.begin() as conn:
                 before = ledger.balance(conn, uid, now)
@@ -49,7 +49,8 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
                     ledger.grant(conn, uid, a, kind="topup", expires_ms=expires, at_ms=now)
                     granted += a
                 elif op == "hold":
-                    held = ledger.place_hold(conn, uid, f"r{len(open_holds)}-{now}-{a}", a, "m", at_ms=now)
+                    requests_made += 1
+                    held = ledger.place_hold(conn, uid, f"r{requests_made}", a, "m", at_ms=now)
                     # Never overdraw: a hold is placed exactly when it fits what is available.
                     assert held.ok == (a <= before.available_ucr)
                     if held.ok:

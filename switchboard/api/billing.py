@@ -1,0 +1,106 @@
+"""Billing API: Checkout, the subscription, cancelling it, and the Stripe webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from switchboard.api.account import json_response
+from switchboard.api.auth import authenticate
+from switchboard.api.state import AppState
+from switchboard.billing import subscriptions as subs
+from switchboard.billing.payments import BadSignature, StripeGateway, handle_event, verify_event
+from switchboard.core.errors import InvalidRequest, NotFound
+from switchboard.store.db import reading
+
+log = logging.getLogger(__name__)
+MAX_BODY = 1_000_000
+
+
+async def _json_body(request: Request) -> dict:  # type: ignore[type-arg]
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+async def checkout(request: Request) -> Response:
+    """POST /v1/billing/checkout {"plan": "plus"} or {"pack": "2000"} -> {"id", "url"}."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    body = await _json_body(request)
+    plan, pack = body.get("plan"), body.get("pack")
+    if (plan is None) == (pack is None) or not isinstance(plan or pack, str):
+        raise InvalidRequest("send either {\"plan\": NAME} or {\"pack\": NAME}")
+    runtime = state.runtime
+
+    def customer() -> str | None:
+        with reading(runtime.engine) as conn:
+            sub = subs.get(conn, principal.user_id)
+        return sub.stripe_customer_id if sub else None
+
+    customer_id = await asyncio.to_thread(customer)
+    gateway = StripeGateway(runtime.settings.stripe)
+    session = await asyncio.to_thread(
+        gateway.checkout, runtime.settings, principal.user_id, principal.email, plan=plan, pack=pack, customer_id=customer_id,
+    )
+    return json_response({"object": "checkout.session", **session})
+
+
+async def subscription(request: Request) -> Response:
+    """GET /v1/billing/subscription: the plan in force and the paid subscription, if any."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    runtime = state.runtime
+
+    def read():  # type: ignore[no-untyped-def]
+        with reading(runtime.engine) as conn:
+            return subs.get(conn, principal.user_id)
+
+    sub = await asyncio.to_thread(read)
+    body = sub.as_json() if sub else {"object": "subscription", "plan": principal.plan, "status": None,
+                                      "pending_plan": None, "current_period_start_ms": None,
+                                      "current_period_end_ms": None, "cancel_at_period_end": False}
+    return json_response(body)
+
+
+async def cancel(request: Request) -> Response:
+    """POST /v1/billing/cancel: cancel at the end of the paid period (Stripe, then locally)."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    runtime = state.runtime
+
+    def read():  # type: ignore[no-untyped-def]
+        with reading(runtime.engine) as conn:
+            return subs.get(conn, principal.user_id)
+
+    sub = await asyncio.to_thread(read)
+    if sub is None or sub.stripe_subscription_id is None or sub.status == subs.CANCELED:
+        raise NotFound("you have no active subscription to cancel")
+    await asyncio.to_thread(StripeGateway(runtime.settings.stripe).cancel_at_period_end, sub.stripe_subscription_id)
+    sub = await runtime.runner.run(lambda conn: subs.set_cancel_at_period_end(conn, principal.user_id, True))
+    return json_response(sub.as_json())
+
+
+async def stripe_webhook(request: Request) -> Response:
+    """POST /webhooks/stripe: 400 unless signed by Stripe; 200 once handled (or seen before)."""
+    state: AppState = request.app.state.sb
+    runtime = state.runtime
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidRequest("payload too large")
+    try:
+        event = verify_event(raw, request.headers.get("stripe-signature"), runtime.settings.stripe)
+    except BadSignature as exc:
+        log.warning("stripe webhook refused: %s", exc)
+        raise InvalidRequest(f"webhook signature verification failed: {exc}", code="invalid_signature") from None
+    outcome = await runtime.runner.run(lambda conn: handle_event(conn, runtime.ledger, runtime.settings, event))
+    return json_response({"received": True, "status": outcome.status, "detail": outcome.detail})

@@ -1,0 +1,60 @@
+"""Tables for subscriptions and payments (migration 0003), on the shared `schema.metadata`.
+
+Kept beside `store.schema` (not in it) so the payment work stays in its own files; the tables
+are registered on the same MetaData, so Alembic and `metadata.create_all` see them once this
+module is imported (`store.schema` users that need them import it).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, String, Table, Text
+
+from switchboard.store.schema import Id, metadata
+
+# One row per user who has (or had) a paid subscription. `plan` is the plan being paid for;
+# users.plan is the plan in force (they differ while a downgrade waits for the next period).
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False, unique=True),
+    Column("plan", String(32), nullable=False),
+    Column("pending_plan", String(32)),  # a downgrade, applied at the next period
+    Column("status", String(16), nullable=False),  # active | past_due | canceled | incomplete
+    Column("stripe_customer_id", String(100), index=True),
+    Column("stripe_subscription_id", String(100), unique=True),
+    Column("current_period_start_ms", BigInteger),
+    Column("current_period_end_ms", BigInteger),
+    Column("cancel_at_period_end", Boolean, nullable=False, default=False),
+    Column("last_event_ms", BigInteger),  # `created` of the newest subscription event applied (ordering)
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Every verified webhook event, once: the idempotency record. processed_ms NULL = pending (it
+# could not be matched yet, e.g. a refund before its purchase; retried after later events).
+payment_events = Table(
+    "payment_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(100), nullable=False, unique=True),
+    Column("type", String(100), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),  # Stripe's `created`
+    Column("received_ms", BigInteger, nullable=False),
+    Column("processed_ms", BigInteger),
+    Column("user_id", ForeignKey("users.id")),
+    Column("outcome", Text),  # what handling did, for operators
+    Column("payload", Text),  # kept while pending, to be handled later
+    Index("ix_payment_events_pending", "processed_ms"),
+)
+
+# Which grants a payment bought (payment intent, invoice, charge or checkout session id), so a
+# refund finds what to reverse.
+payment_grants = Table(
+    "payment_grants",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("payment_ref", String(200), nullable=False, index=True),
+    Column("grant_id", ForeignKey("grants.id"), nullable=False),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
