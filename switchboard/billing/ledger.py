@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, update
 
+from switchboard.billing.limits import CapRefusal, check_caps, raise_alerts
 from switchboard.billing.periods import period_bounds
 from switchboard.core.ids import new_id
 from switchboard.store import rawsql
@@ -34,11 +35,15 @@ from switchboard.store.billing_schema import subscriptions
 from switchboard.store.schema import grants, holds, ledger_entries, usage_records, users, wallets
 
 # Hot-path statements (hold and settle run twice per API request): raw SQL, see store.rawsql.
-_WALLET_COLUMNS = ("user_id", "balance_ucr", "held_ucr", "debt_ucr", "next_expiry_ms", "period_start_ms", "period_end_ms")
+_WALLET_COLUMNS = (
+    "user_id", "balance_ucr", "held_ucr", "debt_ucr", "next_expiry_ms", "period_start_ms", "period_end_ms",
+    "daily_cap_ucr", "monthly_cap_ucr", "period_allowance_ucr", "alert_level",
+)
 _LOCK_WALLET = f"SELECT {', '.join(_WALLET_COLUMNS)} FROM wallets WHERE user_id = :uid FOR UPDATE"
 _SAVE_WALLET = (
     "UPDATE wallets SET balance_ucr = :balance_ucr, held_ucr = :held_ucr, debt_ucr = :debt_ucr, "
     "next_expiry_ms = :next_expiry_ms, period_start_ms = :period_start_ms, period_end_ms = :period_end_ms, "
+    "period_allowance_ucr = :period_allowance_ucr, alert_level = :alert_level, "
     "updated_ms = :at WHERE user_id = :user_id"
 )
 _SET_HELD = "UPDATE wallets SET held_ucr = :held, updated_ms = :at WHERE user_id = :uid"
@@ -104,6 +109,7 @@ class HoldResult:
     available_ucr: int  # after the hold when ok; what there was when refused
     needed_ucr: int  # what was held when ok; the least that would have done when refused
     duplicate: bool = False  # this request id already has a hold
+    cap: CapRefusal | None = None  # refused by a spending cap rather than the balance
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,7 @@ class Ledger:
             insert(wallets).values(
                 user_id=user_id, balance_ucr=0, held_ucr=0, debt_ucr=0, next_expiry_ms=None,
                 period_start_ms=start, period_end_ms=end, updated_ms=at,
+                period_allowance_ucr=self.allowance_ucr_by_plan.get(plan, 0), alert_level=0,
             )
         )
         self._grant_allowance(conn, user_id, plan, start, end, at)
@@ -215,6 +222,9 @@ class Ledger:
         ])
         wallet["debt_ucr"] -= repay
         wallet["balance_ucr"] += amount_ucr
+        if kind == "allowance":  # a new period's allowance: the base of this period's alerts
+            wallet["period_allowance_ucr"] = amount_ucr
+            wallet["alert_level"] = 0
         if expires_ms is not None and amount_ucr > repay:
             current = wallet["next_expiry_ms"]
             wallet["next_expiry_ms"] = expires_ms if current is None else min(current, expires_ms)
@@ -332,6 +342,10 @@ class Ledger:
             if min_amount_ucr is None or available < min_amount_ucr:
                 return HoldResult(False, None, max(0, available), min_amount_ucr or amount_ucr)
             amount_ucr = available
+        if wallet["daily_cap_ucr"] is not None or wallet["monthly_cap_ucr"] is not None:
+            refusal = check_caps(conn, wallet, amount_ucr, at)
+            if refusal is not None:
+                return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount_ucr, cap=refusal)
         cursor = rawsql.execute(conn, _INSERT_HOLD, {
             "uid": user_id, "rid": request_id, "amount": amount_ucr, "model": model, "at": at,
             "expires": at + self.hold_timeout_ms,
@@ -368,6 +382,8 @@ class Ledger:
             "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
         }).close()
         wallet["held_ucr"] -= amount
+        if charge_ucr > 0:
+            raise_alerts(conn, wallet, at)
         self._save(conn, wallet, at)
         if usage is not None:
             row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
@@ -434,6 +450,11 @@ class Ledger:
                 )
             ).scalar_one()
         return Balance(balance, w["held_ucr"], w["debt_ucr"], w["period_end_ms"])
+
+    def set_caps(self, conn: Connection, user_id: int, daily_ucr: int | None, monthly_ucr: int | None) -> None:
+        """Spending caps (None: no cap). Enforced by every later hold."""
+        conn.execute(update(wallets).where(wallets.c.user_id == user_id).values(
+            daily_cap_ucr=daily_ucr, monthly_cap_ucr=monthly_ucr, updated_ms=now_ms()))
 
     def verify(self, conn: Connection) -> list[Mismatch]:
         """Recompute every cached figure from its source of truth, and check that every

@@ -34,12 +34,14 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Credit grants.", no_args_is_help=True)
 model_app = typer.Typer(help="The embedded local model.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry credit ledger.", no_args_is_help=True)
+caps_app = typer.Typer(help="Per-user spending caps.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(model_app, name="model")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(caps_app, name="caps")
 subscription_app = typer.Typer(help="Paid subscriptions (Stripe).", no_args_is_help=True)
 app.add_typer(subscription_app, name="subscription")
 
@@ -398,6 +400,34 @@ def models(
     if any(not r["available"] for r in rows):
         err.print("models marked 'no key' become available when the vendor's API key is set "
                   "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, XAI_API_KEY, DASHSCOPE_API_KEY)")
+
+
+@caps_app.command("set")
+def caps_set(
+    email: str,
+    daily: Optional[str] = typer.Option(None, help="Credits per UTC day, or 'none' to remove the cap."),
+    monthly: Optional[str] = typer.Option(None, help="Credits per allowance period, or 'none'."),
+) -> None:
+    """Set (or remove) a user's daily and monthly spending caps; unset options stay as they are."""
+    store = _Store(_settings())
+    try:
+        user = store.read(lambda conn: users_mod.find_user(conn, email))
+    except SwitchboardError as exc:
+        _fail(exc)
+    from switchboard.store.schema import wallets
+
+    current = store.read(lambda conn: conn.execute(
+        select(wallets.c.daily_cap_ucr, wallets.c.monthly_cap_ucr).where(wallets.c.user_id == user.id)).one())
+
+    def parse(value: Optional[str], old: Optional[int]) -> Optional[int]:
+        if value is None:
+            return old
+        return None if value.lower() == "none" else _parse_credits(value)
+
+    new_daily, new_monthly = parse(daily, current[0]), parse(monthly, current[1])
+    store.write(lambda conn: store.ledger.set_caps(conn, user.id, new_daily, new_monthly))
+    show = lambda ucr: "none" if ucr is None else format_credits(ucr) + " credits"  # noqa: E731
+    out.print(f"{user.email}: daily cap {show(new_daily)}, monthly cap {show(new_monthly)}")
 
 
 @ledger_app.command("verify")

@@ -176,6 +176,14 @@ class RoutingConfig(BaseModel):
     local_model_last: bool = True
 
 
+class NotificationsConfig(BaseModel):
+    """Where low-balance alerts go: logged always; POSTed as JSON to `webhook_url` when set."""
+
+    webhook_url: str | None = None
+    interval_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+
+
 class RateLimitConfig(BaseModel):
     """Per-user limits; 0 disables a limit."""
 
@@ -212,6 +220,7 @@ class Settings(BaseSettings):
     shipped_catalog: bool = True
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     @classmethod
     def settings_customise_sources(

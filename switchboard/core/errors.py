@@ -55,6 +55,22 @@ class InsufficientCredits(SwitchboardError):
         )
 
 
+class SpendingCapReached(SwitchboardError):
+    """The user's own daily or monthly spending cap would be exceeded."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "spending_cap_reached"
+
+    def __init__(self, cap: str, cap_ucr: int, spent_ucr: int, needed_ucr: int) -> None:
+        from switchboard.core.money import format_credits
+
+        super().__init__(
+            f"Your {cap} spending cap of {format_credits(cap_ucr)} credits would be exceeded: "
+            f"{format_credits(spent_ucr)} spent or held so far, this request needs up to {format_credits(needed_ucr)}."
+        )
+
+
 class ModelNotFound(SwitchboardError):
     status = 404
     type = "invalid_request_error"

@@ -26,6 +26,7 @@ from switchboard.core.errors import (
     DuplicateRequest,
     InsufficientCredits,
     InvalidRequest,
+    SpendingCapReached,
     SwitchboardError,
     UpstreamError,
 )
@@ -147,6 +148,8 @@ class Inference:
                     break
         if held.duplicate:
             raise DuplicateRequest(f"request id {request_id!r} was already used", param="idempotency-key")
+        if not held.ok and held.cap is not None:
+            raise SpendingCapReached(held.cap.cap, held.cap.cap_ucr, held.cap.spent_ucr, held.needed_ucr)
         if not held.ok:
             raise InsufficientCredits(held.available_ucr, held.needed_ucr)
         assert held.hold_id is not None

@@ -12,6 +12,7 @@ import logging
 from sqlalchemy import Engine
 
 from switchboard.billing.ledger import Ledger
+from switchboard.billing.notify import LogNotifier, Notifier, WebhookNotifier, dispatch_forever
 from switchboard.core.config import Settings
 from switchboard.inference.metered import Inference
 from switchboard.inference.resilience import RetryPolicy
@@ -67,6 +68,9 @@ class Runtime:
             breaker_cooldown_s=settings.resilience.breaker_cooldown_s,
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        cfg = settings.notifications
+        self.notifier: Notifier = WebhookNotifier(cfg.webhook_url) if cfg.webhook_url else LogNotifier()
 
     async def start(self, *, sweep: bool = True) -> None:
         self.runner.start()
@@ -78,12 +82,17 @@ class Runtime:
             self._sweeper = asyncio.create_task(
                 sweep_forever(self.runner, self.ledger, self.catalog, self.settings.sweep_interval_s)
             )
+            cfg = self.settings.notifications
+            self._dispatcher = asyncio.create_task(
+                dispatch_forever(self.engine, self.notifier, cfg.interval_s, cfg.max_attempts)
+            )
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._dispatcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for provider in self.providers.values():
             await provider.aclose()
         await asyncio.to_thread(self.runner.stop)

@@ -68,6 +68,12 @@ wallets = Table(
     Column("period_start_ms", BigInteger, nullable=False),  # current allowance period
     Column("period_end_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
+    # Limits and alerts (billing/limits.py): optional caps, the period's allowance (the base of
+    # the 20/5/0% low-balance alerts) and the highest alert level already raised this period.
+    Column("daily_cap_ucr", BigInteger),
+    Column("monthly_cap_ucr", BigInteger),
+    Column("period_allowance_ucr", BigInteger, nullable=False, server_default="0"),
+    Column("alert_level", Integer, nullable=False, server_default="0"),
 )
 
 grants = Table(
@@ -149,4 +155,23 @@ usage_records = Table(
     Column("created_ms", BigInteger, nullable=False),
     UniqueConstraint("user_id", "request_id", name="uq_usage_user_request"),
     Index("ix_usage_user_id_desc", "user_id", "id"),
+)
+
+
+# Outbox of user notifications (low-balance alerts): written in the ledger's transaction,
+# delivered once by a dispatcher that claims each row before calling the notifier.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("threshold_pct", Integer, nullable=False),
+    Column("period_start_ms", BigInteger, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("delivered_ms", BigInteger),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("user_id", "kind", "threshold_pct", "period_start_ms", name="uq_notifications_once"),
+    Index("ix_notifications_pending", "delivered_ms", "id"),
 )

@@ -143,3 +143,15 @@ def test_usage_totals_and_operator_export(cli) -> None:  # type: ignore[no-untyp
     assert lines[0].startswith("id,request_id") and len(lines) == 3  # header + both users' records
     mine = run("usage-export", "--email", "one@example.com", "--format", "json").stdout.splitlines()
     assert len(mine) == 1 and json.loads(mine[0])["charged_ucr"] == 4_000_000
+
+
+def test_spending_caps_are_enforced_on_requests(cli) -> None:  # type: ignore[no-untyped-def]
+    run, fake = cli
+    fake.configure(text="ok", chunks=1, prompt_tokens=10, completion_tokens=5)  # 4 credits each
+    run("users", "create", "capped@example.com", "--plan", "plus")
+    assert "daily cap 6 credits" in run("caps", "set", "capped@example.com", "--daily", "6").stdout
+    run("chat", "one", "--model", "fake-small", "--user", "capped@example.com", "--max-tokens", "5")
+    second = run("chat", "two", "--model", "fake-small", "--user", "capped@example.com", "--max-tokens", "5", ok=False)
+    assert second.exit_code == 1 and "daily spending cap of 6 credits" in second.stderr
+    run("caps", "set", "capped@example.com", "--daily", "none")
+    run("chat", "three", "--model", "fake-small", "--user", "capped@example.com", "--max-tokens", "5")

@@ -1,0 +1,84 @@
+"""Spending caps and low-balance alerts: the checks the ledger runs under the wallet lock.
+
+Caps (optional, per user): a daily cap (UTC day) and a monthly one (the allowance period).
+Spent = charges settled in the window + everything currently held, so concurrent requests can
+never jointly pass a cap. Alerts: when available credit falls to 20%, 5% and 0% of the period's
+allowance, one notification per threshold per period goes into the `notifications` outbox,
+which a dispatcher delivers to the configured notifier (billing/notify.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select
+
+from switchboard.store.schema import holds, notifications
+
+DAY_MS = 86_400_000
+# (alert level, threshold in percent of the period's allowance)
+THRESHOLDS = ((1, 20), (2, 5), (3, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class CapRefusal:
+    cap: str  # "daily" | "monthly"
+    cap_ucr: int
+    spent_ucr: int  # settled in the window plus currently held
+
+
+def check_caps(conn: Connection, wallet: dict[str, Any], amount_ucr: int, at: int) -> CapRefusal | None:
+    """None when the hold fits under every cap the user has (no query when there are none)."""
+    for cap, since in (("daily", at - at % DAY_MS), ("monthly", wallet["period_start_ms"])):
+        limit = wallet[f"{cap}_cap_ucr"]
+        if limit is None:
+            continue
+        settled = conn.execute(
+            select(func.coalesce(func.sum(holds.c.charged_ucr), 0)).where(
+                holds.c.user_id == wallet["user_id"], holds.c.status == "settled", holds.c.resolved_ms >= since
+            )
+        ).scalar_one()
+        spent = int(settled) + wallet["held_ucr"]
+        if spent + amount_ucr > limit:
+            return CapRefusal(cap, limit, spent)
+    return None
+
+
+def alert_level(wallet: dict[str, Any]) -> int:
+    allowance = wallet["period_allowance_ucr"]
+    if allowance <= 0:
+        return 0
+    available = wallet["balance_ucr"] - wallet["held_ucr"]
+    level = 0
+    for lvl, pct in THRESHOLDS:
+        if available * 100 <= pct * allowance:
+            level = lvl
+    return level
+
+
+def raise_alerts(conn: Connection, wallet: dict[str, Any], at: int) -> None:
+    """Queue one notification for each threshold newly crossed this period (pure arithmetic
+    unless one is crossed)."""
+    level = alert_level(wallet)
+    if level <= wallet["alert_level"]:
+        return
+    available = wallet["balance_ucr"] - wallet["held_ucr"]
+    sent = set(conn.execute(
+        select(notifications.c.threshold_pct).where(
+            notifications.c.user_id == wallet["user_id"], notifications.c.kind == "low_balance",
+            notifications.c.period_start_ms == wallet["period_start_ms"],
+        )
+    ).scalars())
+    rows = [
+        {"user_id": wallet["user_id"], "kind": "low_balance", "threshold_pct": pct,
+         "period_start_ms": wallet["period_start_ms"], "created_ms": at, "attempts": 0,
+         "payload": json.dumps({"event": "low_balance", "threshold_pct": pct, "available_ucr": available,
+                                "period_allowance_ucr": wallet["period_allowance_ucr"],
+                                "period_end_ms": wallet["period_end_ms"]})}
+        for lvl, pct in THRESHOLDS if wallet["alert_level"] < lvl <= level and pct not in sent
+    ]
+    if rows:
+        conn.execute(insert(notifications), rows)
+    wallet["alert_level"] = level
