@@ -44,6 +44,10 @@ N_FOLDS = 8
 L2_HASHED = 1e-4
 L2_DENSE = 1e-2
 MAX_ITER = 200
+# Subjects whose labels are evidently broken are left out of *training* (still scored when held out):
+# in high_school_mathematics the strong model is "correct" on 7 of 270 questions (2.6%, far below the 25%
+# of guessing among four options), so its strong-model labels are not a measurement of the strong model.
+TRAIN_EXCLUDED_SUBJECTS = ("high_school_mathematics",)
 
 LABELS = {
     "weak_wrong_strong_right": "1 if the weak model is wrong and the strong model is right, else 0",
@@ -54,10 +58,13 @@ LABELS = {
 SCORE_MEANING = {
     "weak_wrong_strong_right": "P(weak model fails and strong model succeeds)",
     "weak_wrong": "P(weak model fails)",
-    "strong_wins": "P(strong model beats weak model, ties counted half) = 0.5 + 0.5 * (P(weak fails and strong "
-                   "succeeds) - P(weak succeeds and strong fails)); above 0.5 the strong model is expected to help",
+    "strong_wins": "net probability that the strong model is needed: max(0, P(weak fails and strong succeeds) - "
+                   "P(weak succeeds and strong fails)) = max(0, 2p - 1), p = the regression's P(strong wins, ties "
+                   "half); i.e. the expected gain in accuracy from escalating, floored at 0",
 }
-DEFAULT_LABEL = "weak_wrong_strong_right"
+# How DifficultyModel.score turns the regression's probability p into the served difficulty.
+TRANSFORM = {"weak_wrong_strong_right": "probability", "weak_wrong": "probability", "strong_wins": "net_gain"}
+DEFAULT_LABEL = "weak_wrong_strong_right"  # the issue's definition; best held-out APGR on valid labels
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -194,13 +201,17 @@ class Params:
     dense: np.ndarray  # (N_DENSE,) on the raw (unstandardised) features
     bin_edges: np.ndarray  # (N_DENSE, N_BIN_EDGES)
     bin_weights: np.ndarray  # (N_DENSE, N_BIN_EDGES + 1)
+    fill: np.ndarray  # (N_DENSE,) training medians for missing features
+    lo: np.ndarray  # (N_DENSE,) training minimum
+    hi: np.ndarray  # (N_DENSE,) training maximum
     intercept: float
 
     def logits(self, X: Matrix) -> np.ndarray:
         z = np.bincount(X.rows, weights=X.vals * self.hashed[X.cols], minlength=X.n)
-        bins = D.dense_bins(X.dense, self.bin_edges)
+        dense = D.prepare_dense(X.dense, self.fill, self.lo, self.hi)
+        bins = D.dense_bins(dense, self.bin_edges)
         z += self.bin_weights[np.arange(D.N_DENSE)[None, :], bins].sum(axis=1)
-        return z + X.dense @ self.dense + self.intercept
+        return z + dense @ self.dense + self.intercept
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -242,8 +253,14 @@ def fit(X: Matrix, y: np.ndarray, l2_hashed: float = L2_HASHED, l2_dense: float 
     the returned weights so that serving needs no means or scales.
     """
     n, dim = X.n, D.HASH_DIM
-    edges = bin_edges(X.dense)
-    A = np.hstack([X.dense, _onehot_bins(X.dense, edges)])
+    present = ~np.isnan(X.dense)
+    # Missing -> the median (a typical prompt's value), so it lands in the majority's bin.
+    fill = np.array([np.median(X.dense[present[:, j], j]) if present[:, j].any() else 0.0 for j in range(D.N_DENSE)])
+    lo = np.array([X.dense[present[:, j], j].min() if present[:, j].any() else 0.0 for j in range(D.N_DENSE)])
+    hi = np.array([X.dense[present[:, j], j].max() if present[:, j].any() else 0.0 for j in range(D.N_DENSE)])
+    dense = D.prepare_dense(X.dense, fill, lo, hi)
+    edges = bin_edges(dense)
+    A = np.hstack([dense, _onehot_bins(dense, edges)])
     mu = A.mean(axis=0)
     sd = A.std(axis=0)
     sd[sd < 1e-9] = 1.0
@@ -271,7 +288,7 @@ def fit(X: Matrix, y: np.ndarray, l2_hashed: float = L2_HASHED, l2_dense: float 
     v_raw = v / sd
     intercept = b - float(v_raw @ mu)
     nf = D.N_DENSE
-    return Params(w.copy(), v_raw[:nf], edges, v_raw[nf:].reshape(nf, D.N_BIN_EDGES + 1), intercept)
+    return Params(w.copy(), v_raw[:nf], edges, v_raw[nf:].reshape(nf, D.N_BIN_EDGES + 1), fill, lo, hi, intercept)
 
 
 def _lbfgs(fun, x: np.ndarray, max_iter: int, tol: float, m: int = 10, verbose: bool = False) -> np.ndarray:
@@ -424,33 +441,43 @@ def subject_folds(subjects: np.ndarray, k: int = N_FOLDS, seed: int = SEED) -> d
 
 
 def cross_validate(ds: Dataset, X: Matrix, label: str, k: int = N_FOLDS, seed: int = SEED,
-                   verbose: bool = True, **fit_kw) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Out-of-fold scores with whole subjects held out; returns (scores, fold of each row, folds)."""
+                   verbose: bool = True, train_excluded: tuple[str, ...] = (),
+                   **fit_kw) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Out-of-fold served scores (subjects held out); returns (scores, fold of each row, folds).
+
+    Every row is scored by the model of the fold that holds its subject out; that model never saw
+    the row's subject, nor any prompt text that also occurs in the held-out fold. Subjects in
+    ``train_excluded`` are never trained on (but are scored).
+    """
     folds = subject_folds(ds.subjects, k, seed)
     row_fold = np.array([folds[s] for s in ds.subjects])
     y = make_labels(ds, label)
     oof = np.full(len(ds), np.nan)
     norm = [p.strip() for p in ds.prompts]
+    trainable = ~np.isin(ds.subjects, list(train_excluded))
     for f in range(k):
         test = row_fold == f
         test_prompts = {norm[i] for i in np.flatnonzero(test)}
-        train = ~test & np.array([p not in test_prompts for p in norm])
+        train = ~test & trainable & np.array([p not in test_prompts for p in norm])
         t0 = time.perf_counter()
         params = fit(X.take(train), y[train], **fit_kw)
-        oof[test] = _sigmoid(params.logits(X.take(test)))
+        oof[test] = D.transform_scores(_sigmoid(params.logits(X.take(test))), TRANSFORM[label])
         if verbose:
-            dropped = int((~test).sum() - train.sum())
+            dropped = int((~test & trainable).sum() - train.sum())
             print(f"  [{label}] fold {f}: train {int(train.sum())} (dropped {dropped} shared prompts), "
                   f"test {int(test.sum())}, {time.perf_counter() - t0:.1f}s", flush=True)
     return oof, row_fold, folds
 
 
-def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int, **fit_kw) -> dict:
+def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int,
+             train_excluded: tuple[str, ...] = (), **fit_kw) -> dict:
     results = {}
     target = ~ds.weak & ds.strong
+    clean = ~np.isin(ds.subjects, list(train_excluded))
     for label in labels:
-        oof, row_fold, folds = cross_validate(ds, X, label, k, seed, **fit_kw)
+        oof, row_fold, folds = cross_validate(ds, X, label, k, seed, train_excluded=train_excluded, **fit_kw)
         pooled = routing_metrics(oof, ds.weak, ds.strong)
+        without = routing_metrics(oof[clean], ds.weak[clean], ds.strong[clean]) if train_excluded else None
         per_fold = []
         for f in range(k):
             m = row_fold == f
@@ -464,6 +491,7 @@ def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int, **fit
         fold_apgr = np.array([p["apgr"] for p in per_fold])
         results[label] = {
             "definition": LABELS[label],
+            "score_meaning": SCORE_MEANING[label],
             "apgr": round(pooled["apgr"], 4),
             "cpt50": _r(pooled["cpt50"]),
             "cpt80": _r(pooled["cpt80"]),
@@ -482,12 +510,37 @@ def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int, **fit
             "fold_apgr_max": round(float(fold_apgr.max()), 4),
             "curve": pooled["curve"],
             "folds": per_fold,
+            "without_train_excluded_subjects": None if without is None else {
+                "subjects_left_out": list(train_excluded), "n": without["n"],
+                "weak_acc": round(without["weak_acc"], 4), "strong_acc": round(without["strong_acc"], 4),
+                "apgr": round(without["apgr"], 4), "cpt50": _r(without["cpt50"]), "cpt80": _r(without["cpt80"]),
+                "auc_weak_wrong_strong_right": _r(auc(oof[clean], target[clean])),
+                "curve": without["curve"],
+            },
         }
         print(f"[{label}] APGR {pooled['apgr']:.4f}  CPT50 {_fmt(pooled['cpt50'])}  "
               f"CPT80 {_fmt(pooled['cpt80'])}  AUC(wwsr) {results[label]['auc_weak_wrong_strong_right']}  "
-              f"fold APGR {fold_apgr.mean():.3f} ± {fold_apgr.std(ddof=1):.3f} "
-              f"[{fold_apgr.min():.3f}, {fold_apgr.max():.3f}]", flush=True)
+              f"fold APGR {fold_apgr.mean():.3f} ± {fold_apgr.std(ddof=1) if k > 1 else 0.0:.3f} "
+              f"[{fold_apgr.min():.3f}, {fold_apgr.max():.3f}]"
+              + (f"; without {','.join(train_excluded)}: APGR {without['apgr']:.4f}" if without else ""), flush=True)
     return results
+
+
+def choose_label(results: dict, tie: float = 0.01) -> str:
+    """The label with the best held-out APGR on valid-label subjects; labels within ``tie`` of it
+    count as tied (fold-to-fold spread is several times larger) and DEFAULT_LABEL, the issue's own
+    definition of difficulty, wins a tie."""
+    best = max(results, key=lambda k: _selection_apgr(results[k]))
+    if DEFAULT_LABEL in results and _selection_apgr(results[DEFAULT_LABEL]) >= _selection_apgr(results[best]) - tie:
+        return DEFAULT_LABEL
+    return best
+
+
+def _selection_apgr(result: dict) -> float:
+    """The label is chosen by held-out APGR on the subjects with valid labels (the train-excluded
+    subjects' broken labels would otherwise reward learning the breakage)."""
+    clean = result.get("without_train_excluded_subjects")
+    return clean["apgr"] if clean else result["apgr"]
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -517,12 +570,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"data directory (default {DEFAULT_DATA})")
     ap.add_argument("--evaluate", action="store_true", help="subject-grouped cross-validation; write --report")
+    ap.add_argument("--benchmark", action="store_true", help="time DifficultyModel.score on every prompt (one core)")
     ap.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="evaluation JSON (written by --evaluate, "
                     "read by training for the metadata)")
     ap.add_argument("--out", type=Path, default=D.DEFAULT_WEIGHTS, help="weights file to write when training")
     ap.add_argument("--label", choices=sorted(LABELS), default=None,
                     help=f"training target (default {DEFAULT_LABEL}, the label with the best held-out APGR)")
     ap.add_argument("--labels", default=",".join(LABELS), help="labels compared by --evaluate (comma-separated)")
+    ap.add_argument("--train-exclude", default=",".join(TRAIN_EXCLUDED_SUBJECTS),
+                    help="subjects never trained on, comma-separated (default: %(default)s, whose strong-model "
+                         "labels are broken); '' to train on all")
     ap.add_argument("--folds", type=int, default=N_FOLDS)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--l2", type=float, default=L2_HASHED, help="L2 on hashed weights")
@@ -530,26 +587,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-iter", type=int, default=MAX_ITER)
     args = ap.parse_args(argv)
     fit_kw = {"l2_hashed": args.l2, "l2_dense": args.l2_dense, "max_iter": args.max_iter}
+    train_excluded = tuple(s.strip() for s in args.train_exclude.split(",") if s.strip())
 
     t0 = time.perf_counter()
     ds, stats = load_dataset(args.data)
+    if args.benchmark:
+        return benchmark(ds, args.out)
     X = featurize(ds.prompts)
     print(f"loaded {stats['rows_used']} rows ({stats['contaminated_excluded']} contaminated excluded) from "
           f"{stats['files']} files; features in {time.perf_counter() - t0:.1f}s", flush=True)
 
     if args.evaluate:
         labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-        results = evaluate(ds, X, labels, args.folds, args.seed, **fit_kw)
-        best = max(results, key=lambda k: results[k]["apgr"])
+        unknown = set(train_excluded) - set(ds.subjects.tolist())
+        if unknown:
+            raise SystemExit(f"--train-exclude: no such subject(s): {sorted(unknown)}")
+        results = evaluate(ds, X, labels, args.folds, args.seed, train_excluded=train_excluded, **fit_kw)
+        best = choose_label(results)
         report = {
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "scripts/train_difficulty.py --evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": " ".join(["scripts/train_difficulty.py", *(argv if argv is not None else sys.argv[1:])]),
             "data": stats,
             "protocol": {
                 "folds": args.folds, "seed": args.seed,
                 "grouping": "subjects (every subject held out exactly once)",
                 "contaminated": "excluded from training and evaluation",
                 "shared_prompts": "prompts that also occur in the held-out fold are dropped from that fold's training rows",
+                "train_excluded_subjects": list(train_excluded),
+                "train_excluded_reason": "strong-model labels evidently broken (below chance); never trained on, "
+                                         "but scored when held out and included in the headline metrics",
                 "routing": "send to the strong model when score >= threshold; curve is exact over all thresholds "
                            "(linear between distinct scores = random tie-breaking)",
                 "apgr": "area under PGR(share) on share in [0, 1], PGR = (acc - weak_acc) / (strong_acc - weak_acc); "
@@ -558,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "model": {"l2_hashed": args.l2, "l2_dense": args.l2_dense, "max_iter": args.max_iter, **feature_config()},
             "best_label": best,
+            "label_selection": "best APGR without the train-excluded subjects; within 0.01 of the best counts as a "
+                               "tie, won by " + DEFAULT_LABEL + " (the issue's definition)",
             "labels": results,
         }
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -575,9 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     if report and report.get("best_label") != label:
         print(f"note: {args.report} found {report.get('best_label')} routes best; training {label}")
     t1 = time.perf_counter()
-    params = fit(X, make_labels(ds, label), **fit_kw)
+    trainable = ~np.isin(ds.subjects, list(train_excluded))
+    params = fit(X.take(trainable), make_labels(ds, label)[trainable], **fit_kw)
     train_s = time.perf_counter() - t1
-    train_scores = _sigmoid(params.logits(X))
+    train_scores = D.transform_scores(_sigmoid(params.logits(X.take(trainable))), TRANSFORM[label])
     # In-sample score quantiles: to turn a wanted share of strong calls (on MMLU-like traffic) into a threshold.
     quantiles = {f"{q:.2f}": round(float(np.quantile(train_scores, q)), 5) for q in np.linspace(0, 1, 21)}
     held_out = None
@@ -587,13 +656,17 @@ def main(argv: list[str] | None = None) -> int:
                                       "fold_apgr_std", "fold_apgr_min", "fold_apgr_max")}
         held_out.update(source=str(args.report.relative_to(REPO_ROOT)) if args.report.is_relative_to(REPO_ROOT)
                         else str(args.report), generated=report.get("generated"), folds=report["protocol"]["folds"])
+        if r.get("without_train_excluded_subjects"):
+            held_out["apgr_without_train_excluded_subjects"] = r["without_train_excluded_subjects"]["apgr"]
     meta = {
         "trained": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": {**stats, "source": "lm-sys/RouteLLM MMLU responses (weak: Mixtral-8x7B-Instruct-v0.1, "
+        "data": {**stats, "rows_trained": int(trainable.sum()), "train_excluded_subjects": list(train_excluded),
+                 "source": "lm-sys/RouteLLM MMLU responses (weak: Mixtral-8x7B-Instruct-v0.1, "
                                     "strong: gpt-4-1106-preview)"},
         "label": label,
         "label_definition": LABELS[label],
         "score_meaning": SCORE_MEANING[label],
+        "score_transform": TRANSFORM[label],
         "score_quantiles_on_training_prompts": quantiles,
         "model": {"type": "logistic regression, L2, L-BFGS", "l2_hashed": args.l2, "l2_dense": args.l2_dense,
                   "max_iter": args.max_iter, "seed": args.seed},
@@ -603,8 +676,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     save_weights(args.out, params, meta)
     size = args.out.stat().st_size
-    print(f"trained on {len(ds)} rows with label {label} in {train_s:.1f}s "
+    print(f"trained on {int(trainable.sum())} rows with label {label} in {train_s:.1f}s "
           f"(total {time.perf_counter() - t0:.1f}s); wrote {args.out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+def benchmark(ds: Dataset, weights: Path, repeats: int = 2) -> int:
+    """Per-call latency of DifficultyModel.score: the data's prompts plus a few very long ones."""
+    t0 = time.perf_counter()
+    model = D.DifficultyModel.load(weights)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    long_prompts = [(ds.prompts[i % len(ds)] + " ") * reps for i, reps in enumerate((10, 30, 100) * 20)]
+    groups = {"mmlu prompts": ds.prompts, "long prompts (2-200 KB)": long_prompts}
+    clock = time.perf_counter_ns
+    print(f"load {load_ms:.1f} ms; {repeats} passes, last reported")
+    for name, prompts in groups.items():
+        for _ in range(repeats):
+            times = np.empty(len(prompts))
+            for i, p in enumerate(prompts):
+                t = clock()
+                model.score(p)
+                times[i] = clock() - t
+        us = times / 1e3
+        chars = np.array([len(p) for p in prompts])
+        print(f"{name}: n={len(prompts)} chars p50 {np.median(chars):.0f} max {chars.max()}; score() us: "
+              f"mean {us.mean():.1f} p50 {np.percentile(us, 50):.1f} p90 {np.percentile(us, 90):.1f} "
+              f"p99 {np.percentile(us, 99):.1f} max {us.max():.1f}")
     return 0
 
 
@@ -617,6 +714,9 @@ def save_weights(path: Path, params: Params, meta: dict) -> None:
             dense_weights=params.dense.astype(np.float64),
             bin_edges=params.bin_edges.astype(np.float64),
             bin_weights=params.bin_weights.astype(np.float64),
+            dense_fill=params.fill.astype(np.float64),
+            dense_lo=params.lo.astype(np.float64),
+            dense_hi=params.hi.astype(np.float64),
             intercept=np.float64(params.intercept),
             metadata=np.array(json.dumps(meta, sort_keys=True)),
         )

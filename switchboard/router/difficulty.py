@@ -1,10 +1,12 @@
 """Difficulty estimate: how likely a small, cheap model fails a prompt that a stronger one gets right.
 
-``DifficultyModel.score(prompt)`` returns a probability in [0, 1]: the estimated probability that
-the weak model answers the prompt wrongly *and* the strong model answers it correctly (the label
-the shipped weights were trained on, recorded in their metadata; see docs/routing.md,
-"Difficulty estimate"). The router sends a prompt to the stronger model when the score is at or
-above its threshold.
+``DifficultyModel.score(prompt)`` returns a number in [0, 1]: with the shipped weights, the
+estimated *net* probability that the stronger model is needed, P(weak fails and strong succeeds)
+- P(weak succeeds and strong fails), floored at 0; i.e. the expected gain in the chance of a
+right answer from escalating. 0 means escalating is not expected to help. (The weights record
+their training label and score transform in ``metadata``; see docs/routing.md, "Difficulty
+estimate".) The router sends a prompt to the stronger model when the score is at or above its
+threshold.
 
 The model is a logistic regression over
 
@@ -35,12 +37,12 @@ import numpy as np
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("difficulty_weights.npz")
 
-FEATURE_VERSION = 3
+FEATURE_VERSION = 5
 N_BIN_EDGES = 7  # each dense feature is also one-hot binned into up to N_BIN_EDGES + 1 bins
 HASH_BITS = 18
 HASH_DIM = 1 << HASH_BITS
-HEAD_BYTES = 512
-TAIL_BYTES = 1024
+HEAD_BYTES = 256
+TAIL_BYTES = 768
 
 _ASCII_PUNCT = bytes(c for c in range(33, 127) if not chr(c).isalnum())
 # Words: ASCII upper -> lower, digits -> "0", ASCII punctuation -> space (then bytes.split()).
@@ -94,7 +96,6 @@ DENSE_NAMES: tuple[str, ...] = (
     "latex_or_dollar",
     "code_cues",
     "n_options",
-    "has_options",
     "log_stem_bytes",
     "log_stem_digits",
     "log_stem_sentences",
@@ -121,6 +122,7 @@ DENSE_NAMES: tuple[str, ...] = (
     "truncated",
 )
 N_DENSE = len(DENSE_NAMES)
+_MISSING = float("nan")  # a feature that does not apply (e.g. option features without options)
 
 
 def _window(raw: bytes) -> tuple[bytes, bool]:
@@ -147,31 +149,30 @@ def _hash_tokens(words: list[bytes], window: bytes) -> np.ndarray:
 
 
 def _options(tail: bytes) -> tuple[int, list[bytes]]:
-    """(offset in tail of the first option line, option texts) for "A. ..." style options."""
+    """(offset in tail of the first option line, option texts) of the last "A. ..." option block."""
     opts: list[bytes] = []
     first = -1
     pos = 0
     for line in tail.split(b"\n"):
-        if line[:2] in _OPTION_HEADS:
-            if first < 0:
+        head = line[:2]
+        if head in _OPTION_HEADS:
+            if head[0] == 65 or first < 0:  # "A": a new block starts (only the last one counts)
                 first = pos
+                opts = []
             opts.append(line[2:].strip())
         pos += len(line) + 1
-    return first, opts
+    return first, opts[:10]
 
 
 def _option_overlap(opts: list[bytes]) -> float:
-    """Mean pairwise Jaccard overlap of the options' word sets (near-identical options are hard)."""
+    """Share of the options' words that other options repeat (near-identical options are hard):
+    1 - |union of the options' word sets| / sum of their sizes, scaled so that identical options give 1."""
     sets = [set(o.split()) for o in opts]
-    total = 0.0
-    pairs = 0
-    for i in range(len(sets) - 1):
-        a = sets[i]
-        for b in sets[i + 1:]:
-            union = len(a | b)
-            total += len(a & b) / union if union else 1.0
-            pairs += 1
-    return total / pairs
+    total = sum(map(len, sets))
+    if not total:
+        return 1.0
+    union = len(set().union(*sets))
+    return (total - union) / (total - total / len(sets)) if len(sets) > 1 else 0.0
 
 
 def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated: bool) -> np.ndarray:
@@ -184,7 +185,7 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
     tail = raw[-TAIL_BYTES:] if truncated else raw
     first, opts = _options(tail)
     n_opt = len(opts)
-    if n_opt:
+    if n_opt >= 2:
         stem = n - len(tail) + first
         stem_tail = tail[:first]
         stem_digits = len(stem_tail) - len(stem_tail.translate(None, _DIGITS))
@@ -198,14 +199,15 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
         numeric = sum(1 for o in opts if _NUMERIC_OPTION.match(o)) / n_opt
         pair = sum(1 for o in opts if _PAIR_OPTION.match(o)) / n_opt
         roman = sum(1 for o in opts if _ROMAN_OPTION.match(o)) / n_opt
-        low_opts = b"\n".join(opts).lower()
-        allnone = float(b"of the above" in low_opts or b"none of these" in low_opts)
-        overlap = _option_overlap(low_opts.split(b"\n")) if n_opt >= 2 else 0.0
-    else:
+        opt_text = b"\n".join(opts).translate(_WORD_TABLE)
+        allnone = float(b"of the above" in opt_text or b"none of these" in opt_text)
+        overlap = _option_overlap(opt_text.split(b"\n"))
+        n_options = min(n_opt, 10) / 4.0
+    else:  # not multiple choice: option features are missing (the model fills in its training median)
         stem = n
         stem_digits = nw - len(window.translate(None, _DIGITS))
         stem_sentences = window.count(b". ") + window.count(b"? ") + window.count(b".\n")
-        mean_len = cv = longest = numeric = pair = roman = allnone = overlap = 0.0
+        n_options = mean_len = cv = longest = numeric = pair = roman = allnone = overlap = _MISSING
 
     log1p = math.log1p
     return np.array(
@@ -220,12 +222,11 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
             log1p(sum(map(window.count, _MATH_BLOCKS))) if b"\xe2" in window else 0.0,
             log1p(window.count(b"\\") + window.count(b"$")),
             log1p(len(vocab & _CODE_WORDS) + window.count(b"{") + window.count(b"==")),
-            min(n_opt, 10) / 4.0,
-            float(n_opt >= 2),
+            n_options,
             log1p(max(stem, 0)),
             log1p(stem_digits),
             log1p(stem_sentences),
-            log1p(mean_len),
+            log1p(mean_len) if n_opt >= 2 else _MISSING,
             cv,
             longest,
             numeric,
@@ -243,7 +244,7 @@ def _dense(raw: bytes, window: bytes, text: bytes, words: list[bytes], truncated
             log1p(len(vocab & _SCENARIO_WORDS)),
             log1p(window.count(b"?")),
             log1p(len(vocab & _QUESTION_WORDS)),
-            len(text.translate(None, b" \t\n\r\x0b\x0c")) / ntok if ntok else 0.0,
+            len(text.translate(None, b" \t\n\r\x0b\x0c")) / ntok if ntok else _MISSING,
             log1p(len(vocab & _UNIT_WORDS)),
             float(truncated),
         ),
@@ -255,8 +256,9 @@ def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
     """(hashed bucket indices, dense feature vector) of a prompt: the one feature function.
 
     Indices are sorted, unique int64 in [0, HASH_DIM); each present bucket has the value
-    1/sqrt(len(indices)). The dense vector holds N_DENSE unscaled float64 values (the model
-    standardises them with the mean/std it was trained with).
+    1/sqrt(len(indices)). The dense vector holds N_DENSE unscaled float64 values, NaN where a
+    feature does not apply (option features of a prompt without options); the model fills those
+    in (training median) and clips to its training range (``prepare_dense``).
     """
     raw = prompt.encode("utf-8", "replace")
     window, truncated = _window(raw)
@@ -270,6 +272,27 @@ def _sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+SCORE_TRANSFORMS = ("probability", "net_gain")
+
+
+def transform_scores(p: np.ndarray, transform: str) -> np.ndarray:
+    """Vectorised ``DifficultyModel.score`` from regression probabilities (for the trainer)."""
+    if transform == "net_gain":
+        return np.maximum(0.0, 2.0 * np.asarray(p) - 1.0)
+    if transform == "probability":
+        return np.asarray(p)
+    raise ValueError(f"unknown score transform {transform!r}")
+
+
+def prepare_dense(dense: np.ndarray, fill: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Missing (NaN) features -> their training median, then each feature clipped to its training range.
+
+    Keeps the linear part from extrapolating on prompts unlike the training data (chat, no options).
+    Works on one vector (N_DENSE,) or a matrix (n, N_DENSE).
+    """
+    return np.clip(np.where(np.isnan(dense), fill, dense), lo, hi)
 
 
 def dense_bins(dense: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -286,19 +309,25 @@ _FEATURE_ROWS = np.arange(N_DENSE)
 
 @dataclass
 class DifficultyModel:
-    """Logistic regression over ``features()``; ``score()`` is a probability in [0, 1].
+    """Logistic regression over ``features()``; ``score()`` is in [0, 1], higher = more in need of
+    the stronger model.
 
-    What the probability is of depends on the label the weights were trained with
-    (``metadata["label"]``, ``metadata["score_meaning"]``); higher always means "more in need of
-    the stronger model".
+    The regression gives p = sigmoid(logit). With ``score_transform == "net_gain"`` (weights
+    trained on the "strong model wins, ties half" target, where p = 0.5 + 0.5 * (P(strong only
+    right) - P(weak only right))) the score is max(0, 2p - 1); with ``"probability"`` it is p.
+    ``metadata["label"]`` and ``metadata["score_meaning"]`` say which.
     """
 
     hashed_weights: np.ndarray  # (HASH_DIM,) float32
     dense_weights: np.ndarray  # (N_DENSE,) float64, already divided by each feature's std
     bin_edges: np.ndarray  # (N_DENSE, N_BIN_EDGES) float64, ascending, +inf padded
     bin_weights: np.ndarray  # (N_DENSE, N_BIN_EDGES + 1) float64
+    dense_fill: np.ndarray  # (N_DENSE,) training medians, for missing (NaN) features
+    dense_lo: np.ndarray  # (N_DENSE,) training minimum
+    dense_hi: np.ndarray  # (N_DENSE,) training maximum
     intercept: float  # includes -sum(w * mean / std) of the standardisation
     metadata: dict[str, Any] = field(default_factory=dict)
+    score_transform: str = "probability"  # or "net_gain"
 
     @classmethod
     def load(cls, path: Path = DEFAULT_WEIGHTS) -> DifficultyModel:
@@ -308,6 +337,7 @@ class DifficultyModel:
             dense = np.asarray(data["dense_weights"], dtype=np.float64)
             edges = np.asarray(data["bin_edges"], dtype=np.float64)
             bins = np.asarray(data["bin_weights"], dtype=np.float64)
+            fill, lo, hi = (np.asarray(data[k], dtype=np.float64) for k in ("dense_fill", "dense_lo", "dense_hi"))
             intercept = float(data["intercept"])
         if meta.get("feature_version") != FEATURE_VERSION or hashed.shape != (HASH_DIM,):
             raise ValueError(
@@ -316,12 +346,17 @@ class DifficultyModel:
                 f"{HASH_DIM}: retrain with scripts/train_difficulty.py"
             )
         if (tuple(meta.get("dense_names", ())) != DENSE_NAMES or dense.shape != (N_DENSE,)
-                or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)):
+                or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)
+                or not fill.shape == lo.shape == hi.shape == (N_DENSE,)):
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
-        return cls(hashed, dense, edges, bins, intercept, meta)
+        transform = meta.get("score_transform", "probability")
+        if transform not in SCORE_TRANSFORMS:
+            raise ValueError(f"{path}: unknown score_transform {transform!r}")
+        return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, meta, transform)
 
     def logit(self, prompt: str) -> float:
         idx, dense = features(prompt)
+        dense = prepare_dense(dense, self.dense_fill, self.dense_lo, self.dense_hi)
         z = self.intercept + float(dense @ self.dense_weights)
         z += float(self.bin_weights[_FEATURE_ROWS, dense_bins(dense, self.bin_edges)].sum())
         if idx.size:
@@ -329,5 +364,6 @@ class DifficultyModel:
         return z
 
     def score(self, prompt: str) -> float:
-        """Estimated probability in [0, 1] that the prompt needs the stronger model (see class doc)."""
-        return _sigmoid(self.logit(prompt))
+        """Difficulty in [0, 1]: the estimated (net) probability that the stronger model is needed."""
+        p = _sigmoid(self.logit(prompt))
+        return max(0.0, 2.0 * p - 1.0) if self.score_transform == "net_gain" else p
