@@ -12,7 +12,12 @@ training and from evaluation.
 fold trained on (prompts that occur in two subjects are dropped from that fold's training rows).
 From the out-of-fold scores it computes the routing curve (accuracy vs share of strong-model calls
 when "score >= threshold" goes to the strong model), APGR, CPT(50%), CPT(80%) and AUC, for each
-candidate label; the label with the best pooled APGR is the one training uses by default.
+candidate label, and names the label that routes best on the subjects with valid labels (ties within
+0.01 go to DEFAULT_LABEL, the issue's definition). Training uses DEFAULT_LABEL unless --label says
+otherwise, leaves TRAIN_EXCLUDED_SUBJECTS out, and copies the report's held-out metrics for its label
+into the weights' metadata (so run --evaluate first).
+
+    .venv/bin/python scripts/train_difficulty.py --benchmark  # score() latency, per call
 
 Only numpy and the standard library are used: logistic regression with L2, fitted by full-batch
 L-BFGS over index arrays (np.bincount) instead of a sparse-matrix library.
@@ -488,6 +493,10 @@ def evaluate(ds: Dataset, X: Matrix, labels: list[str], k: int, seed: int,
                 "apgr": round(fm["apgr"], 4),
                 "auc_weak_wrong_strong_right": _r(auc(oof[m], target[m])),
             })
+            if train_excluded and (m & ~clean).any():
+                mc = m & clean
+                per_fold[-1]["apgr_without_train_excluded_subjects"] = round(
+                    routing_metrics(oof[mc], ds.weak[mc], ds.strong[mc])["apgr"], 4)
         fold_apgr = np.array([p["apgr"] for p in per_fold])
         results[label] = {
             "definition": LABELS[label],

@@ -1,12 +1,12 @@
 """Difficulty estimate: how likely a small, cheap model fails a prompt that a stronger one gets right.
 
 ``DifficultyModel.score(prompt)`` returns a number in [0, 1]: with the shipped weights, the
-estimated *net* probability that the stronger model is needed, P(weak fails and strong succeeds)
-- P(weak succeeds and strong fails), floored at 0; i.e. the expected gain in the chance of a
-right answer from escalating. 0 means escalating is not expected to help. (The weights record
-their training label and score transform in ``metadata``; see docs/routing.md, "Difficulty
-estimate".) The router sends a prompt to the stronger model when the score is at or above its
-threshold.
+estimated probability that the weak model answers the prompt wrongly and the strong model answers
+it correctly, i.e. that the stronger model is needed (label ``weak_wrong_strong_right``; the
+weights record their label, its meaning and the held-out metrics in ``metadata``; see
+docs/routing.md, "Difficulty estimate"). The router sends a prompt to the stronger model when the
+score is at or above its threshold. (Weights trained with ``--label strong_wins`` instead serve
+max(0, 2p - 1), the expected gain in the chance of a right answer from escalating.)
 
 The model is a logistic regression over
 

@@ -15,6 +15,6 @@ def load_difficulty() -> Callable[[str], float]:
         from switchboard.router.difficulty import DifficultyModel
 
         return DifficultyModel.load().score
-    except (ImportError, FileNotFoundError, OSError) as exc:
+    except (ImportError, OSError, ValueError) as exc:  # missing or stale weights
         log.warning("difficulty weights unavailable (%s): routing on task class only", exc)
         return lambda text: 0.0
