@@ -94,28 +94,31 @@ def test_holds_of_a_killed_server_are_swept_on_restart(tmp_path: Path, sqlite_ur
         upgrade(engine)
         _, key = add_user(engine, settings, "crash@example.com", "exact")
         server = ServerProcess(env).start()
-        got_first = threading.Event()
+        try:
+            got_first = threading.Event()
 
-        def stream() -> None:
-            body = {"model": "fake-small", "messages": [{"role": "user", "content": "go"}], "stream": True, "max_tokens": 50}
-            try:
-                with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
-                                  headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
-                    for line in r.iter_lines():
-                        if 'tok' in line and 'content' in line:
-                            got_first.set()
-            except httpx.HTTPError:
-                pass  # the server died under us: expected
+            def stream() -> None:
+                body = {"model": "fake-small", "messages": [{"role": "user", "content": "go"}], "stream": True, "max_tokens": 50}
+                try:
+                    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+                                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
+                        for line in r.iter_lines():
+                            if 'tok' in line and 'content' in line:
+                                got_first.set()
+                except httpx.HTTPError:
+                    pass  # the server died under us: expected
 
-        reader = threading.Thread(target=stream)
-        reader.start()
-        assert got_first.wait(20)
-        server.kill()
-        reader.join(10)
-        ledger = make_ledger(settings)
-        with reading(engine) as conn:
-            assert conn.execute(select(holds.c.status)).scalars().all() == ["active"]
-            assert ledger.balance(conn, 1).held_ucr > 0
+            reader = threading.Thread(target=stream)
+            reader.start()
+            assert got_first.wait(20)
+            server.kill()
+            reader.join(10)
+            ledger = make_ledger(settings)
+            with reading(engine) as conn:
+                assert conn.execute(select(holds.c.status)).scalars().all() == ["active"]
+                assert ledger.balance(conn, 1).held_ucr > 0
+        finally:
+            server.kill()  # also when an assertion fails: never leave a server behind
         time.sleep(2.2)  # past the hold time-out
         with ServerProcess(env):  # start-up sweeps before serving
             with reading(engine) as conn:
