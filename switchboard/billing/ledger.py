@@ -59,6 +59,9 @@ _LIVE_GRANTS = (
     "ORDER BY expires_ms IS NULL, expires_ms, id"
 )
 _SET_REMAINING = "UPDATE grants SET remaining_ucr = :remaining WHERE id = :gid"
+_NEXT_EXPIRY = (
+    "SELECT MIN(expires_ms) FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms IS NOT NULL"
+)
 _INSERT_CHARGE = (
     "INSERT INTO ledger_entries (txn_id, account, user_id, kind, amount_ucr, grant_id, hold_id, request_id, created_ms, memo) "
     "VALUES (:txn_id, :account, :user_id, 'charge', :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
@@ -313,11 +316,8 @@ class Ledger:
 
     @staticmethod
     def _next_expiry(conn: Connection, user_id: int) -> int | None:
-        return conn.execute(
-            select(func.min(grants.c.expires_ms)).where(
-                grants.c.user_id == user_id, grants.c.remaining_ucr > 0, grants.c.expires_ms.is_not(None)
-            )
-        ).scalar()
+        row = rawsql.execute(conn, _NEXT_EXPIRY, {"uid": user_id}).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     # -- holds ----------------------------------------------------------------------------
     def place_hold(
@@ -346,14 +346,14 @@ class Ledger:
             refusal = check_caps(conn, wallet, amount_ucr, at)
             if refusal is not None:
                 return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount_ucr, cap=refusal)
-        cursor = rawsql.execute(conn, _INSERT_HOLD, {
-            "uid": user_id, "rid": request_id, "amount": amount_ucr, "model": model, "at": at,
-            "expires": at + self.hold_timeout_ms,
-        })
-        hold_id = cursor.fetchone()[0]
-        cursor.close()
         wallet["held_ucr"] += amount_ucr
-        rawsql.execute(conn, _SET_HELD, {"uid": user_id, "held": wallet["held_ucr"], "at": at}).close()
+        with rawsql.pipeline(conn):  # PostgreSQL: both statements in one round trip
+            cursor = rawsql.execute(conn, _INSERT_HOLD, {
+                "uid": user_id, "rid": request_id, "amount": amount_ucr, "model": model, "at": at,
+                "expires": at + self.hold_timeout_ms,
+            })
+            rawsql.write(conn, _SET_HELD, {"uid": user_id, "held": wallet["held_ucr"], "at": at})
+            hold_id = cursor.fetchone()[0]
         return HoldResult(True, int(hold_id), available - amount_ucr, amount_ucr)
 
     def settle(
@@ -376,18 +376,20 @@ class Ledger:
         status, amount, request_id, charged = found
         if status != "active":
             return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
-        if charge_ucr > 0:
-            self._charge(conn, wallet, charge_ucr, hold_id, request_id, at)
-        rawsql.execute(conn, _RESOLVE_HOLD, {
-            "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
-        }).close()
-        wallet["held_ucr"] -= amount
-        if charge_ucr > 0:
-            raise_alerts(conn, wallet, at)
-        self._save(conn, wallet, at)
-        if usage is not None:
-            row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
-            rawsql.execute(conn, _INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS}).close()
+        # PostgreSQL: the writes below go out without waiting for each other (pipeline mode).
+        with rawsql.pipeline(conn):
+            if charge_ucr > 0:
+                self._charge(conn, wallet, charge_ucr, hold_id, request_id, at)
+            rawsql.write(conn, _RESOLVE_HOLD, {
+                "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
+            })
+            wallet["held_ucr"] -= amount
+            if charge_ucr > 0:
+                raise_alerts(conn, wallet, at)
+            rawsql.write(conn, _SAVE_WALLET, {**wallet, "at": at})
+            if usage is not None:
+                row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
+                rawsql.write(conn, _INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS})
         return SettleResult(charge_ucr, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
 
     def _charge(
@@ -405,7 +407,7 @@ class Ledger:
             if left == 0:
                 break
             take = min(remaining, left)
-            rawsql.execute(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take}).close()
+            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take})
             entries.append(dict(account=WALLET, grant_id=grant_id, amount_ucr=-take, memo=None))
             left -= take
             depleted_expiry |= take == remaining and expires is not None

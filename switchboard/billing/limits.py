@@ -13,9 +13,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, select
 
-from switchboard.store.schema import holds, notifications
+from switchboard.store import rawsql
+from switchboard.store.schema import holds
+
+_SENT = (
+    "SELECT threshold_pct FROM notifications WHERE user_id = :uid AND kind = 'low_balance' AND period_start_ms = :start"
+)
+_INSERT_NOTIFICATION = (
+    "INSERT INTO notifications (user_id, kind, threshold_pct, period_start_ms, created_ms, attempts, payload) "
+    "VALUES (:user_id, :kind, :threshold_pct, :period_start_ms, :created_ms, :attempts, :payload)"
+)
 
 DAY_MS = 86_400_000
 # (alert level, threshold in percent of the period's allowance)
@@ -65,12 +74,8 @@ def raise_alerts(conn: Connection, wallet: dict[str, Any], at: int) -> None:
     if level <= wallet["alert_level"]:
         return
     available = wallet["balance_ucr"] - wallet["held_ucr"]
-    sent = set(conn.execute(
-        select(notifications.c.threshold_pct).where(
-            notifications.c.user_id == wallet["user_id"], notifications.c.kind == "low_balance",
-            notifications.c.period_start_ms == wallet["period_start_ms"],
-        )
-    ).scalars())
+    # Raw SQL: this runs inside the ledger's pipeline on PostgreSQL (see store.rawsql).
+    sent = {row[0] for row in rawsql.execute(conn, _SENT, {"uid": wallet["user_id"], "start": wallet["period_start_ms"]}).fetchall()}
     rows = [
         {"user_id": wallet["user_id"], "kind": "low_balance", "threshold_pct": pct,
          "period_start_ms": wallet["period_start_ms"], "created_ms": at, "attempts": 0,
@@ -79,6 +84,6 @@ def raise_alerts(conn: Connection, wallet: dict[str, Any], at: int) -> None:
                                 "period_end_ms": wallet["period_end_ms"]})}
         for lvl, pct in THRESHOLDS if wallet["alert_level"] < lvl <= level and pct not in sent
     ]
-    if rows:
-        conn.execute(insert(notifications), rows)
+    for row in rows:
+        rawsql.write(conn, _INSERT_NOTIFICATION, row)
     wallet["alert_level"] = level

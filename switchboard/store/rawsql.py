@@ -11,7 +11,9 @@ SQL is written once with `:name` parameters (sqlite3's named style) and rewritte
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection
@@ -43,3 +45,20 @@ def execute_many(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.executemany(_sql_for(sql, conn.dialect.name), rows)
     cursor.close()
+
+
+def write(conn: Connection, sql: str, params: dict[str, Any]) -> None:
+    """A statement whose result is not read (inside `pipeline` it does not wait for its answer)."""
+    conn.connection.driver_connection.cursor().execute(_sql_for(sql, conn.dialect.name), params)  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def pipeline(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, psycopg's pipeline mode: writes inside go out without waiting for their
+    round trip, and a read waits only for what was sent before it. Only this module's
+    functions may run inside (SQLAlchemy's result handling cannot). Elsewhere: no effect."""
+    if conn.dialect.name == "postgresql":
+        with conn.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+            yield
+    else:
+        yield
