@@ -141,3 +141,22 @@ def test_concurrent_holds_never_overdraw(engine: Engine) -> None:
     assert b.held_ucr == 98 * C and b.available_ucr == 2 * C
     assert _verify(engine, ledger) == []
     runner.stop()
+
+
+def test_renewal_landing_while_requests_are_in_flight(engine: Engine) -> None:
+    runner, ledger, uid = _setup(engine)
+    end = _balance(engine, ledger, uid).period_end_ms
+    # Two requests hold credit just before the period ends...
+    first = runner.submit(lambda c: ledger.place_hold(c, uid, "late-1", 30 * C, "m", at_ms=end - 10)).result()
+    second = runner.submit(lambda c: ledger.place_hold(c, uid, "late-2", 30 * C, "m", at_ms=end - 5)).result()
+    assert first.ok and second.ok
+    # ...the period rolls (old allowance expires, the new one arrives) before they settle.
+    runner.submit(lambda c: ledger.settle(c, uid, first.hold_id, 20 * C, None, at_ms=end + 5)).result()
+    runner.submit(lambda c: ledger.settle(c, uid, second.hold_id, 25 * C, None, at_ms=end + 6)).result()
+    b = _balance(engine, ledger, uid, end + 7)
+    assert (b.balance_ucr, b.held_ucr, b.debt_ucr) == (55 * C, 0, 0)  # the new 100, minus 45
+    with engine.connect() as conn:
+        balances = ledger.account_balances(conn)
+        assert balances["breakage"] == 100 * C and balances["revenue"] == 45 * C
+        assert ledger.verify(conn) == []
+    runner.stop()

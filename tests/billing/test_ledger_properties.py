@@ -1,6 +1,6 @@
 """Property-based tests: random sequences of grants, holds, settlements (under, at and over the
-hold), voids, expiries and period rolls never break a ledger invariant, never overdraw, and
-never lose or double-count a micro-credit."""
+hold), voids, expiries, refunds and period rolls never break a ledger invariant, never overdraw,
+and never lose or double-count a micro-credit."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ ops = st.lists(
         st.tuples(st.just("hold"), st.integers(1, 3_000), st.none()),
         st.tuples(st.just("settle"), st.integers(0, 4_000), st.integers(0, 50)),  # charge, which hold
         st.tuples(st.just("advance"), st.integers(1, 20), st.none()),  # days
+        st.tuples(st.just("refund"), st.integers(1, 6_000), st.integers(0, 50)),  # amount, which grant
     ),
     max_size=40,
 )
@@ -41,12 +42,15 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
             uid = create_user(conn, ledger, "p@example.com", "free").id
         open_holds: list[tuple[int, int]] = []  # (hold id, amount)
         granted = charged = requests_made = 0
+        grant_ids: list[int] = []
+        refunds: list[int] = []
         for op, a, b in operations:
             with engine.begin() as conn:
                 before = ledger.balance(conn, uid, now)
                 if op == "grant":
                     expires = None if b is None else now + b * DAY
-                    ledger.grant(conn, uid, a, kind="topup", expires_ms=expires, at_ms=now)
+                    grant_ids.append(ledger.grant(conn, uid, a, kind="topup", expires_ms=expires, at_ms=now,
+                                                  funded_by="sales"))
                     granted += a
                 elif op == "hold":
                     requests_made += 1
@@ -64,6 +68,10 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
                     charged += a
                 elif op == "advance":
                     now += a * DAY
+                elif op == "refund" and grant_ids:
+                    grant_id = grant_ids[b % len(grant_ids)]
+                    ledger.reverse_grant(conn, uid, grant_id, a, reason="refund", source_ref=f"refund-{len(refunds)}", at_ms=now)
+                    refunds.append(grant_id)
             with engine.connect() as conn:
                 assert ledger.verify(conn) == [], (op, a, b)
                 balances = ledger.account_balances(conn)
@@ -80,5 +88,6 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
             assert given_total >= granted + 1_000
             assert balances.get("revenue", 0) == charged
             assert given_total == (balances.get("wallet", 0) + balances.get("receivables", 0)
-                                   + balances.get("revenue", 0) + balances.get("breakage", 0))
+                                   + balances.get("revenue", 0) + balances.get("breakage", 0)
+                                   + balances.get("refunds", 0))
         engine.dispose()
