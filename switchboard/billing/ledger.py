@@ -40,6 +40,16 @@ _WALLET_COLUMNS = (
     "daily_cap_ucr", "monthly_cap_ucr", "period_allowance_ucr", "alert_level",
 )
 _LOCK_WALLET = f"SELECT {', '.join(_WALLET_COLUMNS)} FROM wallets WHERE user_id = :uid FOR UPDATE"
+# The wallet lock and the hold lookup in one round trip (the hot path's reads must wait).
+_LOCK_FOR_HOLD = (
+    f"SELECT {', '.join('w.' + c for c in _WALLET_COLUMNS)}, "
+    "(SELECT h.id FROM holds h WHERE h.user_id = :uid AND h.request_id = :rid) "
+    "FROM wallets w WHERE w.user_id = :uid FOR UPDATE OF w"
+)
+_LOCK_FOR_SETTLE = (
+    f"SELECT {', '.join('w.' + c for c in _WALLET_COLUMNS)}, h.status, h.amount_ucr, h.request_id, h.charged_ucr "
+    "FROM wallets w LEFT JOIN holds h ON h.id = :hid AND h.user_id = :uid WHERE w.user_id = :uid FOR UPDATE OF w"
+)
 _SAVE_WALLET = (
     "UPDATE wallets SET balance_ucr = :balance_ucr, held_ucr = :held_ucr, debt_ucr = :debt_ucr, "
     "next_expiry_ms = :next_expiry_ms, period_start_ms = :period_start_ms, period_end_ms = :period_end_ms, "
@@ -47,8 +57,6 @@ _SAVE_WALLET = (
     "updated_ms = :at WHERE user_id = :user_id"
 )
 _SET_HELD = "UPDATE wallets SET held_ucr = :held, updated_ms = :at WHERE user_id = :uid"
-_HOLD_BY_REQUEST = "SELECT id FROM holds WHERE user_id = :uid AND request_id = :rid"
-_HOLD_FOR_SETTLE = "SELECT status, amount_ucr, request_id, charged_ucr FROM holds WHERE id = :hid AND user_id = :uid"
 _INSERT_HOLD = (
     "INSERT INTO holds (user_id, request_id, amount_ucr, status, model, created_ms, expires_ms) "
     "VALUES (:uid, :rid, :amount, 'active', :model, :at, :expires) RETURNING id"
@@ -152,12 +160,18 @@ class Ledger:
         )
         self._grant_allowance(conn, user_id, plan, start, end, at)
 
-    def _lock(self, conn: Connection, user_id: int, at: int) -> dict[str, Any]:
-        """Lock the wallet row, then bring it up to date: expire grants, start a new period."""
-        row = rawsql.execute(conn, _LOCK_WALLET, {"uid": user_id}).fetchone()
+    def _lock(
+        self, conn: Connection, user_id: int, at: int, sql: str = _LOCK_WALLET, params: dict[str, Any] | None = None,
+        extra: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Lock the wallet row, then bring it up to date: expire grants, start a new period.
+        A caller's `sql` may read more columns after the wallet's; they land in `extra`."""
+        row = rawsql.execute(conn, sql, params or {"uid": user_id}).fetchone()
         if row is None:
             raise LookupError(f"user {user_id} has no wallet")
         wallet = dict(zip(_WALLET_COLUMNS, row))
+        if extra is not None:
+            extra.extend(row[len(_WALLET_COLUMNS):])
         if wallet["next_expiry_ms"] is not None and wallet["next_expiry_ms"] <= at:
             self._expire(conn, wallet, at)
         if at >= wallet["period_end_ms"]:
@@ -330,12 +344,10 @@ class Ledger:
         least the minimum (the caller then shrinks the request to fit what was held).
         """
         at = at_ms if at_ms is not None else now_ms()
-        wallet = self._lock(conn, user_id, at)
+        found: list[Any] = []
+        wallet = self._lock(conn, user_id, at, _LOCK_FOR_HOLD, {"uid": user_id, "rid": request_id}, found)
         available = wallet["balance_ucr"] - wallet["held_ucr"]
-        cursor = rawsql.execute(conn, _HOLD_BY_REQUEST, {"uid": user_id, "rid": request_id})
-        found = cursor.fetchone()
-        cursor.close()
-        existing = found[0] if found else None
+        existing = found[0]
         if existing is not None:
             return HoldResult(False, existing, max(0, available), amount_ucr, duplicate=True)
         if amount_ucr > available:
@@ -367,13 +379,11 @@ class Ledger:
         A zero charge voids the hold.
         """
         at = at_ms if at_ms is not None else now_ms()
-        wallet = self._lock(conn, user_id, at)
-        cursor = rawsql.execute(conn, _HOLD_FOR_SETTLE, {"hid": hold_id, "uid": user_id})
-        found = cursor.fetchone()
-        cursor.close()
-        if found is None:
-            raise LookupError(f"hold {hold_id} of user {user_id} does not exist")
+        found: list[Any] = []
+        wallet = self._lock(conn, user_id, at, _LOCK_FOR_SETTLE, {"uid": user_id, "hid": hold_id}, found)
         status, amount, request_id, charged = found
+        if status is None:
+            raise LookupError(f"hold {hold_id} of user {user_id} does not exist")
         if status != "active":
             return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
         # PostgreSQL: the writes below go out without waiting for each other (pipeline mode).

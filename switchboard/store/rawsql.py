@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 _converted: dict[tuple[str, str], str] = {}
+_FOR_UPDATE = re.compile(r" FOR UPDATE( OF \w+)?")
 
 
 def _sql_for(sql: str, dialect: str) -> str:
@@ -29,7 +30,8 @@ def _sql_for(sql: str, dialect: str) -> str:
         if dialect == "postgresql":
             text = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
         else:
-            text = sql.replace(" FOR UPDATE", "")  # SQLite: BEGIN IMMEDIATE already holds the write lock
+            # SQLite: BEGIN IMMEDIATE already holds the write lock.
+            text = _FOR_UPDATE.sub("", sql)
         _converted[key] = text
     return text
 
