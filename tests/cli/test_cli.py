@@ -155,3 +155,17 @@ def test_spending_caps_are_enforced_on_requests(cli) -> None:  # type: ignore[no
     assert second.exit_code == 1 and "daily spending cap of 6 credits" in second.stderr
     run("caps", "set", "capped@example.com", "--daily", "none")
     run("chat", "three", "--model", "fake-small", "--user", "capped@example.com", "--max-tokens", "5")
+
+
+def test_plans_packs_topup_and_subscription(cli) -> None:  # type: ignore[no-untyped-def]
+    run, _ = cli
+    listing = json.loads(run("plans", "--json").stdout)
+    assert [(p["name"], p["monthly_credits"]) for p in listing["plans"]] == [("free", 100), ("plus", 6000), ("pro", 18000)]
+    assert [(p["credits"], p["usd"]) for p in listing["packs"]] == [(600, "3"), (2000, "10"), (5000, "25"), (10000, "50")]
+    run("users", "create", "buyer@example.com")
+    assert "available now 2100" in run("credits", "topup", "buyer@example.com", "2000").stdout
+    assert run("credits", "topup", "buyer@example.com", "999", ok=False).exit_code != 0  # no such pack
+    assert json.loads(run("subscription", "show", "buyer@example.com", "--json").stdout)["subscription"] is None
+    accounts = json.loads(run("ledger", "verify", "--json").stdout)["accounts_ucr"]
+    assert accounts["sales"] == -2000 * 1_000_000  # a pack is paid-for credit, the free allowance a promotion
+    assert accounts["promotions"] == -100 * 1_000_000
