@@ -129,3 +129,36 @@ def test_holds_of_a_killed_server_are_swept_on_restart(tmp_path: Path, sqlite_ur
                 assert (b.held_ucr, b.available_ucr) == (0, 1000 * 1_000_000)
                 assert ledger.verify(conn) == []
     engine.dispose()
+
+
+def test_webhooks_delivered_to_two_processes_at_once_grant_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fakes import stripe_api as fs
+
+    secret = "whsec_multiprocess"
+    with FakeOpenAI() as fake:
+        env = _env(tmp_path, database_url, fake.url, 100, STRIPE_WEBHOOK_SECRET=secret, STRIPE_API_KEY="sk_test_x")
+        settings = _settings(env, monkeypatch)
+        engine = make_engine(database_url)
+        upgrade(engine)
+        user_id, key = add_user(engine, settings, "buyer@example.com", "exact")
+        purchase = fs.event("checkout.session.completed", fs.pack_session(user_id, "2000"))
+        body, signature = fs.signed_event(secret, purchase)
+        with ServerProcess(env) as one, ServerProcess(env) as two:
+
+            def deliver(i: int) -> int:
+                target = one if i % 2 else two
+                return httpx.post(target.url + "/webhooks/stripe", content=body, timeout=30,
+                                  headers={"stripe-signature": signature, "content-type": "application/json"}).status_code
+
+            with ThreadPoolExecutor(20) as pool:
+                statuses = list(pool.map(deliver, range(20)))
+            balance = httpx.get(one.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
+    assert set(statuses) == {200}
+    assert balance["available_credits"] == 2100  # granted once, by whichever process won
+    with reading(engine) as conn:
+        assert make_ledger(settings).verify(conn) == []
+    engine.dispose()
