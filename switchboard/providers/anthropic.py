@@ -48,7 +48,6 @@ from switchboard.providers.http import (
     NOT_RETRYABLE_STATUSES,
     HTTPProvider,
     SSEDecoder,
-    describe,
     drain,
     error_message,
     scrub,
@@ -268,20 +267,10 @@ class AnthropicProvider(HTTPProvider):
                             continue
                         if type(obj) is dict and obj.get("type") == "message_stop":
                             done = True
-            except TimeoutError as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 if not finished:
-                    raise UpstreamTimeout(
-                        f"{self.name}: upstream stalled mid-stream ({describe(exc)})", retryable=not yielded
-                    ) from exc
+                    self.raise_mid_stream(exc, yielded)
                 # The answer is complete; only message_stop went missing.
-            except aiohttp.ClientResponseError:
-                if not finished:
-                    raise UpstreamError(f"{self.name}: upstream stream broke", retryable=not yielded) from None
-            except aiohttp.ClientError as exc:  # connection reset, payload not completed
-                if not finished:
-                    raise UpstreamError(
-                        f"{self.name}: upstream connection lost mid-stream ({describe(exc)})", retryable=not yielded
-                    ) from exc
 
             if not finished:
                 if not done:

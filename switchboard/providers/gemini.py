@@ -43,7 +43,7 @@ import orjson
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import ProviderConfig
-from switchboard.core.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from switchboard.core.errors import InvalidRequest, UpstreamError
 from switchboard.core.types import (
     ChatMessage,
     ChatRequest,
@@ -273,21 +273,10 @@ class GeminiProvider(HTTPProvider):
                     for event in feed(load(data, state)):
                         state.yielded = True
                         yield event
-            except TimeoutError as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 if state.reason is None:
-                    raise UpstreamTimeout(
-                        f"{self.name}: upstream stalled mid-stream ({describe(exc)})", retryable=not state.yielded
-                    ) from exc
+                    self.raise_mid_stream(exc, state.yielded)
                 # The answer is complete (finishReason seen); only the body's end went missing.
-            except aiohttp.ClientResponseError:
-                if state.reason is None:
-                    raise UpstreamError(f"{self.name}: upstream stream broke", retryable=not state.yielded) from None
-            except aiohttp.ClientError as exc:  # connection reset, payload not completed
-                if state.reason is None:
-                    raise UpstreamError(
-                        f"{self.name}: upstream connection lost mid-stream ({describe(exc)})",
-                        retryable=not state.yielded,
-                    ) from exc
 
             if state.reason is None:
                 raise UpstreamError(

@@ -133,6 +133,20 @@ class HTTPProvider(Provider):
         except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
             raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
 
+    def raise_mid_stream(self, exc: BaseException, yielded: bool) -> None:
+        """Map a transport failure while reading the stream (a stall, a reset, a broken body) to
+        our error. Called only when the answer is not complete; `yielded` says whether the client
+        may have seen output (then it is not retryable)."""
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(
+                f"{self.name}: upstream stalled mid-stream ({describe(exc)})", retryable=not yielded
+            ) from exc
+        if isinstance(exc, aiohttp.ClientResponseError):  # carries request headers: do not chain
+            raise UpstreamError(f"{self.name}: upstream stream broke", retryable=not yielded) from None
+        raise UpstreamError(
+            f"{self.name}: upstream connection lost mid-stream ({describe(exc)})", retryable=not yielded
+        ) from exc
+
     def error_detail(self, body: Any) -> str:
         """The human message in an upstream error body (override per vendor)."""
         return error_message(body)

@@ -23,7 +23,7 @@ import orjson
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import ProviderConfig
-from switchboard.core.errors import UpstreamError, UpstreamTimeout
+from switchboard.core.errors import UpstreamError
 from switchboard.core.types import (
     ChatMessage,
     ChatRequest,
@@ -37,7 +37,7 @@ from switchboard.core.types import (
     Usage,
     UsageReport,
 )
-from switchboard.providers.http import HTTPProvider, SSEDecoder, describe, drain, error_message, scrub
+from switchboard.providers.http import HTTPProvider, SSEDecoder, drain, error_message, scrub
 
 log = logging.getLogger(__name__)
 
@@ -181,20 +181,10 @@ class OpenAICompatProvider(HTTPProvider):
                     for data in decoder.flush():
                         if data == b"[DONE]":
                             done = True
-            except TimeoutError as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 if not finished:
-                    raise UpstreamTimeout(
-                        f"{self.name}: upstream stalled mid-stream ({describe(exc)})", retryable=not yielded
-                    ) from exc
+                    self.raise_mid_stream(exc, yielded)
                 # The answer is complete; only the usage chunk (or [DONE]) went missing.
-            except aiohttp.ClientResponseError:
-                if not finished:
-                    raise UpstreamError(f"{self.name}: upstream stream broke", retryable=not yielded) from None
-            except aiohttp.ClientError as exc:  # connection reset, payload not completed
-                if not finished:
-                    raise UpstreamError(
-                        f"{self.name}: upstream connection lost mid-stream ({describe(exc)})", retryable=not yielded
-                    ) from exc
 
             if not finished:
                 if not done:
