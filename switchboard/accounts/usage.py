@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Integer, case, func, select
+from sqlalchemy import Connection, select
 
-from switchboard.core.money import format_credits, ucr_to_credits_float
+from switchboard.core.money import format_credits, ucr_to_credits_float, usd_text
 from switchboard.store.schema import usage_records
 
 
@@ -57,48 +57,39 @@ def usage_json(row: Any) -> dict[str, Any]:
 def summarize(conn: Connection, user_id: int | None, by: str, since_ms: int | None = None) -> list[dict[str, Any]]:
     """Totals per day (UTC) or per model: requests, tokens, USD cost and credits.
 
-    `user_id` None: every user (the operator's view)."""
+    `user_id` None: every user (the operator's view). One pass over the records, summed in
+    Python: the USD cost is exact decimal text, which SQL could only sum as a float."""
     if by not in ("day", "model"):
         raise ValueError("group by 'day' or 'model'")
     u = usage_records.c
-    key = u.model if by == "model" else (u.created_ms / 86_400_000).cast(Integer)
-    query = select(
-        key.label("key"), func.count().label("requests"), func.sum(u.prompt_tokens), func.sum(u.cached_prompt_tokens),
-        func.sum(u.completion_tokens), func.sum(u.reasoning_tokens), func.sum(u.charged_ucr),
-        func.sum(case((u.outcome == "ok", 0), else_=1)),
-    )
+    query = select(u.model, u.created_ms, u.outcome, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens,
+                   u.reasoning_tokens, u.charged_ucr, u.cost_usd)
     if user_id is not None:
         query = query.where(u.user_id == user_id)
     if since_ms is not None:
         query = query.where(u.created_ms >= since_ms)
-    rows = conn.execute(query.group_by(key).order_by(key)).all()
-    costs = _cost_sums(conn, user_id, by, since_ms)
-    out = []
-    for k, requests, prompt, cached, completion, reasoning, charged, failed in rows:
-        label = k if by == "model" else datetime.fromtimestamp(int(k) * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
-        out.append({
-            by: label, "requests": int(requests), "failed_requests": int(failed or 0),
-            "prompt_tokens": int(prompt or 0), "cached_prompt_tokens": int(cached or 0),
-            "completion_tokens": int(completion or 0), "reasoning_tokens": int(reasoning or 0),
-            "cost_usd": format(costs.get(k, Decimal(0)).normalize(), "f") if costs.get(k) else "0",
-            "credits_charged": ucr_to_credits_float(int(charged or 0)), "charged_ucr": int(charged or 0),
+    totals: dict[str, dict[str, Any]] = {}
+    for model, created, outcome, prompt, cached, completion, reasoning, charged, cost in conn.execute(query):
+        key = model if by == "model" else datetime.fromtimestamp(created // 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+        t = totals.setdefault(key, {
+            by: key, "requests": 0, "failed_requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
+            "completion_tokens": 0, "reasoning_tokens": 0, "cost": Decimal(0), "charged_ucr": 0,
         })
+        t["requests"] += 1
+        t["failed_requests"] += outcome != "ok"
+        t["prompt_tokens"] += prompt
+        t["cached_prompt_tokens"] += cached
+        t["completion_tokens"] += completion
+        t["reasoning_tokens"] += reasoning
+        t["charged_ucr"] += charged
+        t["cost"] += Decimal(cost)
+    out = []
+    for key in sorted(totals):
+        t = totals[key]
+        t["cost_usd"] = usd_text(t.pop("cost"))
+        t["credits_charged"] = ucr_to_credits_float(t["charged_ucr"])
+        out.append(t)
     return out
-
-
-def _cost_sums(conn: Connection, user_id: int | None, by: str, since_ms: int | None) -> dict[Any, Decimal]:
-    """USD is stored as exact decimal text: summed in Python, never as floats."""
-    u = usage_records.c
-    key = u.model if by == "model" else (u.created_ms / 86_400_000).cast(Integer)
-    query = select(key, u.cost_usd)
-    if user_id is not None:
-        query = query.where(u.user_id == user_id)
-    if since_ms is not None:
-        query = query.where(u.created_ms >= since_ms)
-    sums: dict[Any, Decimal] = {}
-    for k, cost in conn.execute(query):
-        sums[k] = sums.get(k, Decimal(0)) + Decimal(cost)
-    return sums
 
 
 EXPORT_COLUMNS = (

@@ -15,7 +15,7 @@ from switchboard.accounts.usage import EXPORT_COLUMNS, export_rows, list_usage, 
 from switchboard.api.auth import authenticate
 from switchboard.api.state import AppState
 from switchboard.core.errors import InvalidRequest
-from switchboard.core.money import UCR_PER_CREDIT, format_credits, ucr_to_credits_float
+from switchboard.core.money import UCR_PER_CREDIT, credits_per_1k_tokens, format_credits, ucr_to_credits_float
 from switchboard.store.db import reading
 
 
@@ -28,7 +28,8 @@ async def list_models(request: Request) -> Response:
     await authenticate(request, state.keys)
     data = []
     for spec in state.runtime.catalog.values():
-        per_k = lambda usd: float(usd / state.runtime.settings.usd_per_credit / 1000)  # noqa: E731
+        usd_per_credit = state.runtime.settings.usd_per_credit
+        per_k = lambda usd: float(credits_per_1k_tokens(usd, usd_per_credit))  # noqa: E731
         data.append({
             "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
             "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,

@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from switchboard.core.money import format_credits, ucr_to_credits_float
 from switchboard.core.types import Usage
-from switchboard.inference.metered import Metering, usd_text
+from switchboard.core.money import format_credits, ucr_to_credits_float, usd_text
+from switchboard.inference.metered import Metering
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:

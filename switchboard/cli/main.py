@@ -19,7 +19,7 @@ from switchboard.accounts import users as users_mod
 from switchboard.accounts.usage import list_usage
 from switchboard.core.config import Settings, load_settings
 from switchboard.core.errors import SwitchboardError
-from switchboard.core.money import credits_to_ucr, format_credits, ucr_to_credits_float
+from switchboard.core.money import credits_per_1k_tokens, credits_to_ucr, format_credits, ucr_to_credits_float
 from switchboard.inference.runtime import make_ledger
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
@@ -373,7 +373,7 @@ def models(
         specs += [m.spec for name, m in shipped.items() if name not in catalog]
     rows = []
     for spec in specs:
-        per_k = lambda usd: usd / settings.usd_per_credit / 1000  # noqa: E731
+        per_k = lambda usd: credits_per_1k_tokens(usd, settings.usd_per_credit)  # noqa: E731
         info = shipped.get(spec.name)
         rows.append({
             "name": spec.name, "provider": spec.provider, "available": spec.name in catalog,

@@ -13,7 +13,6 @@ from rich.table import Table
 from switchboard.core.config import Settings
 from switchboard.core.types import ChatMessage, ChatRequest
 from switchboard.router.catalog import build_catalog, shipped_models
-from switchboard.router.difficulty_loader import load_difficulty
 from switchboard.router.router import Router
 
 
@@ -24,8 +23,7 @@ def make_router(settings: Settings) -> Router:
     if settings.shipped_catalog:
         for shipped in shipped_models():
             catalog.setdefault(shipped.spec.name, shipped.spec)
-    return Router(catalog, settings.routing, load_difficulty(), default_model=settings.default_model,
-                  shipped_tiers={m.spec.name: m.tier for m in shipped_models()})
+    return Router.for_settings(catalog, settings)
 
 
 def decide(router: Router, prompt: str, plan: str, names: list[str] | None, threshold: float | None) -> dict[str, Any]:

@@ -43,3 +43,13 @@ def format_credits(ucr: int) -> str:
 def ucr_to_credits_float(ucr: int) -> float:
     """For display in JSON only; never feed this back into a money path."""
     return ucr / UCR_PER_CREDIT
+
+
+def credits_per_1k_tokens(usd_per_mtok: Decimal, usd_per_credit: Decimal = DEFAULT_USD_PER_CREDIT) -> Decimal:
+    """A price per million tokens in USD as credits per 1,000 tokens (how users see prices)."""
+    return usd_per_mtok / usd_per_credit / 1000
+
+
+def usd_text(usd: Decimal) -> str:
+    """An exact USD amount as plain decimal text (0.00000021, never 2.1E-7)."""
+    return format(usd.normalize(), "f") if usd else "0"

@@ -30,7 +30,7 @@ from switchboard.core.errors import (
     SwitchboardError,
     UpstreamError,
 )
-from switchboard.core.money import UCR_PER_CREDIT, usd_to_ucr
+from switchboard.core.money import UCR_PER_CREDIT, usd_text, usd_to_ucr
 from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
 from switchboard.inference.resilience import CircuitBreaker, RetryPolicy
 from switchboard.providers.base import Provider
@@ -65,11 +65,6 @@ def _provider_fault(error: UpstreamError) -> bool:
     """Failures that say the provider is unwell (not that this request was bad)."""
     status = error.upstream_status
     return status is None or status >= 500 or status == 429
-
-
-def usd_text(usd: Decimal) -> str:
-    """An exact USD amount as plain decimal text (0.00000021, never 2.1E-7)."""
-    return format(usd.normalize(), "f") if usd else "0"
 
 
 class Inference:

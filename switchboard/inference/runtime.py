@@ -19,8 +19,7 @@ from switchboard.inference.resilience import RetryPolicy
 from switchboard.inference.sweeper import sweep_forever, sweep_once
 from switchboard.providers.base import Provider
 from switchboard.providers.registry import build_providers
-from switchboard.router.catalog import build_catalog, effective_providers, shipped_models
-from switchboard.router.difficulty_loader import load_difficulty
+from switchboard.router.catalog import build_catalog, effective_providers
 from switchboard.router.router import Router
 from switchboard.store.db import make_engine
 from switchboard.store.runner import TransactionRunner
@@ -51,10 +50,7 @@ class Runtime:
                 f"models name provider(s) {', '.join(sorted(missing))}, which are neither configured "
                 f"nor have an API key in the environment"
             )
-        self.router = Router(
-            self.catalog, settings.routing, load_difficulty(), default_model=settings.default_model,
-            shipped_tiers={m.spec.name: m.tier for m in shipped_models()},
-        )
+        self.router = Router.for_settings(self.catalog, settings)
         self.inference = Inference(
             router=self.router, providers=self.providers, ledger=self.ledger, runner=self.runner,
             usd_per_credit=settings.usd_per_credit, default_max_output_tokens=settings.default_max_output_tokens,

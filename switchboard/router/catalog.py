@@ -9,6 +9,7 @@ Operator [[models]] entries win over shipped ones of the same name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass
@@ -104,12 +105,5 @@ def build_catalog(settings: Settings, providers: list[ProviderConfig] | None = N
     for shipped in shipped_models():
         provider = serving.get(shipped.vendor)
         if provider is not None and shipped.spec.name not in catalog:
-            spec = shipped.spec
-            catalog[spec.name] = ModelSpec(
-                name=spec.name, provider=provider, upstream_name=spec.upstream_name,
-                context_window=spec.context_window, input_usd_per_mtok=spec.input_usd_per_mtok,
-                output_usd_per_mtok=spec.output_usd_per_mtok, cached_input_usd_per_mtok=spec.cached_input_usd_per_mtok,
-                cache_write_usd_per_mtok=spec.cache_write_usd_per_mtok, max_output_tokens=spec.max_output_tokens,
-                abilities=spec.abilities,
-            )
+            catalog[shipped.spec.name] = dataclasses.replace(shipped.spec, provider=provider)
     return catalog

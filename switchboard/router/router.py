@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from switchboard.core.catalog import ModelSpec
-from switchboard.core.config import RoutingConfig
+from switchboard.core.config import RoutingConfig, Settings
 from switchboard.core.errors import InvalidRequest, ModelNotFound
 from switchboard.core.types import ChatRequest
 from switchboard.router.tasks import classify, last_user_text
@@ -108,6 +108,16 @@ class Router:
         self._rank = {name: _RANK[tier] for name, tier in self.tiers.items()}
         # Ranked once: cheapest first within each tier, then by name (deterministic).
         self._ranked = sorted(catalog.values(), key=lambda s: (self._rank[s.name], self._price[s.name], s.name))
+
+    @classmethod
+    def for_settings(cls, catalog: dict[str, ModelSpec], settings: Settings) -> "Router":
+        """The router as every entry point builds it: the settings' policy, the trained
+        difficulty estimate, and the shipped models' tiers."""
+        from switchboard.router.catalog import shipped_models
+        from switchboard.router.difficulty_loader import load_difficulty
+
+        return cls(catalog, settings.routing, load_difficulty(), default_model=settings.default_model,
+                   shipped_tiers={m.spec.name: m.tier for m in shipped_models()})
 
     # -- explicit names -----------------------------------------------------------------
     def named(self, requested: str) -> RouteDecision:

@@ -44,7 +44,6 @@ class _Unit:
 
 class TransactionRunner:
     def __init__(self, engine: Engine, *, name: str = "switchboard-db-writer") -> None:
-        self._engine = engine
         self.engine = engine
         self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -110,7 +109,7 @@ class TransactionRunner:
         batch.sort(key=lambda u: u.order_key)  # one lock order for every process
         results: list[Any] = []
         try:
-            with self._engine.begin() as conn:
+            with self.engine.begin() as conn:
                 for unit in batch:
                     results.append(unit.work(conn))
         except Exception:  # noqa: BLE001 - isolate the failing unit below
@@ -131,7 +130,7 @@ class TransactionRunner:
         delay = 0.005
         for attempt in range(_RETRIES):
             try:
-                with self._engine.begin() as conn:
+                with self.engine.begin() as conn:
                     return unit.work(conn)
             except (OperationalError, DBAPIError) as exc:
                 if attempt == _RETRIES - 1 or not _is_transient(exc):
