@@ -47,15 +47,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
-import threading
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.openai_upstream import Behaviour, ReceivedRequest, _split
+from tests.fakes.openai_upstream import Behaviour, FakeOpenAI, ReceivedRequest, _split
 
 # google.rpc.Code names by HTTP status, as Google's front end pairs them.
 GOOGLE_STATUS = {
@@ -86,9 +83,8 @@ class GeminiBehaviour(Behaviour):
     block_reason: str | None = None
 
 
-@dataclass
-class GeminiReceivedRequest(ReceivedRequest):
-    query: dict[str, str] = field(default_factory=dict)  # the URL's query string (alt=sse, never key=)
+# Kept as a name for readers of the tests: the base records the query string too (alt=sse, never key=).
+GeminiReceivedRequest = ReceivedRequest
 
 
 def google_json(obj: Any, *, indent: int | None = None) -> bytes:
@@ -98,23 +94,8 @@ def google_json(obj: Any, *, indent: int | None = None) -> bytes:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
-class FakeGemini:
+class FakeGemini(FakeOpenAI):
     """The fake server. Start with `with FakeGemini() as fake:` or `.start()` / `.stop()`."""
-
-    def __init__(self, behaviour: Behaviour | None = None, *, host: str = "127.0.0.1", models: list[str] | None = None) -> None:
-        self.behaviour = behaviour or Behaviour()
-        self.host = host
-        self.models = models or ["fake-model"]
-        self.requests: list[GeminiReceivedRequest] = []
-        self._queue: deque[Behaviour] = deque()
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
-        self.port = 0
-
-    # -- public -------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -126,75 +107,19 @@ class FakeGemini:
         """The server root, as google-genai's HttpOptions(base_url=...) takes it."""
         return f"http://{self.host}:{self.port}/"
 
-    def enqueue(self, *behaviours: Behaviour) -> None:
-        """Answer the next requests with these, in order; then fall back to `behaviour`."""
-        with self._lock:
-            self._queue.extend(behaviours)
-
     def configure(self, **changes: Any) -> Behaviour:
         """Replace the standing behaviour with a fresh one built from these fields."""
         self.behaviour = GeminiBehaviour(**changes)
         return self.behaviour
 
-    @property
-    def last(self) -> GeminiReceivedRequest:
-        return self.requests[-1]
-
-    def chat_requests(self) -> list[GeminiReceivedRequest]:
+    def chat_requests(self) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path.endswith((":streamGenerateContent", ":generateContent"))]
 
-    def start(self) -> "FakeGemini":
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.host, 0))
-        self.port = self._sock.getsockname()[1]
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, args=(ready, errors), name="fake-gemini", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake upstream did not start")
-        if errors:
-            raise errors[0]
+    def __enter__(self) -> "FakeGemini":
+        self.start()
         return self
 
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if self._runner is not None:
-            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
-            try:
-                fut.result(timeout=5)
-            except Exception:  # noqa: BLE001 - best effort at teardown
-                pass
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        self._loop = self._thread = self._runner = None
-
-    def __enter__(self) -> "FakeGemini":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- server -------------------------------------------------------------------------
-
-    def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
-            errors.append(exc)
-            ready.set()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -206,24 +131,6 @@ class FakeGemini:
         await self._runner.setup()
         assert self._sock is not None
         await web.SockSite(self._runner, self._sock).start()
-
-    def _next_behaviour(self) -> Behaviour:
-        with self._lock:
-            return self._queue.popleft() if self._queue else self.behaviour
-
-    def _record(self, request: web.Request, body: bytes) -> Any:
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.requests.append(
-            GeminiReceivedRequest(
-                request.method, request.path, dict(request.headers), parsed, body,
-                tuple(peer) if peer else None, dict(request.query),
-            )
-        )
-        return parsed
 
     async def _unknown(self, request: web.Request) -> web.Response:
         self._record(request, await request.read())

@@ -79,6 +79,7 @@ class ReceivedRequest:
     json: Any  # the parsed body; None when it was empty or not JSON
     body: bytes = b""
     peer: tuple[str, int] | None = None  # the client's address: equal ports = a reused connection
+    query: dict[str, str] = field(default_factory=dict)  # the URL's query string
 
 
 class FakeOpenAI:
@@ -202,7 +203,8 @@ class FakeOpenAI:
             parsed = None
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(
-            ReceivedRequest(request.method, request.path, dict(request.headers), parsed, body, tuple(peer) if peer else None)
+            ReceivedRequest(request.method, request.path, dict(request.headers), parsed, body,
+                            tuple(peer) if peer else None, dict(request.query))
         )
         return parsed
 
