@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime, timezone
 
 import orjson
@@ -13,6 +12,8 @@ from starlette.responses import Response
 
 from switchboard.accounts.usage import EXPORT_COLUMNS, export_rows, list_usage, summarize, to_csv
 from switchboard.api.auth import authenticate
+from switchboard.billing.ledger import now_ms
+from switchboard.billing.periods import DAY_MS
 from switchboard.api.state import AppState
 from switchboard.core.errors import InvalidRequest
 from switchboard.core.money import UCR_PER_CREDIT, credits_per_1k_tokens, format_credits, ucr_to_credits_float
@@ -112,7 +113,7 @@ async def usage_summary(request: Request) -> Response:
         raise InvalidRequest("'by' must be 'day' or 'model'", param="by")
     days = _int_param(request, "days", 30, 1, 3660)
     assert days is not None
-    since = int(time.time() * 1000) - days * 86_400_000
+    since = now_ms() - days * DAY_MS
     engine = state.runtime.engine
 
     def read():  # type: ignore[no-untyped-def]

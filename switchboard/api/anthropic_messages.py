@@ -16,7 +16,6 @@ is a plain HTTP error (nothing charged) rather than an error event inside a 200 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from switchboard.accounts.keys import KeyCache, Principal
+from switchboard.api.auth import principal_for
 from switchboard.api.anthropic_schemas import parse_messages_body
 from switchboard.api.chat import request_id_of
 from switchboard.api.openai_format import metering_headers, metering_json
@@ -126,9 +126,7 @@ def api_key_of(request: Request) -> tuple[str, str]:
 
 async def authenticate(request: Request, keys: KeyCache) -> Principal:
     key, source = api_key_of(request)
-    hit, principal = keys.cached(key)
-    if not hit:
-        principal = await asyncio.to_thread(keys.get, key)
+    principal = await principal_for(keys, key)
     if principal is None:
         raise AuthenticationFailed(f"invalid {source}: {key[:6]}****")  # never echo the whole key
     return principal

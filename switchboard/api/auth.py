@@ -23,11 +23,17 @@ def bearer_token(request: Request) -> str:
     return token
 
 
+async def principal_for(keys: KeyCache, key: str) -> Principal | None:
+    """The key's user: from the in-process cache, else looked up off the event loop."""
+    hit, principal = keys.cached(key)
+    if not hit:
+        principal = await asyncio.to_thread(keys.get, key)
+    return principal
+
+
 async def authenticate(request: Request, keys: KeyCache) -> Principal:
     token = bearer_token(request)
-    hit, principal = keys.cached(token)
-    if not hit:
-        principal = await asyncio.to_thread(keys.get, token)
+    principal = await principal_for(keys, token)
     if principal is None:
         # Never echo the key back: a prefix is enough to recognise it.
         raise AuthenticationFailed(f"Incorrect API key provided: {token[:6]}****.")

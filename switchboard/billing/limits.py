@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from switchboard.billing.periods import DAY_MS
 from switchboard.store import rawsql
 from switchboard.store.schema import holds
 
@@ -26,7 +27,6 @@ _INSERT_NOTIFICATION = (
     "VALUES (:user_id, :kind, :threshold_pct, :period_start_ms, :created_ms, :attempts, :payload)"
 )
 
-DAY_MS = 86_400_000
 # (alert level, threshold in percent of the period's allowance)
 THRESHOLDS = ((1, 20), (2, 5), (3, 0))
 

@@ -28,11 +28,11 @@ from switchboard.billing.ledger import SALES, Ledger, now_ms
 from switchboard.core.config import Settings, StripeConfig
 from switchboard.core.errors import InvalidRequest, SwitchboardError
 from switchboard.core.money import credits_to_ucr
+from switchboard.billing.periods import DAY_MS
 from switchboard.store.billing_schema import payment_events, payment_grants
 from switchboard.store.schema import grants, ledger_entries
 
 log = logging.getLogger(__name__)
-DAY_MS = 86_400_000
 PENDING_RETRY_LIMIT = 50
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import calendar
 from datetime import datetime, timezone
 
+DAY_MS = 86_400_000
+
 
 def _add_months(anchor: datetime, months: int) -> datetime:
     index = anchor.month - 1 + months

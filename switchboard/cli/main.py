@@ -20,6 +20,8 @@ from switchboard.accounts.usage import list_usage
 from switchboard.core.config import Settings, load_settings
 from switchboard.core.errors import SwitchboardError
 from switchboard.core.money import credits_per_1k_tokens, credits_to_ucr, format_credits, ucr_to_credits_float
+from switchboard.billing.ledger import now_ms
+from switchboard.billing.periods import DAY_MS
 from switchboard.inference.runtime import make_ledger
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
@@ -160,7 +162,7 @@ def credits_grant(
         _fail(exc)
     expires = None
     if expires_days:
-        expires = int(datetime.now(timezone.utc).timestamp() * 1000) + expires_days * 86_400_000
+        expires = now_ms() + expires_days * DAY_MS
     store.write(lambda conn: store.ledger.grant(conn, user.id, amount, kind="manual", reason=reason, expires_ms=expires))
     b = store.read(lambda conn: store.ledger.balance(conn, user.id))
     out.print(f"granted {format_credits(amount)} credits to {user.email}; available now {format_credits(b.available_ucr)}")
@@ -306,7 +308,7 @@ def _print_summary(store: "_Store", user_id: int | None, by: str, days: int, as_
     if by not in ("day", "model"):
         err.print("[red]error:[/red] --by takes 'day' or 'model'")
         raise typer.Exit(2)
-    since = int(datetime.now(timezone.utc).timestamp() * 1000) - days * 86_400_000
+    since = now_ms() - days * DAY_MS
     rows = store.read(lambda conn: summarize(conn, user_id, by, since))
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
