@@ -17,7 +17,7 @@ from switchboard.billing.periods import DAY_MS
 from switchboard.api.state import AppState
 from switchboard.core.errors import InvalidRequest
 from switchboard.core.money import UCR_PER_CREDIT, credits_per_1k_tokens, format_credits, ucr_to_credits_float
-from switchboard.store.db import reading
+from switchboard.store.db import read, reading
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -51,11 +51,7 @@ async def balance(request: Request) -> Response:
     principal = await authenticate(request, state.keys)
     runtime = state.runtime
 
-    def read():  # type: ignore[no-untyped-def]
-        with reading(runtime.engine) as conn:
-            return runtime.ledger.balance(conn, principal.user_id)
-
-    b = await asyncio.to_thread(read)
+    b = await asyncio.to_thread(read, runtime.engine, lambda conn: runtime.ledger.balance(conn, principal.user_id))
     return json_response({
         "object": "balance",
         "plan": principal.plan,
@@ -93,11 +89,8 @@ async def usage(request: Request) -> Response:
     assert limit is not None
     engine = state.runtime.engine
 
-    def read():  # type: ignore[no-untyped-def]
-        with reading(engine) as conn:
-            return list_usage(conn, principal.user_id, limit, before)
-
-    records, has_more = await asyncio.to_thread(read)
+    records, has_more = await asyncio.to_thread(
+        read, engine, lambda conn: list_usage(conn, principal.user_id, limit, before))
     return json_response({
         "object": "list", "data": records, "has_more": has_more,
         "next_before": records[-1]["id"] if has_more and records else None,
@@ -116,11 +109,8 @@ async def usage_summary(request: Request) -> Response:
     since = now_ms() - days * DAY_MS
     engine = state.runtime.engine
 
-    def read():  # type: ignore[no-untyped-def]
-        with reading(engine) as conn:
-            return summarize(conn, principal.user_id, by, since)
-
-    return json_response({"object": "list", "by": by, "days": days, "data": await asyncio.to_thread(read)})
+    data = await asyncio.to_thread(read, engine, lambda conn: summarize(conn, principal.user_id, by, since))
+    return json_response({"object": "list", "by": by, "days": days, "data": data})
 
 
 async def usage_export(request: Request) -> Response:
@@ -132,11 +122,7 @@ async def usage_export(request: Request) -> Response:
         raise InvalidRequest("'format' must be 'csv' or 'json'", param="format")
     engine = state.runtime.engine
 
-    def read() -> list[dict[str, object]]:
-        with reading(engine) as conn:
-            return list(export_rows(conn, principal.user_id))
-
-    rows = await asyncio.to_thread(read)
+    rows = await asyncio.to_thread(read, engine, lambda conn: list(export_rows(conn, principal.user_id)))
     for row in rows:
         row.pop("user_id", None)
     if fmt == "json":

@@ -15,7 +15,7 @@ from switchboard.api.state import AppState
 from switchboard.billing import subscriptions as subs
 from switchboard.billing.payments import BadSignature, StripeGateway, handle_event, verify_event
 from switchboard.core.errors import InvalidRequest, NotFound
-from switchboard.store.db import reading
+from switchboard.store.db import read, reading
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000
@@ -61,11 +61,7 @@ async def subscription(request: Request) -> Response:
     principal = await authenticate(request, state.keys)
     runtime = state.runtime
 
-    def read():  # type: ignore[no-untyped-def]
-        with reading(runtime.engine) as conn:
-            return subs.get(conn, principal.user_id)
-
-    sub = await asyncio.to_thread(read)
+    sub = await asyncio.to_thread(read, runtime.engine, lambda conn: subs.get(conn, principal.user_id))
     body = sub.as_json() if sub else {"object": "subscription", "plan": principal.plan, "status": None,
                                       "pending_plan": None, "current_period_start_ms": None,
                                       "current_period_end_ms": None, "cancel_at_period_end": False}
@@ -78,11 +74,7 @@ async def cancel(request: Request) -> Response:
     principal = await authenticate(request, state.keys)
     runtime = state.runtime
 
-    def read():  # type: ignore[no-untyped-def]
-        with reading(runtime.engine) as conn:
-            return subs.get(conn, principal.user_id)
-
-    sub = await asyncio.to_thread(read)
+    sub = await asyncio.to_thread(read, runtime.engine, lambda conn: subs.get(conn, principal.user_id))
     if sub is None or sub.stripe_subscription_id is None or sub.status == subs.CANCELED:
         raise NotFound("you have no active subscription to cancel")
     await asyncio.to_thread(StripeGateway(runtime.settings.stripe).cancel_at_period_end, sub.stripe_subscription_id)

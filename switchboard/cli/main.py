@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ from switchboard.core.money import credits_per_1k_tokens, credits_to_ucr, format
 from switchboard.billing.ledger import now_ms
 from switchboard.billing.periods import DAY_MS
 from switchboard.inference.runtime import make_ledger
-from switchboard.store.db import make_engine, reading
+from switchboard.store.db import make_engine, read, reading
 from switchboard.store.migrate import upgrade
 from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import users as users_table
@@ -70,11 +70,17 @@ class _Store:
         return self.runner.run_sync(work)
 
     def read(self, work: Any) -> Any:
-        with reading(self.engine) as conn:
-            return work(conn)
+        return read(self.engine, work)
+
+    def user(self, email: str) -> users_mod.User:
+        """The user with this e-mail, or a clean exit naming the problem."""
+        try:
+            return self.read(lambda conn: users_mod.find_user(conn, email))
+        except SwitchboardError as exc:
+            _fail(exc)
 
 
-def _fail(exc: SwitchboardError) -> None:
+def _fail(exc: SwitchboardError) -> NoReturn:
     err.print(f"[red]error:[/red] {exc.message}")
     raise typer.Exit(1)
 
@@ -126,10 +132,7 @@ def users_create(email: str, plan: str = typer.Option("free", help="free, plus o
 def keys_create(email: str, name: Optional[str] = typer.Option(None, help="A label for the key.")) -> None:
     """Create an API key; prints only the key (it is not shown again)."""
     store = _Store(_settings())
-    try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
-    except SwitchboardError as exc:
-        _fail(exc)
+    user = store.user(email)
     key = store.write(lambda conn: keys_mod.create_key(conn, user.id, name))
     sys.stdout.write(key + "\n")
 
@@ -156,10 +159,7 @@ def credits_grant(
     """Grant credits to a user."""
     store = _Store(_settings())
     amount = _parse_credits(credits)
-    try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
-    except SwitchboardError as exc:
-        _fail(exc)
+    user = store.user(email)
     expires = None
     if expires_days:
         expires = now_ms() + expires_days * DAY_MS
@@ -178,8 +178,8 @@ def credits_topup(
     from switchboard.billing.payments import grant_pack
 
     store = _Store(_settings())
+    user = store.user(email)
     try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
         store.write(lambda conn: grant_pack(conn, store.ledger, store.settings, user.id, pack,
                                             reason=reason or f"pack {pack} (operator top-up)"))
     except SwitchboardError as exc:
@@ -194,10 +194,7 @@ def subscription_show(email: str, as_json: bool = typer.Option(False, "--json", 
     from switchboard.billing import subscriptions as subs
 
     store = _Store(_settings())
-    try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
-    except SwitchboardError as exc:
-        _fail(exc)
+    user = store.user(email)
     sub = store.read(lambda conn: subs.get(conn, user.id))
     data = {"email": user.email, "plan": user.plan, "subscription": sub.as_json() if sub else None}
     if as_json:
@@ -239,10 +236,7 @@ def plans(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 def balance(email: str, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """A user's available and held credits."""
     store = _Store(_settings())
-    try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
-    except SwitchboardError as exc:
-        _fail(exc)
+    user = store.user(email)
     b = store.read(lambda conn: store.ledger.balance(conn, user.id))
     period_end = datetime.fromtimestamp(b.period_end_ms / 1000, tz=timezone.utc).isoformat()
     data = {
@@ -271,10 +265,7 @@ def usage(
 ) -> None:
     """A user's usage records, newest first (or totals with --by day|model)."""
     store = _Store(_settings())
-    try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
-    except SwitchboardError as exc:
-        _fail(exc)
+    user = store.user(email)
     if by is not None:
         _print_summary(store, user.id, by, days, as_json, title=f"usage of {user.email} by {by}")
         return
@@ -335,10 +326,7 @@ def usage_export(
     store = _Store(_settings())
     user_id = None
     if email:
-        try:
-            user_id = store.read(lambda conn: users_mod.find_user(conn, email)).id
-        except SwitchboardError as exc:
-            _fail(exc)
+        user_id = store.user(email).id
     if fmt not in ("csv", "json"):
         err.print("[red]error:[/red] --format takes csv or json")
         raise typer.Exit(2)
@@ -412,10 +400,7 @@ def caps_set(
 ) -> None:
     """Set (or remove) a user's daily and monthly spending caps; unset options stay as they are."""
     store = _Store(_settings())
-    try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
-    except SwitchboardError as exc:
-        _fail(exc)
+    user = store.user(email)
     from switchboard.store.schema import wallets
 
     current = store.read(lambda conn: conn.execute(
@@ -474,11 +459,9 @@ def ledger_statement(
     from switchboard.billing.statements import statement
 
     store = _Store(_settings())
+    user = store.user(email)
     try:
-        user = store.read(lambda conn: users_mod.find_user(conn, email))
         st = store.read(lambda conn: statement(conn, user.id, month))
-    except SwitchboardError as exc:
-        _fail(exc)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
+
+T = TypeVar("T")
 
 
 def driver_url(url: str) -> str:
@@ -57,3 +61,10 @@ def _configure_sqlite(engine: Engine) -> None:
 def reading(engine: Engine) -> Connection:
     """A connection for read-only work (does not take SQLite's write lock)."""
     return engine.connect().execution_options(sqlite_deferred=True)
+
+
+def read(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run read-only `work` on its own connection (callers off the event loop wrap this in a
+    thread: `await asyncio.to_thread(read, engine, work)`)."""
+    with reading(engine) as conn:
+        return work(conn)
