@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
 
         def one(i: int) -> None:
             rid = f"bench-{i}"
-            held = runner.submit(lambda c: ledger.place_hold(c, user.id, rid, 5000, "m"), order_key=user.id).result()
+            held = runner.submit(lambda c: ledger.place_hold(c, user.id, rid, 5000, "m"), order_key=user.id, pipelined=True).result()
             assert held.ok and held.hold_id is not None
             hold_id = held.hold_id
-            runner.submit(lambda c: ledger.settle(c, user.id, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=user.id).result()
+            runner.submit(lambda c: ledger.settle(c, user.id, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=user.id, pipelined=True).result()
 
         for i in range(200):  # warm-up
             one(-1 - i)

@@ -31,8 +31,7 @@ from switchboard.billing.limits import CapRefusal, check_caps, raise_alerts
 from switchboard.billing.periods import period_bounds
 from switchboard.core.ids import new_id
 from switchboard.store import rawsql
-from switchboard.store.billing_schema import subscriptions
-from switchboard.store.schema import grants, holds, ledger_entries, usage_records, users, wallets
+from switchboard.store.schema import grants, holds, ledger_entries, usage_records, wallets
 
 # Hot-path statements (hold and settle run twice per API request): raw SQL, see store.rawsql.
 _WALLET_COLUMNS = (
@@ -40,16 +39,16 @@ _WALLET_COLUMNS = (
     "daily_cap_ucr", "monthly_cap_ucr", "period_allowance_ucr", "alert_level",
 )
 _LOCK_WALLET = f"SELECT {', '.join(_WALLET_COLUMNS)} FROM wallets WHERE user_id = :uid FOR UPDATE"
-# The wallet lock and the hold lookup in one round trip (the hot path's reads must wait).
-_LOCK_FOR_HOLD = (
-    f"SELECT {', '.join('w.' + c for c in _WALLET_COLUMNS)}, "
-    "(SELECT h.id FROM holds h WHERE h.user_id = :uid AND h.request_id = :rid) "
-    "FROM wallets w WHERE w.user_id = :uid FOR UPDATE OF w"
-)
-_LOCK_FOR_SETTLE = (
-    f"SELECT {', '.join('w.' + c for c in _WALLET_COLUMNS)}, h.status, h.amount_ucr, h.request_id, h.charged_ucr "
-    "FROM wallets w LEFT JOIN holds h ON h.id = :hid AND h.user_id = :uid WHERE w.user_id = :uid FOR UPDATE OF w"
-)
+# Read after the lock, as statements of their own: under PostgreSQL's READ COMMITTED a statement
+# that waited for the lock still sees other rows as they were when it started, so a hold or
+# grant joined into the locking SELECT could be stale. In pipeline mode (store.runner) they
+# still go out with the lock, one round trip in all.
+_HOLD_BY_REQUEST = "SELECT id FROM holds WHERE user_id = :uid AND request_id = :rid"
+_HOLD_BY_ID = "SELECT status, amount_ucr, request_id, charged_ucr FROM holds WHERE id = :hid AND user_id = :uid"
+# Burn order: soonest expiry first (allowance before never-expiring top-ups), then oldest.
+_BURN_ORDER = "ORDER BY expires_ms IS NULL, expires_ms, id"
+# The first grant to burn usually covers the whole charge; then settling reads no other.
+_FIRST_GRANT = f"SELECT id, remaining_ucr, expires_ms FROM grants WHERE user_id = :uid AND remaining_ucr > 0 {_BURN_ORDER} LIMIT 1"
 _SAVE_WALLET = (
     "UPDATE wallets SET balance_ucr = :balance_ucr, held_ucr = :held_ucr, debt_ucr = :debt_ucr, "
     "next_expiry_ms = :next_expiry_ms, period_start_ms = :period_start_ms, period_end_ms = :period_end_ms, "
@@ -62,29 +61,28 @@ _INSERT_HOLD = (
     "VALUES (:uid, :rid, :amount, 'active', :model, :at, :expires) RETURNING id"
 )
 _RESOLVE_HOLD = "UPDATE holds SET status = :status, resolved_ms = :at, charged_ucr = :charged WHERE id = :hid"
-_LIVE_GRANTS = (
-    "SELECT id, remaining_ucr, expires_ms FROM grants WHERE user_id = :uid AND remaining_ucr > 0 "
-    "ORDER BY expires_ms IS NULL, expires_ms, id"
-)
+_LIVE_GRANTS = f"SELECT id, remaining_ucr, expires_ms FROM grants WHERE user_id = :uid AND remaining_ucr > 0 {_BURN_ORDER}"
+_EXPIRED_GRANTS = "SELECT id, remaining_ucr FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms <= :at"
 _SET_REMAINING = "UPDATE grants SET remaining_ucr = :remaining WHERE id = :gid"
 _NEXT_EXPIRY = (
     "SELECT MIN(expires_ms) FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms IS NOT NULL"
 )
-_INSERT_CHARGE = (
+_INSERT_ENTRY = (
     "INSERT INTO ledger_entries (txn_id, account, user_id, kind, amount_ucr, grant_id, hold_id, request_id, created_ms, memo) "
-    "VALUES (:txn_id, :account, :user_id, 'charge', :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
+    "VALUES (:txn_id, :account, :user_id, :kind, :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
 )
-
-def _billed_by_subscription(conn: Connection, user_id: int) -> bool:
-    """A live Stripe subscription grants its allowances itself (billing.subscriptions, on
-    invoice.paid): the lazy period roll then grants nothing, so a renewal happens exactly once
-    and never before it is paid."""
-    return conn.execute(
-        select(subscriptions.c.id).where(
-            subscriptions.c.user_id == user_id, subscriptions.c.status != "canceled",
-            subscriptions.c.stripe_subscription_id.is_not(None),
-        )
-    ).first() is not None
+_INSERT_GRANT = (
+    "INSERT INTO grants (user_id, kind, amount_ucr, remaining_ucr, expires_ms, created_ms, reason, source_ref) "
+    "VALUES (:uid, :kind, :amount, :remaining, :expires, :at, :reason, :ref) RETURNING id"
+)
+_GRANT_BY_REF = "SELECT id FROM grants WHERE source_ref = :ref"
+_USER_PLAN = "SELECT plan FROM users WHERE id = :uid"
+# A live Stripe subscription grants its allowances itself (billing.subscriptions, on
+# invoice.paid): the lazy period roll then grants nothing, so a renewal happens exactly once
+# and never before it is paid.
+_BILLED_BY_SUBSCRIPTION = (
+    "SELECT 1 FROM subscriptions WHERE user_id = :uid AND status <> 'canceled' AND stripe_subscription_id IS NOT NULL"
+)
 
 
 # Accounts. Per user: WALLET, RECEIVABLES. System-wide: the rest.
@@ -99,6 +97,21 @@ _INSERT_USAGE = (
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _post(
+    conn: Connection, user_id: int, kind: str, at: int, legs: list[tuple[str, int, int | None, str | None]], *,
+    hold_id: int | None = None, request_id: str | None = None,
+) -> None:
+    """Record one transaction: legs of (account, amount, grant id, memo) that sum to zero;
+    legs of zero are left out."""
+    assert sum(leg[1] for leg in legs) == 0, legs
+    txn = new_id()
+    rawsql.execute_many(conn, _INSERT_ENTRY, [
+        dict(txn_id=txn, account=account, user_id=user_id, kind=kind, amount_ucr=amount, grant_id=grant_id,
+             hold_id=hold_id, request_id=request_id, created_ms=at, memo=memo)
+        for account, amount, grant_id, memo in legs if amount
+    ])
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,34 +173,50 @@ class Ledger:
         )
         self._grant_allowance(conn, user_id, plan, start, end, at)
 
-    def _lock(
-        self, conn: Connection, user_id: int, at: int, sql: str = _LOCK_WALLET, params: dict[str, Any] | None = None,
-        extra: list[Any] | None = None,
-    ) -> dict[str, Any]:
-        """Lock the wallet row, then bring it up to date: expire grants, start a new period.
-        A caller's `sql` may read more columns after the wallet's; they land in `extra`."""
-        row = rawsql.execute(conn, sql, params or {"uid": user_id}).fetchone()
+    def _lock(self, conn: Connection, user_id: int, at: int) -> dict[str, Any]:
+        """Lock the wallet row and bring it up to date (see `_bring_up_to_date`)."""
+        wallet, _ = self._lock_row(conn, user_id)
+        self._bring_up_to_date(conn, wallet, at)
+        return wallet
+
+    @staticmethod
+    def _lock_row(
+        conn: Connection, user_id: int, *reads: tuple[str, dict[str, Any]],
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Lock the wallet row, then run `reads` (sql, params): the wallet and each read's
+        first row (None where it found nothing). All are sent before any answer is awaited."""
+        lock = rawsql.execute(conn, _LOCK_WALLET, {"uid": user_id})
+        cursors = [rawsql.execute(conn, sql, params) for sql, params in reads]
+        row = lock.fetchone()
+        rows = [cursor.fetchone() for cursor in cursors]
+        for cursor in (lock, *cursors):
+            cursor.close()
         if row is None:
             raise LookupError(f"user {user_id} has no wallet")
-        wallet = dict(zip(_WALLET_COLUMNS, row))
-        if extra is not None:
-            extra.extend(row[len(_WALLET_COLUMNS):])
+        return dict(zip(_WALLET_COLUMNS, row)), rows
+
+    def _bring_up_to_date(self, conn: Connection, wallet: dict[str, Any], at: int) -> bool:
+        """Expire grants past their time, start a new period when one is due. True when
+        anything changed (what was read with the lock may then be stale)."""
+        changed = False
         if wallet["next_expiry_ms"] is not None and wallet["next_expiry_ms"] <= at:
             self._expire(conn, wallet, at)
+            changed = True
         if at >= wallet["period_end_ms"]:
             self._roll_period(conn, wallet, at)
-        return wallet
+            changed = True
+        return changed
 
     def _save(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         rawsql.execute(conn, _SAVE_WALLET, {**wallet, "at": at}).close()
 
     def _roll_period(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
-        plan = conn.execute(select(users.c.plan).where(users.c.id == wallet["user_id"])).scalar_one()
-        anchor = wallet["period_start_ms"]
-        start, end = period_bounds(anchor, at)
+        user_id = wallet["user_id"]
+        (plan,) = rawsql.fetch_one(conn, _USER_PLAN, {"uid": user_id})
+        start, end = period_bounds(wallet["period_start_ms"], at)
         wallet["period_start_ms"], wallet["period_end_ms"] = start, end
-        if not _billed_by_subscription(conn, wallet["user_id"]):  # those renew on invoice.paid
-            self._grant_allowance(conn, wallet["user_id"], plan, start, end, at, wallet)
+        if rawsql.fetch_one(conn, _BILLED_BY_SUBSCRIPTION, {"uid": user_id}) is None:  # those renew on invoice.paid
+            self._grant_allowance(conn, user_id, plan, start, end, at, wallet)
         self._save(conn, wallet, at)
 
     def _grant_allowance(
@@ -216,27 +245,18 @@ class Ledger:
             raise ValueError("a grant must be positive")
         at = at_ms if at_ms is not None else now_ms()
         wallet = _wallet if _wallet is not None else self._lock(conn, user_id, at)
-        if source_ref is not None:
-            seen = conn.execute(select(grants.c.id).where(grants.c.source_ref == source_ref)).scalar()
-            if seen is not None:
-                return None
+        if source_ref is not None and rawsql.fetch_one(conn, _GRANT_BY_REF, {"ref": source_ref}) is not None:
+            return None
         # New credit pays off any debt first (the debt was already charged as an entry).
         repay = min(wallet["debt_ucr"], amount_ucr)
-        grant_id = conn.execute(
-            insert(grants).values(
-                user_id=user_id, kind=kind, amount_ucr=amount_ucr, remaining_ucr=amount_ucr - repay,
-                expires_ms=expires_ms, created_ms=at, reason=reason, source_ref=source_ref,
-            )
-        ).inserted_primary_key[0]
-        txn = new_id()
-        legs = [(funded_by, -amount_ucr), (WALLET, amount_ucr - repay)]
-        if repay:
-            legs.append((RECEIVABLES, repay))  # the new credit settles what was owed first
-        conn.execute(insert(ledger_entries), [
-            dict(txn_id=txn, account=account, user_id=user_id, kind="grant", amount_ucr=amount, grant_id=grant_id,
-                 created_ms=at, memo=reason)
-            for account, amount in legs if amount
-        ])
+        (grant_id,) = rawsql.fetch_one(conn, _INSERT_GRANT, {
+            "uid": user_id, "kind": kind, "amount": amount_ucr, "remaining": amount_ucr - repay, "expires": expires_ms,
+            "at": at, "reason": reason, "ref": source_ref,
+        })
+        # Receivables: the new credit settles what was owed first.
+        _post(conn, user_id, "grant", at, [(funded_by, -amount_ucr, grant_id, reason),
+                                           (WALLET, amount_ucr - repay, grant_id, reason),
+                                           (RECEIVABLES, repay, grant_id, reason)])
         wallet["debt_ucr"] -= repay
         wallet["balance_ucr"] += amount_ucr
         if kind == "allowance":  # a new period's allowance: the base of this period's alerts
@@ -295,13 +315,10 @@ class Ledger:
         to_debt = amount - from_wallet - from_breakage
         if from_wallet:
             conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=grant.remaining_ucr - from_wallet))
-        txn = new_id()
-        legs = [(WALLET, -from_wallet), (BREAKAGE, -from_breakage), (RECEIVABLES, -to_debt), (REFUNDS, amount)]
-        conn.execute(insert(ledger_entries), [
-            dict(txn_id=txn, account=account, user_id=user_id, kind="refund", amount_ucr=value, grant_id=grant_id,
-                 request_id=source_ref, created_ms=at, memo=reason)
-            for account, value in legs if value
-        ])
+        _post(conn, user_id, "refund", at, [
+            (account, value, grant_id, reason)
+            for account, value in ((WALLET, -from_wallet), (BREAKAGE, -from_breakage), (RECEIVABLES, -to_debt), (REFUNDS, amount))
+        ], request_id=source_ref)
         wallet["balance_ucr"] -= from_wallet + to_debt
         wallet["debt_ucr"] += to_debt
         if from_wallet == grant.remaining_ucr and grant.expires_ms is not None:
@@ -311,26 +328,17 @@ class Ledger:
 
     def _expire(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
-        expired = conn.execute(
-            select(grants.c.id, grants.c.remaining_ucr).where(
-                grants.c.user_id == user_id, grants.c.remaining_ucr > 0, grants.c.expires_ms <= at
-            )
-        ).all()
-        for grant_id, remaining in expired:
-            conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=0))
-            txn = new_id()
-            conn.execute(insert(ledger_entries), [
-                dict(txn_id=txn, account=account, user_id=user_id, kind="expiry", amount_ucr=amount,
-                     grant_id=grant_id, created_ms=at, memo="grant expired")
-                for account, amount in ((WALLET, -remaining), (BREAKAGE, remaining))
-            ])
+        for grant_id, remaining in rawsql.fetch_all(conn, _EXPIRED_GRANTS, {"uid": user_id, "at": at}):
+            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": 0})
+            _post(conn, user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
+                                                (BREAKAGE, remaining, grant_id, "grant expired")])
             wallet["balance_ucr"] -= remaining
         wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         self._save(conn, wallet, at)
 
     @staticmethod
     def _next_expiry(conn: Connection, user_id: int) -> int | None:
-        row = rawsql.execute(conn, _NEXT_EXPIRY, {"uid": user_id}).fetchone()
+        row = rawsql.fetch_one(conn, _NEXT_EXPIRY, {"uid": user_id})
         return None if row is None or row[0] is None else int(row[0])
 
     # -- holds ----------------------------------------------------------------------------
@@ -344,12 +352,11 @@ class Ledger:
         least the minimum (the caller then shrinks the request to fit what was held).
         """
         at = at_ms if at_ms is not None else now_ms()
-        found: list[Any] = []
-        wallet = self._lock(conn, user_id, at, _LOCK_FOR_HOLD, {"uid": user_id, "rid": request_id}, found)
+        wallet, (existing,) = self._lock_row(conn, user_id, (_HOLD_BY_REQUEST, {"uid": user_id, "rid": request_id}))
+        self._bring_up_to_date(conn, wallet, at)
         available = wallet["balance_ucr"] - wallet["held_ucr"]
-        existing = found[0]
         if existing is not None:
-            return HoldResult(False, existing, max(0, available), amount_ucr, duplicate=True)
+            return HoldResult(False, existing[0], max(0, available), amount_ucr, duplicate=True)
         if amount_ucr > available:
             if min_amount_ucr is None or available < min_amount_ucr:
                 return HoldResult(False, None, max(0, available), min_amount_ucr or amount_ucr)
@@ -379,17 +386,19 @@ class Ledger:
         A zero charge voids the hold.
         """
         at = at_ms if at_ms is not None else now_ms()
-        found: list[Any] = []
-        wallet = self._lock(conn, user_id, at, _LOCK_FOR_SETTLE, {"uid": user_id, "hid": hold_id}, found)
-        status, amount, request_id, charged = found
-        if status is None:
+        wallet, (hold, first_grant) = self._lock_row(
+            conn, user_id, (_HOLD_BY_ID, {"uid": user_id, "hid": hold_id}), (_FIRST_GRANT, {"uid": user_id}))
+        if self._bring_up_to_date(conn, wallet, at):
+            first_grant = None  # it may have just expired: read them all
+        if hold is None:
             raise LookupError(f"hold {hold_id} of user {user_id} does not exist")
+        status, amount, request_id, charged = hold
         if status != "active":
             return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
         # PostgreSQL: the writes below go out without waiting for each other (pipeline mode).
         with rawsql.pipeline(conn):
             if charge_ucr > 0:
-                self._charge(conn, wallet, charge_ucr, hold_id, request_id, at)
+                self._charge(conn, wallet, charge_ucr, hold_id, request_id, at, first_grant)
             rawsql.write(conn, _RESOLVE_HOLD, {
                 "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
             })
@@ -403,33 +412,32 @@ class Ledger:
         return SettleResult(charge_ucr, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
 
     def _charge(
-        self, conn: Connection, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int
+        self, conn: Connection, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int,
+        first_grant: Any,
     ) -> None:
+        """Burn `amount` from the grants in burn order; `first_grant` (id, remaining, expires),
+        read with the lock, saves reading the rest when it covers everything."""
         user_id = wallet["user_id"]
-        # Burn order: soonest expiry first (allowance before never-expiring top-ups), then oldest.
-        cursor = rawsql.execute(conn, _LIVE_GRANTS, {"uid": user_id})
-        live = cursor.fetchall()
-        cursor.close()
+        if first_grant is not None and first_grant[1] >= amount:
+            live: list[Any] = [first_grant]
+        else:
+            live = rawsql.fetch_all(conn, _LIVE_GRANTS, {"uid": user_id})
         left = amount
         depleted_expiry = False
-        entries: list[dict[str, Any]] = []
+        legs: list[tuple[str, int, int | None, str | None]] = []
         for grant_id, remaining, expires in live:
             if left == 0:
                 break
             take = min(remaining, left)
             rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take})
-            entries.append(dict(account=WALLET, grant_id=grant_id, amount_ucr=-take, memo=None))
+            legs.append((WALLET, -take, grant_id, None))
             left -= take
             depleted_expiry |= take == remaining and expires is not None
         if left > 0:  # more than the grants hold: owed by the user, never dropped
             wallet["debt_ucr"] += left
-            entries.append(dict(account=RECEIVABLES, grant_id=None, amount_ucr=-left, memo="usage beyond remaining credit"))
-        entries.append(dict(account=REVENUE, grant_id=None, amount_ucr=amount, memo=None))
-        txn = new_id()
-        rawsql.execute_many(
-            conn, _INSERT_CHARGE,
-            [dict(txn_id=txn, user_id=user_id, hold_id=hold_id, request_id=request_id, created_ms=at, **e) for e in entries],
-        )
+            legs.append((RECEIVABLES, -left, None, "usage beyond remaining credit"))
+        legs.append((REVENUE, amount, None, None))
+        _post(conn, user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id)
         wallet["balance_ucr"] -= amount
         if depleted_expiry:
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)

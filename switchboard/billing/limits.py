@@ -1,5 +1,8 @@
 """Spending caps and low-balance alerts: the checks the ledger runs under the wallet lock.
 
+Raw SQL (store.rawsql) like the rest of the hold and settle path: on PostgreSQL it runs in
+pipeline mode, where SQLAlchemy's result handling cannot.
+
 Caps (optional, per user): a daily cap (UTC day) and a monthly one (the allowance period).
 Spent = charges settled in the window + everything currently held, so concurrent requests can
 never jointly pass a cap. Alerts: when available credit falls to 20%, 5% and 0% of the period's
@@ -13,14 +16,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from switchboard.billing.periods import DAY_MS
 from switchboard.store import rawsql
-from switchboard.store.schema import holds
 
 _SENT = (
     "SELECT threshold_pct FROM notifications WHERE user_id = :uid AND kind = 'low_balance' AND period_start_ms = :start"
+)
+_SETTLED_SINCE = (
+    "SELECT COALESCE(SUM(charged_ucr), 0) FROM holds WHERE user_id = :uid AND status = 'settled' AND resolved_ms >= :since"
 )
 _INSERT_NOTIFICATION = (
     "INSERT INTO notifications (user_id, kind, threshold_pct, period_start_ms, created_ms, attempts, payload) "
@@ -44,11 +49,7 @@ def check_caps(conn: Connection, wallet: dict[str, Any], amount_ucr: int, at: in
         limit = wallet[f"{cap}_cap_ucr"]
         if limit is None:
             continue
-        settled = conn.execute(
-            select(func.coalesce(func.sum(holds.c.charged_ucr), 0)).where(
-                holds.c.user_id == wallet["user_id"], holds.c.status == "settled", holds.c.resolved_ms >= since
-            )
-        ).scalar_one()
+        (settled,) = rawsql.fetch_one(conn, _SETTLED_SINCE, {"uid": wallet["user_id"], "since": since})
         spent = int(settled) + wallet["held_ucr"]
         if spent + amount_ucr > limit:
             return CapRefusal(cap, limit, spent)
@@ -74,8 +75,7 @@ def raise_alerts(conn: Connection, wallet: dict[str, Any], at: int) -> None:
     if level <= wallet["alert_level"]:
         return
     available = wallet["balance_ucr"] - wallet["held_ucr"]
-    # Raw SQL: this runs inside the ledger's pipeline on PostgreSQL (see store.rawsql).
-    sent = {row[0] for row in rawsql.execute(conn, _SENT, {"uid": wallet["user_id"], "start": wallet["period_start_ms"]}).fetchall()}
+    sent = {row[0] for row in rawsql.fetch_all(conn, _SENT, {"uid": wallet["user_id"], "start": wallet["period_start_ms"]})}
     rows = [
         {"user_id": wallet["user_id"], "kind": "low_balance", "threshold_pct": pct,
          "period_start_ms": wallet["period_start_ms"], "created_ms": at, "attempts": 0,

@@ -199,7 +199,7 @@ class Inference:
         first = plans[0][0].name
         future = self.runner.submit(
             lambda conn: self.ledger.place_hold(conn, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr),
-            order_key=user_id,
+            order_key=user_id, pipelined=True,
         )
         try:
             return await asyncio.wrap_future(future), hold_ucr
@@ -238,7 +238,9 @@ class Inference:
         held = future.result()
         if held.ok and held.hold_id is not None:
             hold_id = held.hold_id
-            self.runner.submit_nowait(lambda conn: self.ledger.settle(conn, user_id, hold_id, 0, None), order_key=user_id)
+            self.runner.submit_nowait(
+                lambda conn: self.ledger.settle(conn, user_id, hold_id, 0, None), order_key=user_id, pipelined=True
+            )
 
 
 class MeteredCall:
@@ -407,7 +409,7 @@ class MeteredCall:
         row["error"] = error
         ledger, uid, hold = self._inference.ledger, self.user_id, self.hold_id
         future = self._inference.runner.submit(
-            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid
+            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid, pipelined=True
         )
         # Shielded: once queued the settlement happens even if this task is cancelled.
         if outcome == "ok" and metering.ttft_ms is not None:
@@ -425,7 +427,7 @@ class MeteredCall:
         row["error"] = error
         ledger, uid, hold = self._inference.ledger, self.user_id, self.hold_id
         self._inference.runner.submit_nowait(
-            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid
+            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid, pipelined=True
         )
 
     async def run_to_end(self) -> tuple[str, list[dict[str, Any]], Metering]:

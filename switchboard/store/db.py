@@ -10,6 +10,8 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
+from switchboard.store import rawsql
+
 T = TypeVar("T")
 
 
@@ -33,7 +35,9 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         engine = create_engine(url, poolclass=NullPool if path == ":memory:" else None, pool_size=pool_size)
         _configure_sqlite(engine)
         return engine
-    return create_engine(driver_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(driver_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    rawsql.guard_pipeline(engine)
+    return engine
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 _converted: dict[tuple[str, str], str] = {}
@@ -37,30 +37,73 @@ def _sql_for(sql: str, dialect: str) -> str:
 
 
 def execute(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
-    """Run one statement; returns the DBAPI cursor (fetchone/fetchall on it)."""
+    """Run one statement whose result is read; returns its own DBAPI cursor (fetchone/fetchall).
+    A read needs a cursor of its own: in pipeline mode the answers to earlier writes arrive
+    later and would land on a shared one."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.execute(_sql_for(sql, conn.dialect.name), params)
     return cursor
 
 
-def execute_many(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.executemany(_sql_for(sql, conn.dialect.name), rows)
+def fetch_one(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    cursor = execute(conn, sql, params)
+    row = cursor.fetchone()
     cursor.close()
+    return row
+
+
+def fetch_all(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+    cursor = execute(conn, sql, params)
+    rows = cursor.fetchall()
+    cursor.close()
+    return rows
+
+
+def _writer(conn: Connection) -> Any:
+    """One cursor per DBAPI connection for statements whose result is not read: making a
+    psycopg cursor costs about as much CPU as sending the statement."""
+    driver = conn.connection.driver_connection
+    info = conn.connection.info
+    cursor = info.get("switchboard_writer")
+    if cursor is None or cursor.connection is not driver or getattr(cursor, "closed", False):
+        cursor = info["switchboard_writer"] = driver.cursor()  # type: ignore[union-attr]
+    return cursor
+
+
+def execute_many(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
+    _writer(conn).executemany(_sql_for(sql, conn.dialect.name), rows)
 
 
 def write(conn: Connection, sql: str, params: dict[str, Any]) -> None:
     """A statement whose result is not read (inside `pipeline` it does not wait for its answer)."""
-    conn.connection.driver_connection.cursor().execute(_sql_for(sql, conn.dialect.name), params)  # type: ignore[union-attr]
+    _writer(conn).execute(_sql_for(sql, conn.dialect.name), params)
+
+
+def in_pipeline(dbapi_connection: Any) -> bool:
+    """Whether a psycopg connection is in pipeline mode (never true for sqlite3)."""
+    pgconn = getattr(dbapi_connection, "pgconn", None)
+    return pgconn is not None and pgconn.pipeline_status != 0
 
 
 @contextlib.contextmanager
 def pipeline(conn: Connection) -> Iterator[None]:
     """On PostgreSQL, psycopg's pipeline mode: writes inside go out without waiting for their
     round trip, and a read waits only for what was sent before it. Only this module's
-    functions may run inside (SQLAlchemy's result handling cannot). Elsewhere: no effect."""
-    if conn.dialect.name == "postgresql":
-        with conn.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+    functions may run inside (SQLAlchemy's result handling cannot; `guard_pipeline` makes
+    trying an error). Inside a pipeline already (a whole batch, see store.runner): no new
+    one, since leaving a nested pipeline waits for everything sent. Elsewhere: no effect."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql" and not in_pipeline(driver):
+        with driver.pipeline():  # type: ignore[union-attr]
             yield
     else:
         yield
+
+
+def guard_pipeline(engine: Engine) -> None:
+    """Refuse SQLAlchemy statements in pipeline mode: they would silently see no rows."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _refuse(conn: Connection, *_args: Any) -> None:
+        if in_pipeline(conn.connection.driver_connection):
+            raise RuntimeError("a SQLAlchemy statement ran in pipeline mode; use store.rawsql there")

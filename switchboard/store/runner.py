@@ -10,11 +10,18 @@ stays atomic across processes.
 
 If a batch fails, it is rolled back and its units are re-run one per transaction, so one bad
 unit fails alone. Units must therefore be pure database work: no side effects outside `conn`.
+
+Units submitted `pipelined=True` (the ledger's hold and settle, written in store.rawsql) run in
+psycopg's pipeline mode on PostgreSQL, consecutive ones together: a unit's writes go out
+without waiting, and only its reads wait for the server, so a batch costs a round trip per
+read instead of one per statement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -26,6 +33,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+
+from switchboard.store import rawsql
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,7 @@ class _Unit:
     work: Work
     order_key: int
     future: Future[Any] | None  # None: fire-and-forget (the result is not awaited)
+    pipelined: bool = False  # raw SQL only (store.rawsql): may run in pipeline mode
 
 
 class TransactionRunner:
@@ -63,22 +73,22 @@ class TransactionRunner:
             self._queue.put(None)
             self._thread.join(timeout)
 
-    def submit(self, work: Callable[[Connection], T], *, order_key: int = 0) -> Future[T]:
+    def submit(self, work: Callable[[Connection], T], *, order_key: int = 0, pipelined: bool = False) -> Future[T]:
         future: Future[T] = Future()
-        self._queue.put(_Unit(work, order_key, future))
+        self._queue.put(_Unit(work, order_key, future, pipelined))
         return future
 
-    def submit_nowait(self, work: Work, *, order_key: int = 0) -> None:
+    def submit_nowait(self, work: Work, *, order_key: int = 0, pipelined: bool = False) -> None:
         """Queue work whose result nobody waits for (e.g. settling after a client went away):
         it runs even if the caller's task is cancelled."""
-        self._queue.put(_Unit(work, order_key, None))
+        self._queue.put(_Unit(work, order_key, None, pipelined))
 
-    async def run(self, work: Callable[[Connection], T], *, order_key: int = 0) -> T:
-        return await asyncio.wrap_future(self.submit(work, order_key=order_key))
+    async def run(self, work: Callable[[Connection], T], *, order_key: int = 0, pipelined: bool = False) -> T:
+        return await asyncio.wrap_future(self.submit(work, order_key=order_key, pipelined=pipelined))
 
-    def run_sync(self, work: Callable[[Connection], T]) -> T:
+    def run_sync(self, work: Callable[[Connection], T], *, pipelined: bool = False) -> T:
         """For callers without the runner thread (CLI): one transaction, with retries."""
-        return self._run_alone(_Unit(work, 0, None))
+        return self._run_alone(_Unit(work, 0, None, pipelined))
 
     # -- the thread ---------------------------------------------------------------------
     def _loop(self) -> None:
@@ -110,8 +120,9 @@ class TransactionRunner:
         results: list[Any] = []
         try:
             with self.engine.begin() as conn:
-                for unit in batch:
-                    results.append(unit.work(conn))
+                for pipelined, run in itertools.groupby(batch, key=lambda u: u.pipelined):
+                    with rawsql.pipeline(conn) if pipelined else contextlib.nullcontext():
+                        results.extend(unit.work(conn) for unit in run)
         except Exception:  # noqa: BLE001 - isolate the failing unit below
             log.debug("batch of %d failed; re-running one by one", len(batch), exc_info=True)
             for unit in batch:
@@ -130,7 +141,7 @@ class TransactionRunner:
         delay = 0.005
         for attempt in range(_RETRIES):
             try:
-                with self.engine.begin() as conn:
+                with self.engine.begin() as conn, rawsql.pipeline(conn) if unit.pipelined else contextlib.nullcontext():
                     return unit.work(conn)
             except (OperationalError, DBAPIError) as exc:
                 if attempt == _RETRIES - 1 or not _is_transient(exc):
