@@ -1,4 +1,4 @@
-"""Billing API: Checkout, the subscription, cancelling it, and the Stripe webhook."""
+"""Billing API: Checkout, the subscription, changing its plan or cancelling it, and the Stripe webhook."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from starlette.responses import Response
 from switchboard.api.account import json_response
 from switchboard.api.auth import authenticate
 from switchboard.api.state import AppState
+from switchboard.billing import plan_changes
 from switchboard.billing import subscriptions as subs
 from switchboard.billing.payments import BadSignature, StripeGateway, handle_event, verify_event
-from switchboard.core.errors import InvalidRequest, NotFound
+from switchboard.billing.plan_changes import Write
+from switchboard.core.errors import InvalidRequest
+from switchboard.inference.runtime import Runtime
 from switchboard.store.db import read, reading
 
 log = logging.getLogger(__name__)
@@ -62,10 +65,12 @@ async def subscription(request: Request) -> Response:
     runtime = state.runtime
 
     sub = await asyncio.to_thread(read, runtime.engine, lambda conn: subs.get(conn, principal.user_id))
-    body = sub.as_json() if sub else {"object": "subscription", "plan": principal.plan, "status": None,
-                                      "pending_plan": None, "current_period_start_ms": None,
-                                      "current_period_end_ms": None, "cancel_at_period_end": False}
-    return json_response(body)
+    return json_response(subs.describe(sub, principal.plan))
+
+
+def _write(runtime: Runtime) -> Write:
+    """Database work from a worker thread, through the server's one writer (see store.runner)."""
+    return lambda work: runtime.runner.submit(work).result()
 
 
 async def cancel(request: Request) -> Response:
@@ -74,12 +79,26 @@ async def cancel(request: Request) -> Response:
     principal = await authenticate(request, state.keys)
     runtime = state.runtime
 
-    sub = await asyncio.to_thread(read, runtime.engine, lambda conn: subs.get(conn, principal.user_id))
-    if sub is None or sub.stripe_subscription_id is None or sub.status == subs.CANCELED:
-        raise NotFound("you have no active subscription to cancel")
-    await asyncio.to_thread(StripeGateway(runtime.settings.stripe).cancel_at_period_end, sub.stripe_subscription_id)
-    sub = await runtime.runner.run(lambda conn: subs.set_cancel_at_period_end(conn, principal.user_id, True))
+    sub = await asyncio.to_thread(
+        plan_changes.cancel_at_period_end, runtime.engine, _write(runtime), runtime.settings, principal.user_id)
     return json_response(sub.as_json())
+
+
+async def change_plan(request: Request) -> Response:
+    """POST /v1/billing/plan {"plan": "pro"}: upgrade now, downgrade at the period end, "free"
+    to cancel at the period end (Stripe, then locally): the subscription plus `change`."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    body = await _json_body(request)
+    plan = body.get("plan")
+    if not isinstance(plan, str):
+        raise InvalidRequest('send {"plan": NAME}', param="plan")
+    runtime = state.runtime
+
+    result = await asyncio.to_thread(
+        plan_changes.request_plan_change, runtime.engine, _write(runtime), runtime.ledger, runtime.settings,
+        principal.user_id, plan)
+    return json_response(result.as_json())
 
 
 async def stripe_webhook(request: Request) -> Response:

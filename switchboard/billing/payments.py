@@ -1,7 +1,9 @@
 """Stripe: Checkout Sessions for plans and packs, and the webhook events that pay for them.
 
-Outbound (`StripeGateway`): the `stripe` library's StripeClient, its API base configurable so
-tests run a fake that speaks Stripe's wire format. Secrets are read from the environment at use.
+Outbound (`StripeGateway`): Checkout Sessions, and subscription updates (cancel at the period
+end, plan changes: billing.plan_changes), through the `stripe` library's StripeClient, its API
+base configurable so tests run a fake that speaks Stripe's wire format. Secrets are read from
+the environment at use.
 
 Inbound (`verify_event`, `handle_event`): the signature is checked as Stripe documents
 (HMAC-SHA256 of "{t}.{payload}" with the endpoint secret, within a time tolerance), then the
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from switchboard.billing import subscriptions as subs
 from switchboard.billing.ledger import SALES, Ledger, now_ms
-from switchboard.core.config import Settings, StripeConfig
+from switchboard.core.config import PlanConfig, Settings, StripeConfig
 from switchboard.core.errors import InvalidRequest, SwitchboardError
 from switchboard.core.money import credits_to_ucr
 from switchboard.billing.periods import DAY_MS
@@ -70,19 +74,53 @@ class StripeGateway:
     ) -> dict[str, str]:
         """A Checkout Session for a plan (mode=subscription) or a pack (mode=payment): {id, url}."""
         params = checkout_params(settings, user_id, email, plan=plan, pack=pack, customer_id=customer_id)
-        try:
+        with _stripe_call("checkout"):
             session = self._client().v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]
-        except stripe.StripeError as exc:
-            log.warning("stripe checkout failed: %s", type(exc).__name__)
-            raise PaymentProviderError(f"Stripe refused the checkout: {exc.user_message or type(exc).__name__}") from None
         return {"id": session["id"], "url": session["url"]}
 
+    def subscription(self, subscription_id: str) -> dict[str, Any]:
+        with _stripe_call("subscription lookup"):
+            return self._client().v1.subscriptions.retrieve(subscription_id).to_dict()
+
+    def update_subscription(self, subscription_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with _stripe_call("change"):
+            return self._client().v1.subscriptions.update(subscription_id, params=params).to_dict()  # type: ignore[arg-type]
+
     def cancel_at_period_end(self, subscription_id: str, flag: bool = True) -> dict[str, Any]:
-        try:
-            sub = self._client().v1.subscriptions.update(subscription_id, params={"cancel_at_period_end": flag})
-        except stripe.StripeError as exc:
-            raise PaymentProviderError(f"Stripe refused the change: {exc.user_message or type(exc).__name__}") from None
-        return sub.to_dict()
+        return self.update_subscription(subscription_id, {"cancel_at_period_end": flag})
+
+    def change_plan(
+        self, settings: Settings, user_id: int, subscription_id: str, plan: str, *, upgrade: bool, resume: bool,
+    ) -> dict[str, Any]:
+        """Move the subscription's item to `plan`'s price (`plan_change_params`); returns the
+        updated subscription as Stripe reports it (with `pending_update` set if an upgrade's
+        payment failed). `resume` first withdraws a pending cancellation, in an update of its
+        own: an update that waits for its payment takes only item and proration parameters."""
+        if resume:
+            self.cancel_at_period_end(subscription_id, False)
+        current = self.subscription(subscription_id)
+        return self.update_subscription(subscription_id, plan_change_params(settings, user_id, current, plan, upgrade=upgrade))
+
+
+@contextmanager
+def _stripe_call(what: str) -> Iterator[None]:
+    """Any Stripe failure (refusal, outage, network) becomes a 502 naming what failed; the
+    library has already retried what is safe to retry."""
+    try:
+        yield
+    except stripe.StripeError as exc:
+        log.warning("stripe %s failed: %s", what, type(exc).__name__)
+        if isinstance(exc, stripe.APIConnectionError):
+            raise PaymentProviderError(f"Stripe could not be reached for the {what}") from None
+        raise PaymentProviderError(f"Stripe refused the {what}: {exc.user_message or type(exc).__name__}") from None
+
+
+def requested_plan(settings: Settings, plan: str) -> PlanConfig:
+    """A plan a client asked for by name; an unknown name is the client's error (400)."""
+    config = settings.plans.get(plan)
+    if config is None:
+        raise InvalidRequest(f"unknown plan {plan!r}; known: {', '.join(sorted(settings.plans))}", param="plan")
+    return config
 
 
 def checkout_params(
@@ -101,21 +139,11 @@ def checkout_params(
     else:
         params["customer_email"] = email
     if plan is not None:
-        config = settings.plans.get(plan)
-        if config is None:
-            raise InvalidRequest(f"unknown plan {plan!r}; known: {', '.join(sorted(settings.plans))}", param="plan")
+        config = requested_plan(settings, plan)
         if config.monthly_usd <= 0:
             raise InvalidRequest(f"plan {plan!r} is free: nothing to buy", param="plan")
         metadata.update(kind="plan", plan=plan)
-        price = cfg.plan_price_ids.get(plan)
-        item: dict[str, Any] = {"quantity": 1}
-        if price:
-            item["price"] = price
-        else:
-            item["price_data"] = {
-                "currency": cfg.currency, "unit_amount": _cents(config.monthly_usd), "recurring": {"interval": "month"},
-                "product_data": {"name": f"Switchboard {plan}", "metadata": {"plan": plan}},
-            }
+        item: dict[str, Any] = {"quantity": 1, **_plan_price(settings, plan)}
         params.update(mode="subscription", line_items=[item], subscription_data={"metadata": dict(metadata)})
     else:
         assert pack is not None
@@ -134,6 +162,54 @@ def checkout_params(
             }
         params.update(mode="payment", line_items=[item], payment_intent_data={"metadata": dict(metadata)})
     params["metadata"] = metadata
+    return params
+
+
+def _plan_price(settings: Settings, plan: str, *, product: str | None = None) -> dict[str, Any]:
+    """How a line or subscription item names a plan's price: the configured price id, else the
+    price inline. Inline, Checkout creates the product from `product_data`, while a subscription
+    item's `price_data` only takes an existing product id (`product`)."""
+    price = settings.stripe.plan_price_ids.get(plan)
+    if price:
+        return {"price": price}
+    data: dict[str, Any] = {
+        "currency": settings.stripe.currency, "unit_amount": _cents(settings.plan(plan).monthly_usd),
+        "recurring": {"interval": "month"},
+    }
+    if product:
+        data["product"] = product
+    else:
+        data["product_data"] = {"name": f"Switchboard {plan}", "metadata": {"plan": plan}}
+    return {"price_data": data}
+
+
+def plan_change_params(
+    settings: Settings, user_id: int, current: dict[str, Any], plan: str, *, upgrade: bool,
+) -> dict[str, Any]:
+    """The update that moves a Stripe subscription (`current`, as retrieved) to `plan`: its item
+    gets the plan's price (inline prices stay on the item's product). The metadata names the
+    plan, which is how the webhooks recognise an inline price.
+
+    An upgrade is prorated and invoiced at once, as its credit is granted at once, and only if
+    that invoice is paid (`pending_if_incomplete`: otherwise Stripe keeps the change in
+    `pending_update` and applies it, with a customer.subscription.updated event, once paid;
+    metadata in a pending update needs API version 2026-05-27.dahlia or later, which the
+    library pins). A downgrade is not prorated: it takes effect at the next period."""
+    items = (current.get("items") or {}).get("data") or []
+    if len(items) != 1 or not items[0].get("id"):
+        raise PaymentProviderError(f"the Stripe subscription has {len(items)} items; expected exactly one")
+    item = items[0]
+    price = item.get("price")
+    product = _id(price.get("product")) if isinstance(price, dict) else None
+    if not settings.stripe.plan_price_ids.get(plan) and not product:
+        raise PaymentProviderError("the Stripe subscription item has no product to attach the new price to")
+    params: dict[str, Any] = {
+        "items": [{"id": item["id"], **_plan_price(settings, plan, product=product)}],
+        "proration_behavior": "always_invoice" if upgrade else "none",
+        "metadata": {"user_id": str(user_id), "kind": "plan", "plan": plan},
+    }
+    if upgrade:
+        params["payment_behavior"] = "pending_if_incomplete"
     return params
 
 
@@ -415,13 +491,11 @@ def _subscription_updated(
     items = ((obj.get("items") or {}).get("data")) or []
     plan = _plan_of(settings, *items, obj)
     sub = subs.link(conn, user_id, plan, customer_id=_id(obj.get("customer")), subscription_id=sub_id, at_ms=at)
-    status = subs.STRIPE_STATUS.get(str(obj.get("status")), sub.status)
-    values: dict[str, Any] = {"cancel_at_period_end": bool(obj.get("cancel_at_period_end")), "last_event_ms": created}
-    if status == subs.PAST_DUE or (status == subs.INCOMPLETE and sub.status == subs.INCOMPLETE):
-        values["status"] = status  # `active` comes from a paid invoice, `canceled` from deletion
-    subs._upsert(conn, user_id, at, **values)  # noqa: SLF001
+    subs.mirror_stripe(conn, user_id, obj.get("status"), bool(obj.get("cancel_at_period_end")), at, last_event_ms=created)
     detail = "subscription updated"
-    if plan is not None and plan != sub.plan and sub.current_period_start_ms is not None:
+    # A plan other than the one paid for, or the paid one again while a downgrade waits (which
+    # cancels it). A change already applied locally (POST /v1/billing/plan) changes nothing here.
+    if plan is not None and sub.current_period_start_ms is not None and (plan != sub.plan or sub.pending_plan is not None):
         detail += ": " + subs.change_plan(conn, ledger, settings, user_id, plan, at)
     return user_id, detail
 

@@ -17,10 +17,14 @@ Policies (docs/billing.md explains them for users):
 - Payment failure: `past_due`. Remaining credits can still be spent; no new allowance is
   granted until an invoice is paid (`period_paid` then reactivates).
 - Reactivation: a paid invoice (past_due -> active), or a new checkout after cancellation.
+- Changes asked for through the API or the CLI (billing.plan_changes) go to Stripe first and
+  are then applied here as its webhook would apply them (`mirror_stripe`, `change_plan`).
+  The plan of a user whom Stripe does not bill is the operator's (`set_operator_plan`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,9 @@ from switchboard.store.schema import grants, users
 
 ACTIVE, PAST_DUE, CANCELED, INCOMPLETE = "active", "past_due", "canceled", "incomplete"
 STATUSES = (ACTIVE, PAST_DUE, CANCELED, INCOMPLETE)
+# What a plan change did (`change_plan`).
+UPGRADED, DOWNGRADE_SCHEDULED, DOWNGRADE_CANCELLED, UNCHANGED = (
+    "upgraded", "downgrade scheduled", "downgrade cancelled", "unchanged")
 # Stripe's subscription statuses -> ours.
 STRIPE_STATUS = {
     "active": ACTIVE, "trialing": ACTIVE, "past_due": PAST_DUE, "unpaid": PAST_DUE, "paused": PAST_DUE,
@@ -61,6 +68,20 @@ class Subscription:
             "current_period_start_ms": self.current_period_start_ms, "current_period_end_ms": self.current_period_end_ms,
             "cancel_at_period_end": self.cancel_at_period_end,
         }
+
+
+def describe(sub: Subscription | None, plan_in_force: str) -> dict[str, Any]:
+    """The subscription as the API shows it; a user who never subscribed gets the same shape."""
+    if sub is not None:
+        return sub.as_json()
+    return {"object": "subscription", "plan": plan_in_force, "pending_plan": None, "status": None,
+            "current_period_start_ms": None, "current_period_end_ms": None, "cancel_at_period_end": False}
+
+
+def billed_by_stripe(sub: Subscription | None) -> bool:
+    """Whether Stripe bills this user now (the ledger's `_billed_by_subscription`, on a row
+    already read): then the plan is Stripe's to change, not the operator's."""
+    return sub is not None and sub.stripe_subscription_id is not None and sub.status != CANCELED
 
 
 def _row(row: Any) -> Subscription:
@@ -99,8 +120,26 @@ def user_exists(conn: Connection, user_id: int) -> bool:
     return conn.execute(select(users.c.id).where(users.c.id == user_id)).first() is not None
 
 
+def plan_in_force(conn: Connection, user_id: int) -> str:
+    """The plan routing and the ledger use now (`users.plan`)."""
+    return str(conn.execute(select(users.c.plan).where(users.c.id == user_id)).scalar_one())
+
+
 def _set_user_plan(conn: Connection, user_id: int, plan: str) -> None:
     conn.execute(update(users).where(users.c.id == user_id).values(plan=plan))
+
+
+def set_operator_plan(conn: Connection, settings: Settings, user_id: int, plan: str) -> str:
+    """An operator sets the plan of a user whom Stripe does not bill (a comped or manual
+    account): the plan is in force now, and the ledger's own period roll grants its allowance
+    from the next period on. Credits already granted stay. Returns 'assigned' or 'unchanged'."""
+    settings.plan(plan)
+    if billed_by_stripe(get(conn, user_id)):
+        raise ValueError("this user's plan is billed by Stripe: change it through Stripe")
+    if plan_in_force(conn, user_id) == plan:
+        return UNCHANGED
+    _set_user_plan(conn, user_id, plan)
+    return "assigned"
 
 
 def _upsert(conn: Connection, user_id: int, at: int, **values: Any) -> Subscription:
@@ -108,7 +147,7 @@ def _upsert(conn: Connection, user_id: int, at: int, **values: Any) -> Subscript
         row = dict(plan=values.pop("plan", None), status=values.pop("status", INCOMPLETE), cancel_at_period_end=False)
         row.update(values)
         if row["plan"] is None:
-            row["plan"] = conn.execute(select(users.c.plan).where(users.c.id == user_id)).scalar_one()
+            row["plan"] = plan_in_force(conn, user_id)
         conn.execute(insert(subscriptions).values(user_id=user_id, updated_ms=at, **row))
     elif values:
         conn.execute(update(subscriptions).where(subscriptions.c.user_id == user_id).values(updated_ms=at, **values))
@@ -186,26 +225,35 @@ def period_paid(
     return grant_id
 
 
+def plan_change_kind(sub: Subscription, new_plan: str, allowance_ucr_by_plan: Mapping[str, int]) -> str:
+    """What moving `sub` to `new_plan` is: a larger allowance is an upgrade, any other plan a
+    downgrade; the current plan cancels a pending downgrade (or changes nothing)."""
+    if new_plan == sub.plan:
+        return DOWNGRADE_CANCELLED if sub.pending_plan is not None else UNCHANGED
+    old, new = allowance_ucr_by_plan.get(sub.plan, 0), allowance_ucr_by_plan.get(new_plan, 0)
+    return UPGRADED if new > old else DOWNGRADE_SCHEDULED
+
+
 def change_plan(
     conn: Connection, ledger: Ledger, settings: Settings, user_id: int, new_plan: str, at_ms: int | None = None,
 ) -> str:
     """Upgrade now (prorated difference granted) or downgrade at the next period. Returns what
-    happened: 'upgraded', 'downgrade scheduled', 'downgrade cancelled' or 'unchanged'."""
+    happened (`plan_change_kind`): 'upgraded', 'downgrade scheduled', 'downgrade cancelled' or
+    'unchanged'. Applying the same change again grants nothing more."""
     at = at_ms if at_ms is not None else now_ms()
     settings.plan(new_plan)
     sub = get(conn, user_id)
     if sub is None:
         raise LookupError(f"user {user_id} has no subscription")
+    kind = plan_change_kind(sub, new_plan, ledger.allowance_ucr_by_plan)
+    if kind == DOWNGRADE_CANCELLED:
+        _upsert(conn, user_id, at, pending_plan=None)
+    elif kind == DOWNGRADE_SCHEDULED:
+        _upsert(conn, user_id, at, pending_plan=new_plan)
+    if kind != UPGRADED:
+        return kind
     allowance = ledger.allowance_ucr_by_plan
     old, new = allowance.get(sub.plan, 0), allowance.get(new_plan, 0)
-    if new_plan == sub.plan:
-        if sub.pending_plan is not None:
-            _upsert(conn, user_id, at, pending_plan=None)
-            return "downgrade cancelled"
-        return "unchanged"
-    if new <= old:
-        _upsert(conn, user_id, at, pending_plan=new_plan)
-        return "downgrade scheduled"
     wallet = ledger._lock(conn, user_id, at)  # noqa: SLF001
     _upsert(conn, user_id, at, plan=new_plan, pending_plan=None)
     if sub.status in (ACTIVE, PAST_DUE):
@@ -220,7 +268,25 @@ def change_plan(
                 at_ms=at, funded_by=SALES, _wallet=wallet,
             )
     ledger._save(conn, wallet, at)  # noqa: SLF001
-    return "upgraded"
+    return UPGRADED
+
+
+def mirror_stripe(
+    conn: Connection, user_id: int, stripe_status: Any, cancel_at_period_end: bool, at_ms: int | None = None,
+    **values: Any,
+) -> Subscription:
+    """Copy what a Stripe subscription object says into ours: `cancel_at_period_end`, and the
+    status where Stripe's object is the source (past_due; incomplete while still incomplete).
+    `active` comes only from a paid invoice and `canceled` only from deletion, so a late or
+    replayed object cannot undo either."""
+    at = at_ms if at_ms is not None else now_ms()
+    sub = get(conn, user_id)
+    current = sub.status if sub is not None else INCOMPLETE
+    status = STRIPE_STATUS.get(str(stripe_status), current)
+    values["cancel_at_period_end"] = cancel_at_period_end
+    if status == PAST_DUE or (status == INCOMPLETE and current == INCOMPLETE):
+        values["status"] = status
+    return _upsert(conn, user_id, at, **values)
 
 
 def set_cancel_at_period_end(conn: Connection, user_id: int, flag: bool, at_ms: int | None = None) -> Subscription:

@@ -208,6 +208,38 @@ def subscription_show(email: str, as_json: bool = typer.Option(False, "--json", 
     out.print(table)
 
 
+@subscription_app.command("change")
+def subscription_change(
+    email: str,
+    plan: str = typer.Argument(..., help="A plan name from `switchboard plans`."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Change a user's plan. A Stripe subscriber's goes through Stripe, as POST /v1/billing/plan
+    does (needs STRIPE_API_KEY); anyone else's plan is set here, in force now."""
+    from switchboard.billing import plan_changes
+    from switchboard.billing import subscriptions as subs
+    from switchboard.billing.payments import requested_plan
+
+    store = _Store(_settings())
+    user = store.user(email)
+    try:
+        requested_plan(store.settings, plan)
+        if subs.billed_by_stripe(store.read(lambda conn: subs.get(conn, user.id))):
+            data = plan_changes.request_plan_change(
+                store.engine, store.write, store.ledger, store.settings, user.id, plan).as_json()
+        else:
+            data = {"change": store.write(lambda conn: subs.set_operator_plan(conn, store.settings, user.id, plan))}
+    except SwitchboardError as exc:
+        _fail(exc)
+    in_force = store.read(lambda conn: subs.plan_in_force(conn, user.id))
+    data = {"email": user.email, "plan_in_force": in_force, **data}
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    pending = f", {data['pending_plan']} from the next period" if data.get("pending_plan") else ""
+    out.print(f"{user.email}: {data['change']}; plan in force {in_force}{pending}", soft_wrap=True)
+
+
 @app.command()
 def plans(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Plans and top-up packs, with prices."""

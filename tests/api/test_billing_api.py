@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from switchboard.api.app import create_app
 from switchboard.billing import subscriptions as subs
 from switchboard.inference.runtime import make_ledger
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
+from switchboard.store.schema import grants
 from tests.api.conftest import add_user, gateway_settings
 from tests.fakes import stripe_api as fs
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -21,6 +24,7 @@ from tests.support.servers import ServerThread
 
 SECRET = "whsec_api_test"
 C = 1_000_000
+DAY_S = 86_400
 
 
 class Billing:
@@ -41,6 +45,36 @@ class Billing:
 
     def available(self) -> float:
         return self.get("/v1/balance").json()["available_credits"]
+
+    def available_ucr(self) -> int:
+        return int(self.get("/v1/balance").json()["available_ucr"])
+
+    def subscribe(self, plan: str, start: int, end: int, sub_id: str = "sub_a", customer: str = "cus_a") -> None:
+        """A paid subscription as Checkout and its first paid invoice leave it, at Stripe and here."""
+        self.stripe.subscriptions[sub_id] = fs.subscription(self.user_id, plan, customer, sub_id, start_s=start, end_s=end)
+        for evt in (fs.event("checkout.session.completed", fs.plan_session(self.user_id, plan, customer, sub_id)),
+                    fs.event("invoice.paid", fs.invoice(self.user_id, plan, customer, sub_id, start, end,
+                                                        billing_reason="subscription_create"))):
+            assert self.webhook(evt).json()["status"] == "processed"
+
+    def stripe_updated(self, sub_id: str = "sub_a", later_s: int = 0, created: int | None = None) -> httpx.Response:
+        """The customer.subscription.updated webhook Stripe sends after an update, carrying the
+        subscription as it now is; created now, `later_s` seconds later, or at `created`."""
+        obj = json.loads(json.dumps(self.stripe.subscriptions[sub_id]))
+        when = created if created is not None else int(time.time()) + later_s
+        return self.webhook(fs.event("customer.subscription.updated", obj, created=when))
+
+    def grants(self, like: str) -> list[tuple[int, int]]:
+        with reading(self.engine) as conn:
+            return [(int(r.amount_ucr), int(r.created_ms)) for r in conn.execute(
+                select(grants.c.amount_ucr, grants.c.created_ms).where(grants.c.source_ref.like(like)))]
+
+    def local(self) -> tuple[str, subs.Subscription]:
+        """The plan in force and the subscription row."""
+        with reading(self.engine) as conn:
+            sub = subs.get(conn, self.user_id)
+            assert sub is not None
+            return subs.plan_in_force(conn, self.user_id), sub
 
     def verify(self) -> None:
         with reading(self.engine) as conn:
@@ -132,10 +166,158 @@ def test_subscription_show_and_cancel(billing: Billing) -> None:
     sub = billing.get("/v1/billing/subscription").json()
     assert (sub["plan"], sub["status"], sub["cancel_at_period_end"]) == ("plus", "active", False)
     assert billing.available() == 6100
+    billing.stripe.subscriptions["sub_a"] = fs.subscription(billing.user_id, "plus", "cus_a", "sub_a")
     r = billing.post("/v1/billing/cancel", {})
     assert r.status_code == 200 and r.json()["cancel_at_period_end"] is True
     assert billing.stripe.requests[-1][1] == "/v1/subscriptions/sub_a"
     assert billing.stripe.subscriptions["sub_a"]["cancel_at_period_end"] is True
     with reading(billing.engine) as conn:
         assert subs.get(conn, billing.user_id).cancel_at_period_end  # type: ignore[union-attr]
+    billing.verify()
+
+
+def _period(days_in: int = 15, days: int = 30) -> tuple[int, int]:
+    start = int(time.time()) - days_in * DAY_S
+    return start, start + days * DAY_S
+
+
+def test_upgrade_grants_the_prorated_difference_once(billing: Billing) -> None:
+    start, end = _period()
+    billing.subscribe("plus", start, end)
+    item = billing.stripe.subscriptions["sub_a"]["items"]["data"][0]
+    r = billing.post("/v1/billing/plan", {"plan": "pro"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["change"], body["plan"], body["pending_plan"], body["status"]) == ("upgraded", "pro", None, "active")
+    # Stripe was asked in its own wire format: the item found by retrieving the subscription, the
+    # new price inline on the item's product, prorated and invoiced now.
+    assert billing.stripe.requests[-2][:2] == ("GET", "/v1/subscriptions/sub_a")
+    method, path, form = billing.stripe.requests[-1]
+    assert (method, path) == ("POST", "/v1/subscriptions/sub_a")
+    assert form["items"] == [{"id": item["id"], "price_data": {
+        "currency": "usd", "unit_amount": "3999", "recurring": {"interval": "month"}, "product": item["price"]["product"]}}]
+    assert form["proration_behavior"] == "always_invoice" and form["metadata"]["plan"] == "pro"
+    assert form["payment_behavior"] == "pending_if_incomplete"  # no upgrade (and no credit) unless paid
+    # The difference (18,000 - 6,000 credits), prorated to what was left of the period.
+    [(extra, at)] = billing.grants(f"upgrade:{billing.user_id}:%")
+    assert extra == 12_000 * C * (end * 1000 - at) // ((end - start) * 1000)
+    assert 5_900 * C < extra < 6_100 * C
+    assert billing.available_ucr() == (100 + 6000) * C + extra
+    # Then Stripe's webhooks for it add nothing: the update (created before the change was
+    # applied here, or after it: the plan is already pro), and the proration invoice.
+    applied_ms = billing.local()[1].last_event_ms
+    assert applied_ms is not None
+    before = billing.stripe_updated(created=(applied_ms - 1) // 1000)
+    assert before.json()["detail"] == "ignored: older than the state already applied"
+    assert billing.stripe_updated(later_s=1).json()["detail"] == "subscription updated"
+    proration = fs.invoice(billing.user_id, "pro", "cus_a", "sub_a", start, end, billing_reason="subscription_update")
+    assert billing.webhook(fs.event("invoice.paid", proration)).status_code == 200
+    assert billing.grants(f"upgrade:{billing.user_id}:%") == [(extra, at)]
+    assert billing.available_ucr() == (100 + 6000) * C + extra
+    assert billing.local()[0] == "pro"
+    # Asking again changes nothing and asks Stripe nothing.
+    sent = len(billing.stripe.requests)
+    assert billing.post("/v1/billing/plan", {"plan": "pro"}).json()["change"] == "unchanged"
+    assert len(billing.stripe.requests) == sent
+    billing.verify()
+
+
+def test_downgrade_waits_for_the_next_paid_invoice(billing: Billing) -> None:
+    now = int(time.time())
+    start, end = now - 10, now + 2  # a short period, so that the test can see the next one
+    billing.subscribe("pro", start, end)
+    r = billing.post("/v1/billing/plan", {"plan": "plus"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["change"], r.json()["plan"], r.json()["pending_plan"]) == ("downgrade scheduled", "pro", "plus")
+    form = billing.stripe.requests[-1][2]
+    assert form["proration_behavior"] == "none" and form["items"][0]["price_data"]["unit_amount"] == "1499"
+    assert "payment_behavior" not in form
+    assert billing.stripe_updated(later_s=1).json()["status"] == "processed"  # Stripe's echo: still only scheduled
+    in_force, sub = billing.local()
+    assert (in_force, sub.plan, sub.pending_plan) == ("pro", "pro", "plus")
+    assert [amount for amount, _ in billing.grants("%")] == [100 * C, 18_000 * C]  # nothing granted or taken
+    time.sleep(max(0.0, end - time.time() + 0.05))
+    renewal = fs.invoice(billing.user_id, "plus", "cus_a", "sub_a", end, end + 30 * DAY_S)
+    assert billing.webhook(fs.event("invoice.paid", renewal)).json()["detail"] == "allowance granted"
+    in_force, sub = billing.local()
+    assert (in_force, sub.plan, sub.pending_plan) == ("plus", "plus", None)
+    assert [amount for amount, _ in billing.grants(f"allowance:{billing.user_id}:{end * 1000}")] == [6000 * C]
+    billing.verify()
+
+
+def test_free_plan_cancels_at_period_end_and_the_paid_plan_resumes(billing: Billing) -> None:
+    billing.subscribe("plus", *_period())
+    r = billing.post("/v1/billing/plan", {"plan": "free"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["change"], r.json()["plan"], r.json()["cancel_at_period_end"]) == ("cancellation scheduled", "plus", True)
+    assert billing.stripe.requests[-1][2] == {"cancel_at_period_end": "true"}
+    assert billing.stripe.subscriptions["sub_a"]["cancel_at_period_end"] is True
+    r = billing.post("/v1/billing/plan", {"plan": "plus"})
+    assert (r.json()["change"], r.json()["cancel_at_period_end"]) == ("cancellation withdrawn", False)
+    assert billing.stripe.requests[-1][2] == {"cancel_at_period_end": "false"}
+    # An upgrade while a cancellation is pending withdraws it too (an update of its own, first).
+    billing.post("/v1/billing/plan", {"plan": "free"})
+    sent = len(billing.stripe.requests)
+    r = billing.post("/v1/billing/plan", {"plan": "pro"})
+    assert (r.json()["change"], r.json()["cancel_at_period_end"]) == ("upgraded", False)
+    assert [(m, form.get("cancel_at_period_end")) for m, _, form in billing.stripe.requests[sent:]] == [
+        ("POST", "false"), ("GET", None), ("POST", None)]
+    assert billing.stripe_updated(later_s=1).json()["status"] == "processed"
+    assert billing.local()[1].cancel_at_period_end is False
+    billing.verify()
+
+
+def test_plan_change_needs_a_subscription_and_a_known_plan(billing: Billing) -> None:
+    r = billing.post("/v1/billing/plan", {"plan": "pro"})
+    assert r.status_code == 409
+    error = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "no_active_subscription", "plan")
+    assert "/v1/billing/checkout" in error["message"]
+    r = billing.post("/v1/billing/plan", {"plan": "free"})  # already there
+    assert r.status_code == 200 and (r.json()["change"], r.json()["plan"], r.json()["status"]) == ("unchanged", "free", None)
+    for body in ({"plan": "gold"}, {}, {"plan": 5}, [1]):
+        r = billing.post("/v1/billing/plan", body)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", body
+    assert billing.post("/v1/billing/plan", {"plan": "gold"}).json()["error"]["param"] == "plan"
+    assert billing.post("/v1/billing/plan", {"plan": "pro"}, key="sb-wrong").status_code == 401
+    assert billing.stripe.requests == []
+    billing.verify()
+
+
+def test_stripe_failure_changes_nothing_locally(billing: Billing) -> None:
+    start, end = _period()
+    billing.subscribe("plus", start, end)
+    before = billing.available_ucr()
+    stripe_before = json.dumps(billing.stripe.subscriptions["sub_a"], sort_keys=True)
+    for method in ("GET", "POST"):  # the lookup fails, then the update itself
+        billing.stripe.fail_next, billing.stripe.fail_method = 400, method
+        r = billing.post("/v1/billing/plan", {"plan": "pro"})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "payment_provider_error", r.text
+        in_force, sub = billing.local()
+        assert (in_force, sub.plan, sub.pending_plan) == ("plus", "plus", None)
+        assert billing.grants(f"upgrade:{billing.user_id}:%") == [] and billing.available_ucr() == before
+    assert json.dumps(billing.stripe.subscriptions["sub_a"], sort_keys=True) == stripe_before
+    billing.verify()
+
+
+def test_upgrade_whose_payment_fails_waits_for_it(billing: Billing) -> None:
+    billing.subscribe("plus", *_period())
+    billing.post("/v1/billing/plan", {"plan": "free"})  # a pending cancellation, withdrawn by the upgrade
+    billing.stripe.decline_payments = True
+    r = billing.post("/v1/billing/plan", {"plan": "pro"})
+    assert r.status_code == 402 and r.json()["error"]["code"] == "payment_failed", r.text
+    form = billing.stripe.requests[-1][2]
+    assert form["payment_behavior"] == "pending_if_incomplete" and "cancel_at_period_end" not in form
+    in_force, sub = billing.local()
+    assert (in_force, sub.plan, sub.status, sub.cancel_at_period_end) == ("plus", "plus", "active", False)
+    assert billing.grants(f"upgrade:{billing.user_id}:%") == []
+    assert billing.stripe_updated(later_s=1).json()["status"] == "processed"  # the pending update: no change
+    assert billing.local()[1].plan == "plus"
+    # The customer pays the open invoice later: Stripe applies the update and says so; the webhook upgrades.
+    billing.stripe.pay_pending("sub_a")
+    assert "upgraded" in billing.stripe_updated(later_s=2).json()["detail"]
+    in_force, sub = billing.local()
+    assert (in_force, sub.plan) == ("pro", "pro")
+    [(extra, _)] = billing.grants(f"upgrade:{billing.user_id}:%")
+    assert billing.available_ucr() == (100 + 6000) * C + extra
     billing.verify()

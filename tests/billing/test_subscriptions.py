@@ -113,6 +113,18 @@ def test_downgrade_waits_for_the_next_period(world: World) -> None:
     world.check()
 
 
+def test_going_back_to_the_paid_plan_cancels_a_pending_downgrade(world: World) -> None:
+    uid = world.user()
+    _subscribe(world, uid, "pro")
+    world.send(fs.event("customer.subscription.updated", fs.subscription(uid, "plus", "cus_1", "sub_1")))
+    assert _sub(world, uid).pending_plan == "plus"
+    out = world.send(fs.event("customer.subscription.updated", fs.subscription(uid, "pro", "cus_1", "sub_1")))
+    assert out.detail.endswith("downgrade cancelled")
+    sub = _sub(world, uid)
+    assert (sub.plan, sub.pending_plan, _plan(world, uid)) == ("pro", None, "pro")
+    world.check()
+
+
 def test_cancel_at_period_end_then_back_to_free(world: World) -> None:
     uid = world.user()
     start, end = _subscribe(world, uid)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from switchboard.cli.main import app
+from tests.fakes import stripe_api as fs
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.config import fake_model_toml
 
@@ -169,3 +170,49 @@ def test_plans_packs_topup_and_subscription(cli) -> None:  # type: ignore[no-unt
     accounts = json.loads(run("ledger", "verify", "--json").stdout)["accounts_ucr"]
     assert accounts["sales"] == -2000 * 1_000_000  # a pack is paid-for credit, the free allowance a promotion
     assert accounts["promotions"] == -100 * 1_000_000
+
+
+def _subscribed(email: str, plan: str, sub_id: str) -> int:
+    """Stripe's webhooks for a checkout and its paid first invoice, handled as the server would."""
+    import time
+
+    from switchboard.accounts.users import find_user
+    from switchboard.billing.payments import handle_event
+    from switchboard.core.config import load_settings
+    from switchboard.inference.runtime import make_ledger
+    from switchboard.store.db import make_engine
+    from switchboard.store.runner import TransactionRunner
+
+    settings = load_settings()
+    engine = make_engine(settings.resolved_database_url)
+    runner, ledger = TransactionRunner(engine), make_ledger(settings)
+    uid = runner.run_sync(lambda conn: find_user(conn, email)).id
+    start = int(time.time()) - 86_400
+    for evt in (fs.event("checkout.session.completed", fs.plan_session(uid, plan, "cus_cli", sub_id)),
+                fs.event("invoice.paid", fs.invoice(uid, plan, "cus_cli", sub_id, start, start + 30 * 86_400,
+                                                    billing_reason="subscription_create"))):
+        runner.run_sync(lambda conn: handle_event(conn, ledger, settings, evt))
+    engine.dispose()
+    return uid
+
+
+def test_subscription_change(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    run, _ = cli
+    # Not billed by Stripe: the operator sets the plan here.
+    run("users", "create", "comp@example.com")
+    data = json.loads(run("subscription", "change", "comp@example.com", "plus", "--json").stdout)
+    assert (data["change"], data["plan_in_force"]) == ("assigned", "plus")
+    assert "unchanged; plan in force plus" in run("subscription", "change", "comp@example.com", "plus").stdout
+    bad = run("subscription", "change", "comp@example.com", "gold", ok=False)
+    assert bad.exit_code == 1 and "unknown plan 'gold'" in bad.stderr
+    # A Stripe subscriber: through Stripe, as POST /v1/billing/plan.
+    with fs.FakeStripe() as stripe:
+        monkeypatch.setenv("STRIPE_API_KEY", stripe.api_key)
+        monkeypatch.setenv("SWITCHBOARD_STRIPE__API_BASE", stripe.url)
+        run("users", "create", "payer@example.com")
+        uid = _subscribed("payer@example.com", "pro", "sub_cli")
+        stripe.subscriptions["sub_cli"] = fs.subscription(uid, "pro", "cus_cli", "sub_cli")
+        out = run("subscription", "change", "payer@example.com", "plus").stdout
+        assert "downgrade scheduled; plan in force pro, plus from the next period" in out
+        assert stripe.requests[-1][2]["proration_behavior"] == "none"
+    assert json.loads(run("ledger", "verify", "--json").stdout)["ok"] is True

@@ -2,16 +2,20 @@
 
 Speaks Stripe's REST wire format for what Switchboard calls: form-encoded POST bodies with
 bracketed keys (`line_items[0][price_data][currency]=usd`), Bearer secret key, JSON objects
-back, errors as {"error": {"type", "message"}}.
+back, errors as {"error": {"type", "message", "code", "param"}}. Subscriptions are retrieved
+(GET /v1/subscriptions/{id}) and updated (POST) as Stripe does: unknown ids are 404, an item's
+`price_data` takes a `product` id (not `product_data`), metadata merges.
 
     with FakeStripe() as fake:
         settings.stripe.api_base = fake.url
         ... fake.sessions[-1]["metadata"]["user_id"] ...
+        fake.subscriptions[sub_id] = subscription(...)   # as if Checkout had created it
     body, header = signed_event(secret, event_dict)   # Stripe-Signature: t=...,v1=...
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import itertools
@@ -68,9 +72,12 @@ class FakeStripe:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.fail_next: int | None = None  # an HTTP status for the next request
+        self.fail_method: str | None = None  # ... only for the next request with this method
+        self.decline_payments = False  # invoices created by updates are not paid
+        self._pending: dict[str, dict[str, Any]] = {}  # subscriptions as pending updates would leave them
         app = Starlette(routes=[
             Route("/v1/checkout/sessions", self._create_session, methods=["POST"]),
-            Route("/v1/subscriptions/{sid}", self._update_subscription, methods=["POST"]),
+            Route("/v1/subscriptions/{sid}", self._subscription, methods=["GET", "POST"]),
         ])
         self._server = ServerThread(app)
         self.url = self._server.url
@@ -85,11 +92,14 @@ class FakeStripe:
     async def _auth(self, request: Request) -> tuple[dict[str, Any] | None, JSONResponse | None]:
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return None, JSONResponse({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}, 401)
-        if self.fail_next:
-            status, self.fail_next = self.fail_next, None
+        if self.fail_next and self.fail_method in (None, request.method):
+            status, self.fail_next, self.fail_method = self.fail_next, None, None
             return None, JSONResponse({"error": {"type": "api_error", "message": "fake failure"}}, status)
-        assert request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-        form = parse_form(await request.body())
+        if request.method == "GET":
+            form = dict(request.query_params)
+        else:
+            assert request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+            form = parse_form(await request.body())
         self.requests.append((request.method, request.url.path, form))
         return form, None
 
@@ -111,17 +121,99 @@ class FakeStripe:
         self.sessions.append(session)
         return JSONResponse(session)
 
-    async def _update_subscription(self, request: Request) -> JSONResponse:
+    async def _subscription(self, request: Request) -> JSONResponse:
         form, error = await self._auth(request)
         if error:
             return error
         assert form is not None
         sid = request.path_params["sid"]
-        sub = self.subscriptions.setdefault(sid, {"id": sid, "object": "subscription", "status": "active",
-                                                   "cancel_at_period_end": False, "metadata": {}})
-        if "cancel_at_period_end" in form:
-            sub["cancel_at_period_end"] = form["cancel_at_period_end"] == "true"
+        sub = self.subscriptions.get(sid)
+        if sub is None:
+            return _error(404, f"No such subscription: '{sid}'", "resource_missing", "id")
+        if request.method == "POST":
+            return self._update(sub, form)
         return JSONResponse(sub)
+
+    def _update(self, sub: dict[str, Any], form: dict[str, Any]) -> JSONResponse:
+        pending = form.get("payment_behavior") == "pending_if_incomplete"
+        unsupported = sorted(set(form) - PENDING_UPDATE_PARAMS) if pending else []
+        if unsupported:
+            return _error(400, f"When `payment_behavior` is `pending_if_incomplete`, `{unsupported[0]}` cannot be "
+                               "updated.", "parameter_invalid", unsupported[0])
+        declined = form.get("proration_behavior") == "always_invoice" and self.decline_payments
+        target = copy.deepcopy(sub) if declined and pending else sub
+        problem = _update_items(target, form.get("items") or [])
+        if problem:
+            return _error(400, *problem)
+        for key, value in (form.get("metadata") or {}).items():  # merged; "" removes a key
+            if value == "":
+                target["metadata"].pop(key, None)
+            else:
+                target["metadata"][key] = value
+        if "cancel_at_period_end" in form:
+            target["cancel_at_period_end"] = form["cancel_at_period_end"] == "true"
+        if declined and pending:  # nothing applied until the invoice is paid (`pay_pending`)
+            self._pending[sub["id"]] = target
+            sub["pending_update"] = {"subscription_items": target["items"]["data"], "metadata": target["metadata"],
+                                     "expires_at": int(time.time()) + 23 * 3600, "billing_cycle_anchor": None,
+                                     "trial_end": None, "trial_from_plan": None}
+        elif declined:
+            sub["status"] = "past_due"  # payment_behavior allow_incomplete (the default)
+        return JSONResponse(sub)
+
+    def pay_pending(self, sid: str) -> dict[str, Any]:
+        """The customer pays the open invoice of a pending update: Stripe applies it."""
+        sub = self._pending.pop(sid)
+        sub["pending_update"] = None
+        self.subscriptions[sid] = sub
+        return sub
+
+
+# What an update with payment_behavior=pending_if_incomplete may carry (metadata since 2026-05-27.dahlia).
+PENDING_UPDATE_PARAMS = {"expand", "payment_behavior", "proration_behavior", "proration_date", "billing_cycle_anchor",
+                         "items", "trial_end", "trial_from_plan", "add_invoice_items", "metadata"}
+PRICE_DATA_FIELDS = {"currency", "product", "recurring", "tax_behavior", "unit_amount", "unit_amount_decimal"}
+
+
+def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": "invalid_request_error", "message": message, "code": code, "param": param}},
+                        status)
+
+
+def _update_items(sub: dict[str, Any], items: list[Any]) -> tuple[str, str, str] | None:
+    """Apply `items[n][...]` to the subscription as Stripe does; (message, code, param) if refused."""
+    existing = sub["items"]["data"]
+    for n, change in enumerate(items):
+        param = f"items[{n}]"
+        if "id" in change:
+            item = next((i for i in existing if i["id"] == change["id"]), None)
+            if item is None:
+                return f"No such subscription item: '{change['id']}'", "resource_missing", f"{param}[id]"
+        else:
+            item = {"id": new_id("si"), "object": "subscription_item", "subscription": sub["id"], "quantity": 1}
+            existing.append(item)
+        if "price_data" in change:
+            data = change["price_data"]
+            unknown = sorted(set(data) - PRICE_DATA_FIELDS)
+            if unknown:
+                return f"Received unknown parameter: {param}[price_data][{unknown[0]}]", "parameter_unknown", \
+                    f"{param}[price_data][{unknown[0]}]"
+            for field in ("currency", "product", "unit_amount"):
+                if field not in data:
+                    return f"Missing required param: {param}[price_data][{field}].", "parameter_missing", \
+                        f"{param}[price_data][{field}]"
+            if "interval" not in (data.get("recurring") or {}):
+                return f"Missing required param: {param}[price_data][recurring].", "parameter_missing", \
+                    f"{param}[price_data][recurring]"
+            item["price"] = {
+                "id": new_id("price"), "object": "price", "active": False, "product": data["product"],
+                "currency": data["currency"], "unit_amount": int(data["unit_amount"]), "lookup_key": None, "metadata": {},
+                "recurring": {"interval": data["recurring"]["interval"], "interval_count": 1}, "type": "recurring",
+            }
+        elif "price" in change:
+            item["price"] = {"id": change["price"], "object": "price", "active": True, "product": new_id("prod"),
+                             "lookup_key": None, "metadata": {}, "type": "recurring"}
+    return None
 
 
 def sign(secret: str, payload: str, timestamp: int | None = None) -> str:
@@ -185,13 +277,18 @@ def invoice(user_id: int, plan: str, customer: str, subscription: str, start_s: 
 
 
 def subscription(user_id: int, plan: str, customer: str, sub_id: str, *, status: str = "active",
-                 cancel_at_period_end: bool = False, start_s: int = 0, end_s: int = 0) -> dict[str, Any]:
+                 cancel_at_period_end: bool = False, start_s: int = 0, end_s: int = 0,
+                 product: str | None = None) -> dict[str, Any]:
     return {
         "id": sub_id, "object": "subscription", "customer": customer, "status": status,
         "cancel_at_period_end": cancel_at_period_end, "metadata": {"user_id": str(user_id), "kind": "plan", "plan": plan},
+        "pending_update": None,
         "items": {"object": "list", "data": [{
-            "id": new_id("si"), "object": "subscription_item", "current_period_start": start_s, "current_period_end": end_s,
-            "price": {"id": new_id("price"), "object": "price", "lookup_key": plan, "metadata": {"plan": plan}},
+            "id": new_id("si"), "object": "subscription_item", "subscription": sub_id, "quantity": 1,
+            "current_period_start": start_s, "current_period_end": end_s,
+            "price": {"id": new_id("price"), "object": "price", "active": True, "product": product or new_id("prod"),
+                      "currency": "usd", "recurring": {"interval": "month", "interval_count": 1}, "type": "recurring",
+                      "lookup_key": plan, "metadata": {"plan": plan}},
         }]},
     }
 
