@@ -1,12 +1,14 @@
 """The ledger promises under real concurrency: two `switchboard serve` processes sharing one
-database (SQLite and PostgreSQL), and a server killed with SIGKILL mid-request."""
+database (SQLite and PostgreSQL), and a server killed with SIGKILL mid-request or mid-webhook."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,8 +18,10 @@ from switchboard.core.config import Settings
 from switchboard.inference.runtime import make_ledger
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
-from switchboard.store.schema import holds, usage_records
+from switchboard.store.billing_schema import payment_events
+from switchboard.store.schema import grants, holds, usage_records
 from tests.api.conftest import add_user
+from tests.fakes import stripe_api as fs
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.config import fake_model_toml
 from tests.support.servers import ServerProcess
@@ -30,9 +34,11 @@ monthly_credits = {credits}
 """
 
 
-def _env(tmp_path: Path, database_url: str, upstream: str, credits: int, **extra: str) -> dict[str, str]:
+def _env(tmp_path: Path, database_url: str, upstream: str, credits: int | None, **extra: str) -> dict[str, str]:
+    """A server's environment; `credits` makes one plan ("exact") with that monthly allowance,
+    None keeps the default plans."""
     config = tmp_path / "switchboard.toml"
-    config.write_text(fake_model_toml(upstream, EXACT_PLAN.format(credits=credits)))
+    config.write_text(fake_model_toml(upstream, "" if credits is None else EXACT_PLAN.format(credits=credits)))
     return {
         "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
         "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
@@ -134,10 +140,6 @@ def test_holds_of_a_killed_server_are_swept_on_restart(tmp_path: Path, sqlite_ur
 def test_webhooks_delivered_to_two_processes_at_once_grant_once(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.fakes import stripe_api as fs
-
     secret = "whsec_multiprocess"
     with FakeOpenAI() as fake:
         env = _env(tmp_path, database_url, fake.url, 100, STRIPE_WEBHOOK_SECRET=secret, STRIPE_API_KEY="sk_test_x")
@@ -161,4 +163,93 @@ def test_webhooks_delivered_to_two_processes_at_once_grant_once(
     assert balance["available_credits"] == 2100  # granted once, by whichever process won
     with reading(engine) as conn:
         assert make_ledger(settings).verify(conn) == []
+    engine.dispose()
+
+
+C = 1_000_000
+
+
+def _stripe_burst(user_ids: list[int]) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """What Stripe sends for a few customers, and the credits each must end with: a free plan's
+    100, a 2,000 pack (also announced by async_payment_succeeded), a 600 pack refunded in two
+    steps (even users only), and a Plus subscription whose first invoice is paid (and
+    announced twice)."""
+    start = int(time.time()) - 86_400
+    events: list[dict[str, Any]] = []
+    expected: dict[int, int] = {}
+    for n, uid in enumerate(user_ids):
+        big, small = fs.pack_session(uid, "2000"), fs.pack_session(uid, "600")
+        customer, sub = f"cus_kill{n}", f"sub_kill{n}"
+        inv = fs.invoice(uid, "plus", customer, sub, start, start + 30 * 86_400, billing_reason="subscription_create")
+        events += [
+            fs.event("checkout.session.completed", big), fs.event("checkout.session.async_payment_succeeded", big),
+            fs.event("checkout.session.completed", small),
+            fs.event("checkout.session.completed", fs.plan_session(uid, "plus", customer, sub)),
+            fs.event("invoice.paid", inv), fs.event("invoice.paid", inv),
+        ]
+        expected[uid] = (100 + 2000 + 600 + 6000) * C
+        if n % 2 == 0:
+            charge_id = f"ch_kill{n}"
+            events += [fs.event("charge.refunded", fs.charge(small["payment_intent"], 300, 150, charge_id=charge_id)),
+                       fs.event("charge.refunded", fs.charge(small["payment_intent"], 300, 300, charge_id=charge_id))]
+            expected[uid] -= 600 * C
+    return events, expected
+
+
+def test_webhooks_survive_a_sigkill_mid_burst(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stripe delivers a burst of events; the server is SIGKILLed with deliveries in flight;
+    after a restart Stripe delivers them again (it retries every event not answered 2xx: here
+    every event, answered or not). Each purchase is granted once, each refund reversed once."""
+    secret, kill_after, in_flight = "whsec_sigkill", 8, 6
+    with FakeOpenAI() as fake:
+        env = _env(tmp_path, database_url, fake.url, None, STRIPE_WEBHOOK_SECRET=secret, STRIPE_API_KEY="sk_test_x")
+        settings = _settings(env, monkeypatch)
+        engine = make_engine(database_url)
+        upgrade(engine)
+        user_ids = [add_user(engine, settings, f"payer{n}@example.com", "free")[0] for n in range(4)]
+        events, expected = _stripe_burst(user_ids)
+        deliveries = [fs.signed_event(secret, evt) for evt in events]
+        answered: set[int] = set()
+        lock = threading.Lock()
+        server = ServerProcess(env).start()
+
+        def deliver(i: int) -> None:
+            body, signature = deliveries[i]
+            try:
+                r = httpx.post(server.url + "/webhooks/stripe", content=body, timeout=10,
+                               headers={"stripe-signature": signature, "content-type": "application/json"})
+            except httpx.HTTPError:
+                return  # the server died under this delivery, or before it
+            with lock:
+                if r.status_code == 200:
+                    answered.add(i)
+                if len(answered) == kill_after:
+                    server.kill()  # the other deliveries are in flight or still to come
+
+        try:
+            with ThreadPoolExecutor(in_flight) as pool:
+                list(pool.map(deliver, range(len(deliveries))))
+        finally:
+            server.kill()
+        assert kill_after <= len(answered) < len(deliveries)  # it died mid-burst
+        with ServerProcess(env) as restarted:
+            for body, signature in deliveries:
+                r = httpx.post(restarted.url + "/webhooks/stripe", content=body, timeout=10,
+                               headers={"stripe-signature": signature, "content-type": "application/json"})
+                assert r.status_code == 200, r.text
+    ledger = make_ledger(settings)
+    with reading(engine) as conn:
+        assert ledger.verify(conn) == []
+        balances = ledger.account_balances(conn)
+        for uid, credits in expected.items():
+            b = ledger.balance(conn, uid)
+            assert (b.available_ucr, b.held_ucr, b.debt_ucr) == (credits, 0, 0), uid
+        refs = conn.execute(select(grants.c.source_ref).where(grants.c.kind != "allowance")).scalars().all()
+        assert sorted(refs) == sorted({f"stripe:checkout:{e['data']['object']['id']}" for e in events
+                                       if e["data"]["object"].get("mode") == "payment"})
+        recorded = conn.execute(select(payment_events.c.processed_ms)).scalars().all()
+        assert len(recorded) == len(events) and None not in recorded  # each once, none left pending
+    assert sum(balances.values()) == 0
+    assert balances["sales"] == -len(user_ids) * (2000 + 600 + 6000) * C
+    assert balances["refunds"] == len(user_ids) // 2 * 600 * C
     engine.dispose()
