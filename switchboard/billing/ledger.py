@@ -153,10 +153,9 @@ class Mismatch:
 
 class Ledger:
     def __init__(
-        self, allowance_ucr_by_plan: dict[str, int], hold_timeout_ms: int = 900_000, paid_plans: frozenset[str] = frozenset(),
+        self, allowance_ucr_by_plan: dict[str, int], hold_timeout_ms: int = 900_000,
     ) -> None:
         self.allowance_ucr_by_plan = allowance_ucr_by_plan
-        self.paid_plans = paid_plans  # their allowances are funded by sales, the others' by promotions
         self.hold_timeout_ms = hold_timeout_ms
 
     # -- wallets --------------------------------------------------------------------------
@@ -223,12 +222,15 @@ class Ledger:
         self, conn: Connection, user_id: int, plan: str, start: int, end: int, at: int,
         wallet: dict[str, Any] | None = None,
     ) -> None:
+        """The ledger's own allowance (new wallet, period roll): never paid for, since a plan
+        Stripe bills is granted on its paid invoice instead (subscriptions.period_paid, funded
+        by sales). A paid plan set by the operator is a gift: promotions."""
         amount = self.allowance_ucr_by_plan.get(plan, 0)
         if amount > 0:
             self.grant(
                 conn, user_id, amount, kind="allowance", reason=f"{plan} allowance",
                 expires_ms=end, source_ref=f"allowance:{user_id}:{start}", at_ms=at,
-                funded_by=SALES if plan in self.paid_plans else PROMOTIONS, _wallet=wallet,
+                funded_by=PROMOTIONS, _wallet=wallet,
             )
 
     # -- grants ---------------------------------------------------------------------------

@@ -31,7 +31,6 @@ def make_ledger(settings: Settings) -> Ledger:
     return Ledger(
         {name: settings.plan_allowance_ucr(name) for name in settings.plans},
         hold_timeout_ms=settings.hold_timeout_s * 1000,
-        paid_plans=frozenset(name for name, plan in settings.plans.items() if plan.monthly_usd > 0),
     )
 
 

@@ -34,8 +34,14 @@ def _verify(engine: Engine, ledger: Ledger) -> list:  # type: ignore[type-arg]
 
 
 def test_new_user_gets_plan_allowance(engine: Engine) -> None:
+    """A plan the operator set (no Stripe payment) is a gift: its allowance comes from
+    promotions, never from sales, in this period and the next."""
     runner, ledger, uid = _setup(engine, "plus")
-    assert _balance(engine, ledger, uid).available_ucr == 6000 * C
+    b = _balance(engine, ledger, uid)
+    assert b.available_ucr == 6000 * C
+    runner.submit(lambda c: ledger.place_hold(c, uid, "next", C, "m", at_ms=b.period_end_ms + 1), pipelined=True).result()
+    with engine.connect() as conn:
+        assert ledger.account_balances(conn) == {"promotions": -12000 * C, "wallet": 6000 * C, "breakage": 6000 * C}
     runner.stop()
 
 
