@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,17 @@ def _wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def _writer_load(server_log: str, gateway_s: float) -> dict[str, float] | None:
+    """How loaded the server's ledger writer was, from the summary it logs when it stops: busy
+    well below 100% of the time means the ledger was not what limited the request rate."""
+    found = re.search(r"ledger writer: (\d+) units of work in (\d+) transactions .*busy ([\d.]+) s", server_log)
+    if found is None or gateway_s <= 0:
+        return None
+    units, commits, busy = int(found[1]), int(found[2]), float(found[3])
+    return {"busy_s": busy, "gateway_s": round(gateway_s, 1), "busy_fraction": round(busy / gateway_s, 3),
+            "units_per_commit": round(units / max(commits, 1), 1)}
+
+
 def _load(url: str, key: str, model: str, concurrency: int, duration: float, stream: bool) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.loadgen", "--url", url, "--key", key, "--model", model,
            "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "2", "--json"]
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         env = {
             **os.environ, "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATA_DIR": tmp,
             "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false", "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0",
-            "SWITCHBOARD_LOG_LEVEL": "warning",
+            "SWITCHBOARD_LOG_LEVEL": "info",
         }
         if args.database_url:
             env["SWITCHBOARD_DATABASE_URL"] = args.database_url
@@ -106,16 +118,20 @@ def main(argv: list[str] | None = None) -> None:
         key = cli("keys", "create", email)
         mock = subprocess.Popen([sys.executable, "bench/mock_upstream.py", "--port", str(mock_port)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server_log = (Path(tmp) / "server.log").open("w+")
         server = subprocess.Popen(sb + ["serve", "--port", str(gw_port)], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=server_log)
         results: dict[str, Any] = {"stream": args.stream, "duration_s": args.duration, "cpus": os.cpu_count(),
                                    "database": args.database_url or "sqlite (file)", "runs": []}
         try:
             _wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
             _wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+            gateway_s = 0.0
             for c in levels:
                 direct = _load(f"http://127.0.0.1:{mock_port}/v1", "x", "mock-model", c, args.duration, args.stream)
+                started = time.perf_counter()
                 metered = _load(f"http://127.0.0.1:{gw_port}/v1", key, "mock-small", c, args.duration, args.stream)
+                gateway_s += time.perf_counter() - started
                 results["runs"].append({"concurrency": c, "direct": direct, "gateway": metered})
             usage = subprocess.run(sb + ["usage", email, "--json", "--limit", "1"], env=env, cwd=ROOT,
                                    capture_output=True, text=True).stdout
@@ -125,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
             mock.terminate()
             server.wait(30)
             mock.wait(30)
+            server_log.seek(0)
+            results["ledger_writer"] = _writer_load(server_log.read(), gateway_s)
+            server_log.close()
 
     table = Table(title=f"metered gateway vs direct ({'stream' if args.stream else 'non-stream'}, {os.cpu_count()} CPUs)")
     for col in ("concurrency", "direct rps", "gateway rps", "direct p50", "gateway p50", "added p50",
@@ -139,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"{gl['p50']:.2f} ms", f"{run['added_p50_ms']:.2f} ms", f"{dl['p99']:.2f} ms",
                       f"{gl['p99']:.2f} ms", f"{run['added_p99_ms']:.2f} ms", str(g["errors"] or "-"))
     console.print(table)
+    if results.get("ledger_writer"):
+        w = results["ledger_writer"]
+        console.print(f"ledger writer thread: busy {w['busy_fraction']:.0%} of the gateway runs' time "
+                      f"({w['busy_s']:.1f} s of {w['gateway_s']:.1f} s), {w['units_per_commit']:.1f} units per commit")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"gateway-{'stream' if args.stream else 'json'}-{int(time.time())}.json"

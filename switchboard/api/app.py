@@ -97,4 +97,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` (several workers each build their own app)."""
-    return create_app()
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def configure_logging(level: str) -> None:
+    """Switchboard's own log lines to stderr at the configured level: uvicorn sets up only its
+    own loggers, and without this anything below WARNING would be dropped."""
+    logger = logging.getLogger("switchboard")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))  # uvicorn's layout
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())

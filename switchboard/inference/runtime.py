@@ -91,4 +91,5 @@ class Runtime:
         for provider in self.providers.values():
             await provider.aclose()
         await asyncio.to_thread(self.runner.stop)
+        log.info("%s", self.runner.summary())
         self.engine.dispose()

@@ -59,8 +59,9 @@ class TransactionRunner:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = False
         self._stopped = threading.Event()
-        self.batches = 0
+        self.batches = 0  # commits (or single-unit transactions)
         self.units = 0
+        self.busy_s = 0.0  # time spent running batches: the writer's load, against wall time
 
     def start(self) -> None:
         if not self._started:
@@ -110,7 +111,18 @@ class TransactionRunner:
             self._run_batch(batch)
         self._stopped.set()
 
+    def summary(self) -> str:
+        return (f"ledger writer: {self.units} units of work in {self.batches} transactions "
+                f"({self.units / max(self.batches, 1):.1f} per commit), busy {self.busy_s:.1f} s")
+
     def _run_batch(self, batch: list[_Unit]) -> None:
+        started = time.perf_counter()
+        try:
+            self._run_units(batch)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _run_units(self, batch: list[_Unit]) -> None:
         self.batches += 1
         self.units += len(batch)
         if len(batch) == 1:

@@ -42,7 +42,7 @@ def _env(tmp_path: Path, database_url: str, upstream: str, credits: int | None, 
     return {
         "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
         "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
-        "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "warning", **extra,
+        "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "info", **extra,
     }
 
 
@@ -78,6 +78,8 @@ def test_two_processes_never_overspend(tmp_path: Path, database_url: str, monkey
             statuses = asyncio.run(fire())
     assert set(statuses) <= {200, 402}, statuses
     successes = statuses.count(200)
+    # On a graceful stop each server logs what its ledger writer did (operators size by it).
+    assert all("ledger writer:" in server.log() for server in (one, two))
     # At least the requests whose holds fit at once; never more than the balance pays for.
     assert int(credits // hold_credits) <= successes <= credits * 1_000_000 // charge_ucr
     ledger = make_ledger(settings)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -62,16 +63,23 @@ class ServerProcess:
         self.env = {**os.environ, **env}
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+        self._stderr = tempfile.TemporaryFile()
+
+    def log(self) -> str:
+        """What the server wrote to stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
 
     def start(self) -> "ServerProcess":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "switchboard.cli.main", "serve", "--port", str(self.port), "--workers", str(self.workers)],
-            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._stderr,
         )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + (self.proc.stderr.read().decode() if self.proc.stderr else ""))
+                raise RuntimeError("server exited: " + self.log())
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
