@@ -27,6 +27,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.databases import fresh_database
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
 [[providers]]
@@ -89,13 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated client concurrencies")
     parser.add_argument("--stream", action="store_true", help="streaming requests (default: non-streaming)")
-    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--database-url", default=None,
+                        help="default: a fresh SQLite file; PostgreSQL: a fresh database beside the one named")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     console = Console()
 
-    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp, fresh_database(args.database_url) as database_url:
         mock_port, gw_port = _free_port(), _free_port()
         config = Path(tmp) / "bench.toml"
         config.write_text(CONFIG.format(port=mock_port))
@@ -104,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
             "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false", "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0",
             "SWITCHBOARD_LOG_LEVEL": "info",
         }
-        if args.database_url:
-            env["SWITCHBOARD_DATABASE_URL"] = args.database_url
+        if database_url:
+            env["SWITCHBOARD_DATABASE_URL"] = database_url
         sb = [sys.executable, "-m", "switchboard.cli.main"]
 
         def cli(*a: str) -> str:

@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.ledger [--database-url URL] [--pairs 3000] [--concurrency 32]
 
 Each pair is what one API request costs the ledger: a hold (check and reserve) and a settlement
-(charge, release, usage record). Default database: a fresh SQLite file.
+(charge, release, usage record). Default database: a fresh SQLite file; with a PostgreSQL URL,
+a fresh database created beside the one named (bench/databases.py) and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.databases import fresh_database
 from switchboard.accounts.users import create_user
 from switchboard.billing.ledger import Ledger
 from switchboard.store.db import make_engine
@@ -31,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'ledger.db'}"
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(args.database_url) as database_url:
+        url = database_url or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         engine = make_engine(url)
         upgrade(engine)
         ledger = Ledger({"bench": 10**15})

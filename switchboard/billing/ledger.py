@@ -44,11 +44,15 @@ _LOCK_WALLET = f"SELECT {', '.join(_WALLET_COLUMNS)} FROM wallets WHERE user_id 
 # grant joined into the locking SELECT could be stale. In pipeline mode (store.runner) they
 # still go out with the lock, one round trip in all.
 _HOLD_BY_REQUEST = "SELECT id FROM holds WHERE user_id = :uid AND request_id = :rid"
-_HOLD_BY_ID = "SELECT status, amount_ucr, request_id, charged_ucr FROM holds WHERE id = :hid AND user_id = :uid"
 # Burn order: soonest expiry first (allowance before never-expiring top-ups), then oldest.
 _BURN_ORDER = "ORDER BY expires_ms IS NULL, expires_ms, id"
-# The first grant to burn usually covers the whole charge; then settling reads no other.
-_FIRST_GRANT = f"SELECT id, remaining_ucr, expires_ms FROM grants WHERE user_id = :uid AND remaining_ucr > 0 {_BURN_ORDER} LIMIT 1"
+# The hold, and the first grant to burn: it usually covers the whole charge, and then settling
+# reads no other. One row always (NULLs for what is missing).
+_HOLD_AND_FIRST_GRANT = (
+    "SELECT h.status, h.amount_ucr, h.request_id, h.charged_ucr, g.id, g.remaining_ucr, g.expires_ms "
+    "FROM (SELECT 1 AS one) o LEFT JOIN holds h ON h.id = :hid AND h.user_id = :uid "
+    f"LEFT JOIN grants g ON g.id = (SELECT id FROM grants WHERE user_id = :uid AND remaining_ucr > 0 {_BURN_ORDER} LIMIT 1)"
+)
 _SAVE_WALLET = (
     "UPDATE wallets SET balance_ucr = :balance_ucr, held_ucr = :held_ucr, debt_ucr = :debt_ucr, "
     "next_expiry_ms = :next_expiry_ms, period_start_ms = :period_start_ms, period_end_ms = :period_end_ms, "
@@ -67,9 +71,8 @@ _SET_REMAINING = "UPDATE grants SET remaining_ucr = :remaining WHERE id = :gid"
 _NEXT_EXPIRY = (
     "SELECT MIN(expires_ms) FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms IS NOT NULL"
 )
-_INSERT_ENTRY = (
-    "INSERT INTO ledger_entries (txn_id, account, user_id, kind, amount_ucr, grant_id, hold_id, request_id, created_ms, memo) "
-    "VALUES (:txn_id, :account, :user_id, :kind, :amount_ucr, :grant_id, :hold_id, :request_id, :created_ms, :memo)"
+_ENTRY_COLUMNS = (
+    "txn_id", "account", "user_id", "kind", "amount_ucr", "grant_id", "hold_id", "request_id", "created_ms", "memo",
 )
 _INSERT_GRANT = (
     "INSERT INTO grants (user_id, kind, amount_ucr, remaining_ucr, expires_ms, created_ms, reason, source_ref) "
@@ -99,15 +102,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _post(
-    conn: Connection, user_id: int, kind: str, at: int, legs: list[tuple[str, int, int | None, str | None]], *,
+def _entries(
+    user_id: int, kind: str, at: int, legs: list[tuple[str, int, int | None, str | None]], *,
     hold_id: int | None = None, request_id: str | None = None,
-) -> None:
-    """Record one transaction: legs of (account, amount, grant id, memo) that sum to zero;
-    legs of zero are left out."""
+) -> rawsql.Statement:
+    """The INSERT recording one transaction: legs of (account, amount, grant id, memo) that
+    sum to zero; legs of zero are left out."""
     assert sum(leg[1] for leg in legs) == 0, legs
     txn = new_id()
-    rawsql.execute_many(conn, _INSERT_ENTRY, [
+    return rawsql.insert_rows("ledger_entries", _ENTRY_COLUMNS, [
         dict(txn_id=txn, account=account, user_id=user_id, kind=kind, amount_ucr=amount, grant_id=grant_id,
              hold_id=hold_id, request_id=request_id, created_ms=at, memo=memo)
         for account, amount, grant_id, memo in legs if amount
@@ -256,9 +259,9 @@ class Ledger:
             "at": at, "reason": reason, "ref": source_ref,
         })
         # Receivables: the new credit settles what was owed first.
-        _post(conn, user_id, "grant", at, [(funded_by, -amount_ucr, grant_id, reason),
-                                           (WALLET, amount_ucr - repay, grant_id, reason),
-                                           (RECEIVABLES, repay, grant_id, reason)])
+        rawsql.write(conn, *_entries(user_id, "grant", at, [(funded_by, -amount_ucr, grant_id, reason),
+                                                            (WALLET, amount_ucr - repay, grant_id, reason),
+                                                            (RECEIVABLES, repay, grant_id, reason)]))
         wallet["debt_ucr"] -= repay
         wallet["balance_ucr"] += amount_ucr
         if kind == "allowance":  # a new period's allowance: the base of this period's alerts
@@ -317,10 +320,10 @@ class Ledger:
         to_debt = amount - from_wallet - from_breakage
         if from_wallet:
             conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=grant.remaining_ucr - from_wallet))
-        _post(conn, user_id, "refund", at, [
+        rawsql.write(conn, *_entries(user_id, "refund", at, [
             (account, value, grant_id, reason)
             for account, value in ((WALLET, -from_wallet), (BREAKAGE, -from_breakage), (RECEIVABLES, -to_debt), (REFUNDS, amount))
-        ], request_id=source_ref)
+        ], request_id=source_ref))
         wallet["balance_ucr"] -= from_wallet + to_debt
         wallet["debt_ucr"] += to_debt
         if from_wallet == grant.remaining_ucr and grant.expires_ms is not None:
@@ -331,9 +334,11 @@ class Ledger:
     def _expire(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
         for grant_id, remaining in rawsql.fetch_all(conn, _EXPIRED_GRANTS, {"uid": user_id, "at": at}):
-            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": 0})
-            _post(conn, user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
-                                                (BREAKAGE, remaining, grant_id, "grant expired")])
+            rawsql.write_all(conn, [
+                (_SET_REMAINING, {"gid": grant_id, "remaining": 0}),
+                _entries(user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
+                                                 (BREAKAGE, remaining, grant_id, "grant expired")]),
+            ])
             wallet["balance_ucr"] -= remaining
         wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         self._save(conn, wallet, at)
@@ -368,13 +373,11 @@ class Ledger:
             if refusal is not None:
                 return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount_ucr, cap=refusal)
         wallet["held_ucr"] += amount_ucr
-        with rawsql.pipeline(conn):  # PostgreSQL: both statements in one round trip
-            cursor = rawsql.execute(conn, _INSERT_HOLD, {
-                "uid": user_id, "rid": request_id, "amount": amount_ucr, "model": model, "at": at,
-                "expires": at + self.hold_timeout_ms,
-            })
-            rawsql.write(conn, _SET_HELD, {"uid": user_id, "held": wallet["held_ucr"], "at": at})
-            hold_id = cursor.fetchone()[0]
+        rawsql.write(conn, _SET_HELD, {"uid": user_id, "held": wallet["held_ucr"], "at": at})
+        (hold_id,) = rawsql.fetch_one(conn, _INSERT_HOLD, {
+            "uid": user_id, "rid": request_id, "amount": amount_ucr, "model": model, "at": at,
+            "expires": at + self.hold_timeout_ms,
+        })
         return HoldResult(True, int(hold_id), available - amount_ucr, amount_ucr)
 
     def settle(
@@ -388,39 +391,39 @@ class Ledger:
         A zero charge voids the hold.
         """
         at = at_ms if at_ms is not None else now_ms()
-        wallet, (hold, first_grant) = self._lock_row(
-            conn, user_id, (_HOLD_BY_ID, {"uid": user_id, "hid": hold_id}), (_FIRST_GRANT, {"uid": user_id}))
+        wallet, (found,) = self._lock_row(conn, user_id, (_HOLD_AND_FIRST_GRANT, {"uid": user_id, "hid": hold_id}))
+        status, amount, request_id, charged, *first_grant = found
         if self._bring_up_to_date(conn, wallet, at):
-            first_grant = None  # it may have just expired: read them all
-        if hold is None:
+            first_grant = [None]  # it may have just expired: read them all
+        if status is None:
             raise LookupError(f"hold {hold_id} of user {user_id} does not exist")
-        status, amount, request_id, charged = hold
         if status != "active":
             return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
-        # PostgreSQL: the writes below go out without waiting for each other (pipeline mode).
-        with rawsql.pipeline(conn):
-            if charge_ucr > 0:
-                self._charge(conn, wallet, charge_ucr, hold_id, request_id, at, first_grant)
-            rawsql.write(conn, _RESOLVE_HOLD, {
-                "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
-            })
-            wallet["held_ucr"] -= amount
-            if charge_ucr > 0:
-                raise_alerts(conn, wallet, at)
-            rawsql.write(conn, _SAVE_WALLET, {**wallet, "at": at})
-            if usage is not None:
-                row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
-                rawsql.write(conn, _INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS})
+        writes: list[rawsql.Statement] = []
+        if charge_ucr > 0:
+            writes += self._charge(conn, wallet, charge_ucr, hold_id, request_id, at, first_grant)
+        writes.append((_RESOLVE_HOLD, {
+            "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
+        }))
+        wallet["held_ucr"] -= amount
+        if charge_ucr > 0:
+            raise_alerts(conn, wallet, at)
+        writes.append((_SAVE_WALLET, {**wallet, "at": at}))
+        if usage is not None:
+            row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
+            writes.append((_INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS}))
+        rawsql.write_all(conn, writes)
         return SettleResult(charge_ucr, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
 
     def _charge(
         self, conn: Connection, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int,
-        first_grant: Any,
-    ) -> None:
-        """Burn `amount` from the grants in burn order; `first_grant` (id, remaining, expires),
-        read with the lock, saves reading the rest when it covers everything."""
+        first_grant: list[Any],
+    ) -> list[rawsql.Statement]:
+        """The writes that burn `amount` from the grants in burn order. `first_grant` (id,
+        remaining, expires), read with the lock, saves reading the rest when it covers all."""
         user_id = wallet["user_id"]
-        if first_grant is not None and first_grant[1] >= amount:
+        writes: list[rawsql.Statement] = []
+        if first_grant[0] is not None and first_grant[1] >= amount:
             live: list[Any] = [first_grant]
         else:
             live = rawsql.fetch_all(conn, _LIVE_GRANTS, {"uid": user_id})
@@ -431,7 +434,7 @@ class Ledger:
             if left == 0:
                 break
             take = min(remaining, left)
-            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take})
+            writes.append((_SET_REMAINING, {"gid": grant_id, "remaining": remaining - take}))
             legs.append((WALLET, -take, grant_id, None))
             left -= take
             depleted_expiry |= take == remaining and expires is not None
@@ -439,10 +442,13 @@ class Ledger:
             wallet["debt_ucr"] += left
             legs.append((RECEIVABLES, -left, None, "usage beyond remaining credit"))
         legs.append((REVENUE, amount, None, None))
-        _post(conn, user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id)
+        writes.append(_entries(user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id))
         wallet["balance_ucr"] -= amount
-        if depleted_expiry:
+        if depleted_expiry:  # the next expiry must be read after the grants are written
+            rawsql.write_all(conn, writes)
+            writes = []
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
+        return writes
 
     # -- sweeping -------------------------------------------------------------------------
     def expired_holds(self, conn: Connection, at_ms: int | None = None, limit: int = 500) -> list[tuple[int, int]]:
