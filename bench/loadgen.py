@@ -48,14 +48,15 @@ async def run_load(
     prompt: str = "Say hi.",
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Drive the endpoint and return counts, throughput and latency percentiles (ms)."""
+    """Drive the endpoint and return counts, throughput and latency percentiles (ms).
+    `key` may list several keys, comma-separated: client i sends with key i mod their number."""
     endpoint = url.rstrip("/") + "/chat/completions"
     payload: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
     if stream:
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
     body = orjson.dumps(payload)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    headers_by_key = [{"Content-Type": "application/json", "Authorization": f"Bearer {k}"} for k in key.split(",")]
 
     latencies: list[float] = []
     first_bytes: list[float] = []
@@ -69,7 +70,8 @@ async def run_load(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def worker() -> None:
+        async def worker(number: int) -> None:
+            headers = headers_by_key[number % len(headers_by_key)]
             now = time.perf_counter
             while True:
                 t0 = now()
@@ -99,7 +101,7 @@ async def run_load(
                     if first:
                         first_bytes.append(first)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
 
     total = sum(outcomes.values())
     ok = outcomes.pop("ok", 0)
@@ -148,7 +150,7 @@ def _print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Load-test an OpenAI-compatible /chat/completions endpoint.")
     parser.add_argument("--url", required=True, help="API base including /v1, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--key", default="x", help="bearer key (a mock ignores it)")
+    parser.add_argument("--key", default="x", help="bearer key, or several comma-separated (one per client in turn); a mock ignores it")
     parser.add_argument("--model", required=True)
     parser.add_argument("--concurrency", "-c", type=int, default=1)
     parser.add_argument("--duration", "-d", type=float, default=10.0, help="measured seconds")
