@@ -1,6 +1,6 @@
 """Ledger benchmark: hold + settle pairs per second through the group-commit runner.
 
-    .venv/bin/python -m bench.ledger [--database-url URL] [--pairs 3000] [--concurrency 32]
+    .venv/bin/python -m bench.ledger [--database-url URL] [--pairs 3000] [--concurrency 32] [--users 1] [--writers 1]
 
 Each pair is what one API request costs the ledger: a hold (check and reserve) and a settlement
 (charge, release, usage record). Default database: a fresh SQLite file; with a PostgreSQL URL,
@@ -32,22 +32,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--users", type=int, default=1, help="wallets the pairs take turns over")
+    parser.add_argument("--writers", type=int, default=1, help="writer threads (TransactionRunner writers)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.database_url) as database_url:
         url = database_url or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         engine = make_engine(url)
         upgrade(engine)
         ledger = Ledger({"bench": 10**15})
-        runner = TransactionRunner(engine)
+        runner = TransactionRunner(engine, writers=args.writers)
         runner.start()
-        user = runner.submit(lambda c: create_user(c, ledger, f"ledger-{time.time_ns()}@example.com", "bench")).result()
+        stamp = time.time_ns()
+        user_ids = [
+            runner.submit(lambda c, u=u: create_user(c, ledger, f"ledger-{stamp}-{u}@example.com", "bench")).result().id
+            for u in range(args.users)
+        ]
 
         def one(i: int) -> None:
-            rid = f"bench-{i}"
-            held = runner.submit(lambda c: ledger.place_hold(c, user.id, rid, 5000, "m"), order_key=user.id, pipelined=True).result()
+            rid, uid = f"bench-{i}", user_ids[i % len(user_ids)]
+            held = runner.submit(lambda c: ledger.place_hold(c, uid, rid, 5000, "m"), order_key=uid, pipelined=True).result()
             assert held.ok and held.hold_id is not None
             hold_id = held.hold_id
-            runner.submit(lambda c: ledger.settle(c, user.id, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=user.id, pipelined=True).result()
+            runner.submit(lambda c: ledger.settle(c, uid, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=uid, pipelined=True).result()
 
         for i in range(200):  # warm-up
             one(-1 - i)
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(sequential_n):
             one(10**9 + i)
         sequential_ms = (time.perf_counter() - t0) / sequential_n * 1000
-        runner.batches = runner.units = 0
+        batches0, units0 = runner.batches, runner.units
         t0, cpu0 = time.perf_counter(), time.process_time()
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(one, range(args.pairs)))
@@ -68,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     kind = url.split(":")[0]
     print(f"{kind}: sequential {sequential_ms:.3f} ms per hold+settle; "
           f"concurrency {args.concurrency}: {args.pairs / wall:.0f} pairs/s, {cpu / args.pairs * 1e6:.0f} us CPU per pair, "
-          f"{runner.units / max(runner.batches, 1):.1f} units per commit; ledger verified")
+          f"{(runner.units - units0) / max(runner.batches - batches0, 1):.1f} units per commit "
+          f"({args.users} users, {args.writers} writer threads); ledger verified")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class Runtime:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.resolved_database_url)
-        self.runner = TransactionRunner(self.engine)
+        self.runner = TransactionRunner(self.engine, writers=settings.resolved_ledger_writers)
         self.ledger = make_ledger(settings)
         provider_configs = effective_providers(settings)
         self.providers: dict[str, Provider] = build_providers(settings, provider_configs)

@@ -52,37 +52,70 @@ class _Unit:
     pipelined: bool = False  # raw SQL only (store.rawsql): may run in pipeline mode
 
 
+@dataclass(slots=True)
+class _Lane:
+    """One writer thread's queue and what the thread did."""
+    queue: queue.SimpleQueue[_Unit | None]
+    batches: int = 0  # transactions committed (or single units run alone)
+    units: int = 0
+    busy_s: float = 0.0  # time spent running batches: the writer's load, against wall time
+
+
 class TransactionRunner:
-    def __init__(self, engine: Engine, *, name: str = "switchboard-db-writer") -> None:
+    """`writers` threads, each with its own connection: work goes to thread `order_key mod
+    writers` (order_key is the user id), so one user's work stays in order in one thread while
+    different users' run side by side. Worth more than one only where the database writes in
+    parallel (PostgreSQL: row locks); SQLite has one write lock."""
+
+    def __init__(self, engine: Engine, *, writers: int = 1, name: str = "switchboard-db-writer") -> None:
         self.engine = engine
-        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._lanes = [_Lane(queue.SimpleQueue()) for _ in range(max(1, writers))]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(lane,), name=f"{name}-{i}", daemon=True)
+            for i, lane in enumerate(self._lanes)
+        ]
         self._started = False
-        self._stopped = threading.Event()
-        self.batches = 0  # commits (or single-unit transactions)
-        self.units = 0
-        self.busy_s = 0.0  # time spent running batches: the writer's load, against wall time
+        self._stopped = False
+
+    @property
+    def writers(self) -> int:
+        return len(self._lanes)
+
+    @property
+    def batches(self) -> int:
+        return sum(lane.batches for lane in self._lanes)
+
+    @property
+    def units(self) -> int:
+        return sum(lane.units for lane in self._lanes)
 
     def start(self) -> None:
         if not self._started:
             self._started = True
-            self._thread.start()
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish everything queued, then stop."""
-        if self._started and not self._stopped.is_set():
-            self._queue.put(None)
-            self._thread.join(timeout)
+        if self._started and not self._stopped:
+            self._stopped = True
+            for lane in self._lanes:
+                lane.queue.put(None)
+            for thread in self._threads:
+                thread.join(timeout)
+
+    def _queue_for(self, order_key: int) -> queue.SimpleQueue[_Unit | None]:
+        return self._lanes[order_key % len(self._lanes)].queue
 
     def submit(self, work: Callable[[Connection], T], *, order_key: int = 0, pipelined: bool = False) -> Future[T]:
         future: Future[T] = Future()
-        self._queue.put(_Unit(work, order_key, future, pipelined))
+        self._queue_for(order_key).put(_Unit(work, order_key, future, pipelined))
         return future
 
     def submit_nowait(self, work: Work, *, order_key: int = 0, pipelined: bool = False) -> None:
         """Queue work whose result nobody waits for (e.g. settling after a client went away):
         it runs even if the caller's task is cancelled."""
-        self._queue.put(_Unit(work, order_key, None, pipelined))
+        self._queue_for(order_key).put(_Unit(work, order_key, None, pipelined))
 
     async def run(self, work: Callable[[Connection], T], *, order_key: int = 0, pipelined: bool = False) -> T:
         return await asyncio.wrap_future(self.submit(work, order_key=order_key, pipelined=pipelined))
@@ -91,70 +124,87 @@ class TransactionRunner:
         """For callers without the runner thread (CLI): one transaction, with retries."""
         return self._run_alone(_Unit(work, 0, None, pipelined))
 
-    # -- the thread ---------------------------------------------------------------------
-    def _loop(self) -> None:
+    def summary(self) -> str:
+        """One line for the log: the work done and the busiest writer thread's busy time."""
+        busy = sorted((lane.busy_s for lane in self._lanes), reverse=True)
+        lanes = f" (each of {len(busy)} writers: {', '.join(f'{b:.1f}' for b in busy)} s)" if len(busy) > 1 else ""
+        return (f"ledger writer: {self.units} units of work in {self.batches} transactions "
+                f"({self.units / max(self.batches, 1):.1f} per commit), busy {busy[0]:.1f} s{lanes}")
+
+    # -- the threads --------------------------------------------------------------------
+    def _loop(self, lane: _Lane) -> None:
+        # The thread keeps one connection: checking one out of the pool per batch cost a
+        # round trip (pool_pre_ping) each time. After a lost connection SQLAlchemy reconnects it.
+        conn = self.engine.connect()
+        try:
+            self._serve(lane, conn)
+        finally:
+            conn.close()
+
+    def _serve(self, lane: _Lane, conn: Connection) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            first = lane.queue.get()
             if first is None:
                 break
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
-                    unit = self._queue.get_nowait()
+                    unit = lane.queue.get_nowait()
                 except queue.Empty:
                     break
                 if unit is None:
                     stopping = True
                     break
                 batch.append(unit)
-            self._run_batch(batch)
-        self._stopped.set()
+            started = time.perf_counter()
+            try:
+                self._run_batch(batch, conn)
+            finally:
+                lane.batches += 1
+                lane.units += len(batch)
+                lane.busy_s += time.perf_counter() - started
 
-    def summary(self) -> str:
-        return (f"ledger writer: {self.units} units of work in {self.batches} transactions "
-                f"({self.units / max(self.batches, 1):.1f} per commit), busy {self.busy_s:.1f} s")
-
-    def _run_batch(self, batch: list[_Unit]) -> None:
-        started = time.perf_counter()
-        try:
-            self._run_units(batch)
-        finally:
-            self.busy_s += time.perf_counter() - started
-
-    def _run_units(self, batch: list[_Unit]) -> None:
-        self.batches += 1
-        self.units += len(batch)
+    def _run_batch(self, batch: list[_Unit], conn: Connection) -> None:
         if len(batch) == 1:
-            self._finish(batch[0], *self._attempt(batch[0]))
+            self._finish(batch[0], *self._attempt(batch[0], conn))
             return
         batch.sort(key=lambda u: u.order_key)  # one lock order for every process
         results: list[Any] = []
         try:
-            with self.engine.begin() as conn:
+            with conn.begin():
                 for pipelined, run in itertools.groupby(batch, key=lambda u: u.pipelined):
                     with rawsql.pipeline(conn) if pipelined else contextlib.nullcontext():
                         results.extend(unit.work(conn) for unit in run)
         except Exception:  # noqa: BLE001 - isolate the failing unit below
             log.debug("batch of %d failed; re-running one by one", len(batch), exc_info=True)
             for unit in batch:
-                self._finish(unit, *self._attempt(unit))
+                self._finish(unit, *self._attempt(unit, conn))
             return
         for unit, result in zip(batch, results):
             self._finish(unit, result, None)
 
-    def _attempt(self, unit: _Unit) -> tuple[Any, BaseException | None]:
+    def _attempt(self, unit: _Unit, conn: Connection) -> tuple[Any, BaseException | None]:
         try:
-            return self._run_alone(unit), None
+            return self._run_alone(unit, conn), None
         except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
             return None, exc
 
-    def _run_alone(self, unit: _Unit) -> Any:
+    def _run_alone(self, unit: _Unit, conn: Connection | None = None) -> Any:
+        """One unit in a transaction of its own, retried on lock conflicts and lost connections:
+        on `conn` (a writer thread's), else on a connection from the pool."""
         delay = 0.005
         for attempt in range(_RETRIES):
             try:
-                with self.engine.begin() as conn, rawsql.pipeline(conn) if unit.pipelined else contextlib.nullcontext():
-                    return unit.work(conn)
+                with contextlib.ExitStack() as stack:
+                    if conn is None:
+                        c = stack.enter_context(self.engine.begin())
+                    else:
+                        stack.enter_context(conn.begin())
+                        c = conn
+                    if unit.pipelined:
+                        stack.enter_context(rawsql.pipeline(c))
+                    return unit.work(c)
             except (OperationalError, DBAPIError) as exc:
                 if attempt == _RETRIES - 1 or not _is_transient(exc):
                     raise
@@ -177,7 +227,10 @@ class TransactionRunner:
 
 
 def _is_transient(exc: DBAPIError) -> bool:
-    """Lock contention and deadlocks are worth a retry; constraint violations are not."""
+    """Lock contention, deadlocks and a lost connection are worth a retry; constraint
+    violations are not."""
+    if exc.connection_invalidated:
+        return True
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
     sqlstate = getattr(exc.orig, "sqlstate", None)
     return sqlstate in {"40001", "40P01", "55P03"} or "locked" in text or "busy" in text or "deadlock" in text
