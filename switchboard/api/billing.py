@@ -14,7 +14,8 @@ from switchboard.api.auth import authenticate
 from switchboard.api.state import AppState
 from switchboard.billing import plan_changes
 from switchboard.billing import subscriptions as subs
-from switchboard.billing.payments import BadSignature, StripeGateway, handle_event, verify_event
+from switchboard.billing.checkout import StripeGateway
+from switchboard.billing.payments import BadSignature, handle_event, verify_event
 from switchboard.billing.plan_changes import Write
 from switchboard.core.errors import InvalidRequest
 from switchboard.inference.runtime import Runtime

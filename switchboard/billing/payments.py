@@ -1,11 +1,6 @@
-"""Stripe: Checkout Sessions for plans and packs, and the webhook events that pay for them.
+"""Stripe's webhook events that pay for plans and packs (what goes out to Stripe: billing.checkout).
 
-Outbound (`StripeGateway`): Checkout Sessions, and subscription updates (cancel at the period
-end, plan changes: billing.plan_changes), through the `stripe` library's StripeClient, its API
-base configurable so tests run a fake that speaks Stripe's wire format. Secrets are read from
-the environment at use.
-
-Inbound (`verify_event`, `handle_event`): the signature is checked as Stripe documents
+`verify_event`, `handle_event`: the signature is checked as Stripe documents
 (HMAC-SHA256 of "{t}.{payload}" with the endpoint secret, within a time tolerance), then the
 event is handled in one database transaction, once per event id (`payment_events`). Grants are
 idempotent on their own keys too, so two different events for the same thing (e.g. two
@@ -18,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +21,12 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from switchboard.billing import subscriptions as subs
+from switchboard.billing.checkout import PaymentsNotConfigured, stripe_id
 from switchboard.billing.ledger import SALES, Ledger, now_ms
-from switchboard.core.config import PlanConfig, Settings, StripeConfig
-from switchboard.core.errors import InvalidRequest, SwitchboardError
-from switchboard.core.money import credits_to_ucr
 from switchboard.billing.periods import DAY_MS
+from switchboard.core.config import Settings, StripeConfig
+from switchboard.core.errors import InvalidRequest
+from switchboard.core.money import credits_to_ucr
 from switchboard.store.billing_schema import payment_events, payment_grants
 from switchboard.store.schema import grants, ledger_entries
 
@@ -40,181 +34,8 @@ log = logging.getLogger(__name__)
 PENDING_RETRY_LIMIT = 50
 
 
-class PaymentsNotConfigured(SwitchboardError):
-    status = 503
-    type = "server_error"
-    code = "payments_not_configured"
-
-
-class PaymentProviderError(SwitchboardError):
-    status = 502
-    type = "server_error"
-    code = "payment_provider_error"
-
-
 class BadSignature(Exception):
     """The webhook is not authentic (or not readable): answer 400."""
-
-
-# -- outbound: Checkout --------------------------------------------------------------------------
-class StripeGateway:
-    def __init__(self, config: StripeConfig) -> None:
-        self.config = config
-
-    def _client(self) -> stripe.StripeClient:
-        key = self.config.api_key()
-        if not key:
-            raise PaymentsNotConfigured(f"payments are not configured: set {self.config.api_key_env}")
-        base = {"api": self.config.api_base.rstrip("/")} if self.config.api_base else None
-        return stripe.StripeClient(key, base_addresses=base, max_network_retries=2)  # type: ignore[arg-type]
-
-    def checkout(
-        self, settings: Settings, user_id: int, email: str, *, plan: str | None = None, pack: str | None = None,
-        customer_id: str | None = None,
-    ) -> dict[str, str]:
-        """A Checkout Session for a plan (mode=subscription) or a pack (mode=payment): {id, url}."""
-        params = checkout_params(settings, user_id, email, plan=plan, pack=pack, customer_id=customer_id)
-        with _stripe_call("checkout"):
-            session = self._client().v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]
-        return {"id": session["id"], "url": session["url"]}
-
-    def subscription(self, subscription_id: str) -> dict[str, Any]:
-        with _stripe_call("subscription lookup"):
-            return self._client().v1.subscriptions.retrieve(subscription_id).to_dict()
-
-    def update_subscription(self, subscription_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        with _stripe_call("change"):
-            return self._client().v1.subscriptions.update(subscription_id, params=params).to_dict()  # type: ignore[arg-type]
-
-    def cancel_at_period_end(self, subscription_id: str, flag: bool = True) -> dict[str, Any]:
-        return self.update_subscription(subscription_id, {"cancel_at_period_end": flag})
-
-    def change_plan(
-        self, settings: Settings, user_id: int, subscription_id: str, plan: str, *, upgrade: bool, resume: bool,
-    ) -> dict[str, Any]:
-        """Move the subscription's item to `plan`'s price (`plan_change_params`); returns the
-        updated subscription as Stripe reports it (with `pending_update` set if an upgrade's
-        payment failed). `resume` first withdraws a pending cancellation, in an update of its
-        own: an update that waits for its payment takes only item and proration parameters."""
-        if resume:
-            self.cancel_at_period_end(subscription_id, False)
-        current = self.subscription(subscription_id)
-        return self.update_subscription(subscription_id, plan_change_params(settings, user_id, current, plan, upgrade=upgrade))
-
-
-@contextmanager
-def _stripe_call(what: str) -> Iterator[None]:
-    """Any Stripe failure (refusal, outage, network) becomes a 502 naming what failed; the
-    library has already retried what is safe to retry."""
-    try:
-        yield
-    except stripe.StripeError as exc:
-        log.warning("stripe %s failed: %s", what, type(exc).__name__)
-        if isinstance(exc, stripe.APIConnectionError):
-            raise PaymentProviderError(f"Stripe could not be reached for the {what}") from None
-        raise PaymentProviderError(f"Stripe refused the {what}: {exc.user_message or type(exc).__name__}") from None
-
-
-def requested_plan(settings: Settings, plan: str) -> PlanConfig:
-    """A plan a client asked for by name; an unknown name is the client's error (400)."""
-    config = settings.plans.get(plan)
-    if config is None:
-        raise InvalidRequest(f"unknown plan {plan!r}; known: {', '.join(sorted(settings.plans))}", param="plan")
-    return config
-
-
-def checkout_params(
-    settings: Settings, user_id: int, email: str, *, plan: str | None = None, pack: str | None = None,
-    customer_id: str | None = None,
-) -> dict[str, Any]:
-    if (plan is None) == (pack is None):
-        raise InvalidRequest("give either 'plan' or 'pack'")
-    cfg = settings.stripe
-    metadata = {"user_id": str(user_id)}
-    params: dict[str, Any] = {
-        "success_url": cfg.success_url, "cancel_url": cfg.cancel_url, "client_reference_id": str(user_id),
-    }
-    if customer_id:
-        params["customer"] = customer_id
-    else:
-        params["customer_email"] = email
-    if plan is not None:
-        config = requested_plan(settings, plan)
-        if config.monthly_usd <= 0:
-            raise InvalidRequest(f"plan {plan!r} is free: nothing to buy", param="plan")
-        metadata.update(kind="plan", plan=plan)
-        item: dict[str, Any] = {"quantity": 1, **_plan_price(settings, plan)}
-        params.update(mode="subscription", line_items=[item], subscription_data={"metadata": dict(metadata)})
-    else:
-        assert pack is not None
-        pconfig = settings.packs.get(pack)
-        if pconfig is None:
-            raise InvalidRequest(f"unknown pack {pack!r}; known: {', '.join(settings.packs)}", param="pack")
-        metadata.update(kind="pack", pack=pack)
-        price = cfg.pack_price_ids.get(pack)
-        item = {"quantity": 1}
-        if price:
-            item["price"] = price
-        else:
-            item["price_data"] = {
-                "currency": cfg.currency, "unit_amount": _cents(pconfig.usd),
-                "product_data": {"name": f"Switchboard {pconfig.credits:,} credits", "metadata": {"pack": pack}},
-            }
-        params.update(mode="payment", line_items=[item], payment_intent_data={"metadata": dict(metadata)})
-    params["metadata"] = metadata
-    return params
-
-
-def _plan_price(settings: Settings, plan: str, *, product: str | None = None) -> dict[str, Any]:
-    """How a line or subscription item names a plan's price: the configured price id, else the
-    price inline. Inline, Checkout creates the product from `product_data`, while a subscription
-    item's `price_data` only takes an existing product id (`product`)."""
-    price = settings.stripe.plan_price_ids.get(plan)
-    if price:
-        return {"price": price}
-    data: dict[str, Any] = {
-        "currency": settings.stripe.currency, "unit_amount": _cents(settings.plan(plan).monthly_usd),
-        "recurring": {"interval": "month"},
-    }
-    if product:
-        data["product"] = product
-    else:
-        data["product_data"] = {"name": f"Switchboard {plan}", "metadata": {"plan": plan}}
-    return {"price_data": data}
-
-
-def plan_change_params(
-    settings: Settings, user_id: int, current: dict[str, Any], plan: str, *, upgrade: bool,
-) -> dict[str, Any]:
-    """The update that moves a Stripe subscription (`current`, as retrieved) to `plan`: its item
-    gets the plan's price (inline prices stay on the item's product). The metadata names the
-    plan, which is how the webhooks recognise an inline price.
-
-    An upgrade is prorated and invoiced at once, as its credit is granted at once, and only if
-    that invoice is paid (`pending_if_incomplete`: otherwise Stripe keeps the change in
-    `pending_update` and applies it, with a customer.subscription.updated event, once paid;
-    metadata in a pending update needs API version 2026-05-27.dahlia or later, which the
-    library pins). A downgrade is not prorated: it takes effect at the next period."""
-    items = (current.get("items") or {}).get("data") or []
-    if len(items) != 1 or not items[0].get("id"):
-        raise PaymentProviderError(f"the Stripe subscription has {len(items)} items; expected exactly one")
-    item = items[0]
-    price = item.get("price")
-    product = _id(price.get("product")) if isinstance(price, dict) else None
-    if not settings.stripe.plan_price_ids.get(plan) and not product:
-        raise PaymentProviderError("the Stripe subscription item has no product to attach the new price to")
-    params: dict[str, Any] = {
-        "items": [{"id": item["id"], **_plan_price(settings, plan, product=product)}],
-        "proration_behavior": "always_invoice" if upgrade else "none",
-        "metadata": {"user_id": str(user_id), "kind": "plan", "plan": plan},
-    }
-    if upgrade:
-        params["payment_behavior"] = "pending_if_incomplete"
-    return params
-
-
-def _cents(usd: Any) -> int:
-    return int((usd * 100).to_integral_value())
 
 
 def grant_pack(
@@ -231,16 +52,6 @@ def grant_pack(
         conn, user_id, credits_to_ucr(config.credits), kind="topup", reason=reason or f"pack {config.name}",
         expires_ms=at + settings.topup_expiry_days * DAY_MS, source_ref=source_ref, at_ms=at, funded_by=SALES,
     )
-
-
-def price_list(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """Plans and packs with their prices, for `switchboard plans` and the docs."""
-    return {
-        "plans": [{"name": p.name, "monthly_usd": str(p.monthly_usd), "monthly_credits": p.monthly_credits,
-                   "sandbox": p.sandbox, "rollover": p.rollover} for p in settings.plans.values()],
-        "packs": [{"name": p.name, "credits": p.credits, "usd": str(p.usd),
-                   "expires_after_days": settings.topup_expiry_days} for p in settings.packs.values()],
-    }
 
 
 # -- inbound: verification ----------------------------------------------------------------------
@@ -376,22 +187,15 @@ def _checkout_completed(conn: Connection, ledger: Ledger, settings: Settings, s:
         _record_payment(conn, user_id, grant_id, [s.get("payment_intent"), s["id"]], at)
         return user_id, f"pack {pack.name} granted" if grant_id else f"pack {pack.name} already granted"
     plan = md.get("plan")
-    subs.link(conn, user_id, plan if plan in settings.plans else None, customer_id=_id(s.get("customer")),
-              subscription_id=_id(s.get("subscription")), at_ms=at)
+    subs.link(conn, user_id, plan if plan in settings.plans else None, customer_id=stripe_id(s.get("customer")),
+              subscription_id=stripe_id(s.get("subscription")), at_ms=at)
     return user_id, "subscription linked (its paid invoice grants the allowance)"
-
-
-def _id(value: Any) -> str | None:
-    """An id, whether the field is expanded (an object) or not."""
-    if isinstance(value, dict):
-        return value.get("id")
-    return value if isinstance(value, str) else None
 
 
 def _invoice_subscription(inv: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """The subscription id and its metadata, across API versions (top level or `parent`)."""
     details = (inv.get("parent") or {}).get("subscription_details") or inv.get("subscription_details") or {}
-    sub_id = _id(inv.get("subscription")) or _id(details.get("subscription"))
+    sub_id = stripe_id(inv.get("subscription")) or stripe_id(details.get("subscription"))
     return sub_id, details.get("metadata") or {}
 
 
@@ -427,7 +231,7 @@ def _plan_of(settings: Settings, *items: Any) -> str | None:
 def _invoice_user(conn: Connection, inv: dict[str, Any]) -> tuple[int | None, str | None, dict[str, Any]]:
     sub_id, md = _invoice_subscription(inv)
     line = _invoice_line(inv) or {}
-    user_id = _metadata_user(conn, md, line.get("metadata")) or subs.find_user(conn, sub_id, _id(inv.get("customer")))
+    user_id = _metadata_user(conn, md, line.get("metadata")) or subs.find_user(conn, sub_id, stripe_id(inv.get("customer")))
     return user_id, sub_id, md
 
 
@@ -452,10 +256,10 @@ def _invoice_paid(conn: Connection, ledger: Ledger, settings: Settings, inv: dic
     period = line["period"]
     grant_id = subs.period_paid(
         conn, ledger, settings, user_id, plan, int(period["start"]) * 1000, int(period["end"]) * 1000,
-        customer_id=_id(inv.get("customer")), subscription_id=sub_id, at_ms=at,
+        customer_id=stripe_id(inv.get("customer")), subscription_id=sub_id, at_ms=at,
     )
     payments = [(p.get("payment") or {}).get("payment_intent") for p in ((inv.get("payments") or {}).get("data") or [])]
-    _record_payment(conn, user_id, grant_id, [inv.get("id"), _id(inv.get("payment_intent")), _id(inv.get("charge")), *map(_id, payments)], at)
+    _record_payment(conn, user_id, grant_id, [inv.get("id"), stripe_id(inv.get("payment_intent")), stripe_id(inv.get("charge")), *map(stripe_id, payments)], at)
     return user_id, "allowance granted" if grant_id else "allowance for this period already granted"
 
 
@@ -478,7 +282,7 @@ def _subscription_updated(
     conn: Connection, ledger: Ledger, settings: Settings, obj: dict[str, Any], created: int, at: int,
 ) -> tuple[int | None, str]:
     sub_id = obj.get("id")
-    user_id = _metadata_user(conn, obj.get("metadata")) or subs.find_user(conn, sub_id, _id(obj.get("customer")))
+    user_id = _metadata_user(conn, obj.get("metadata")) or subs.find_user(conn, sub_id, stripe_id(obj.get("customer")))
     if user_id is None:
         raise _Pending("no user for this subscription yet")
     sub = subs.get(conn, user_id)
@@ -490,7 +294,7 @@ def _subscription_updated(
         return user_id, "ignored: the subscription has ended"
     items = ((obj.get("items") or {}).get("data")) or []
     plan = _plan_of(settings, *items, obj)
-    sub = subs.link(conn, user_id, plan, customer_id=_id(obj.get("customer")), subscription_id=sub_id, at_ms=at)
+    sub = subs.link(conn, user_id, plan, customer_id=stripe_id(obj.get("customer")), subscription_id=sub_id, at_ms=at)
     subs.mirror_stripe(conn, user_id, obj.get("status"), bool(obj.get("cancel_at_period_end")), at, last_event_ms=created)
     detail = "subscription updated"
     # A plan other than the one paid for, or the paid one again while a downgrade waits (which
@@ -502,12 +306,12 @@ def _subscription_updated(
 
 def _subscription_deleted(conn: Connection, ledger: Ledger, settings: Settings, obj: dict[str, Any], at: int) -> tuple[int | None, str]:
     sub_id = obj.get("id")
-    user_id = _metadata_user(conn, obj.get("metadata")) or subs.find_user(conn, sub_id, _id(obj.get("customer")))
+    user_id = _metadata_user(conn, obj.get("metadata")) or subs.find_user(conn, sub_id, stripe_id(obj.get("customer")))
     if user_id is None:
         raise _Pending("no user for this subscription yet")
     if _not_current(conn, user_id, sub_id):
         return user_id, "ignored: not the user's current subscription"
-    subs.link(conn, user_id, None, customer_id=_id(obj.get("customer")), subscription_id=sub_id, at_ms=at)
+    subs.link(conn, user_id, None, customer_id=stripe_id(obj.get("customer")), subscription_id=sub_id, at_ms=at)
     subs.end(conn, ledger, settings, user_id, at)
     return user_id, "subscription ended: back to the free plan"
 
@@ -522,7 +326,7 @@ def _reversed_ucr(conn: Connection, user_id: int, grant_id: int) -> int:
 
 
 def _charge_refunded(conn: Connection, ledger: Ledger, ch: dict[str, Any], at: int) -> tuple[int | None, str]:
-    refs = [r for r in (_id(ch.get("payment_intent")), _id(ch.get("invoice")), ch.get("id")) if r]
+    refs = [r for r in (stripe_id(ch.get("payment_intent")), stripe_id(ch.get("invoice")), ch.get("id")) if r]
     found = conn.execute(
         select(payment_grants.c.grant_id, payment_grants.c.user_id, grants.c.amount_ucr)
         .join(grants, grants.c.id == payment_grants.c.grant_id)

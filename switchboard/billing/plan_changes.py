@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 
 from switchboard.billing import subscriptions as subs
 from switchboard.billing.ledger import Ledger, now_ms
-from switchboard.billing.payments import StripeGateway, requested_plan
+from switchboard.billing.checkout import StripeGateway, requested_plan
 from switchboard.core.config import Settings
 from switchboard.core.errors import NotFound, SwitchboardError
 from switchboard.store.db import read

@@ -218,7 +218,7 @@ def subscription_change(
     does (needs STRIPE_API_KEY); anyone else's plan is set here, in force now."""
     from switchboard.billing import plan_changes
     from switchboard.billing import subscriptions as subs
-    from switchboard.billing.payments import requested_plan
+    from switchboard.billing.checkout import requested_plan
 
     store = _Store(_settings())
     user = store.user(email)
@@ -243,7 +243,7 @@ def subscription_change(
 @app.command()
 def plans(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Plans and top-up packs, with prices."""
-    from switchboard.billing.payments import price_list
+    from switchboard.billing.checkout import price_list
 
     data = price_list(_settings())
     if as_json:

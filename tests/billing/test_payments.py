@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from switchboard.billing.payments import BadSignature, checkout_params, verify_event
+from switchboard.billing.checkout import checkout_params
+from switchboard.billing.payments import BadSignature, verify_event
 from switchboard.core.config import StripeConfig
 from switchboard.core.errors import InvalidRequest
 from switchboard.store.billing_schema import payment_events
 from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import grants
-from tests.billing.billing_support import C, DAY, World
+from tests.billing.billing_support import DAY, C, World
 from tests.fakes import stripe_api as fs
 
 SECRET = "whsec_test_secret"
