@@ -245,6 +245,8 @@ def _invoice_paid(conn: Connection, ledger: Ledger, settings: Settings, inv: dic
     user_id, sub_id, md = _invoice_user(conn, inv)
     if user_id is None:
         raise _Pending("no user for this invoice's subscription yet")
+    if inv.get("billing_reason") == "subscription_update":
+        return _proration_paid(conn, user_id, inv, at)
     if inv.get("billing_reason") not in ("subscription_create", "subscription_cycle", "subscription", None):
         return user_id, f"no grant for a {inv.get('billing_reason')} invoice"
     line = _invoice_line(inv)
@@ -258,9 +260,32 @@ def _invoice_paid(conn: Connection, ledger: Ledger, settings: Settings, inv: dic
         conn, ledger, settings, user_id, plan, int(period["start"]) * 1000, int(period["end"]) * 1000,
         customer_id=stripe_id(inv.get("customer")), subscription_id=sub_id, at_ms=at,
     )
-    payments = [(p.get("payment") or {}).get("payment_intent") for p in ((inv.get("payments") or {}).get("data") or [])]
-    _record_payment(conn, user_id, grant_id, [inv.get("id"), stripe_id(inv.get("payment_intent")), stripe_id(inv.get("charge")), *map(stripe_id, payments)], at)
+    _record_payment(conn, user_id, grant_id, _invoice_payment_refs(inv), at)
     return user_id, "allowance granted" if grant_id else "allowance for this period already granted"
+
+
+def _invoice_payment_refs(inv: dict[str, Any]) -> list[str | None]:
+    """Every id a refund of this invoice's payment may name (charge.refunded carries some)."""
+    payments = [(p.get("payment") or {}).get("payment_intent") for p in ((inv.get("payments") or {}).get("data") or [])]
+    return [inv.get("id"), stripe_id(inv.get("payment_intent")), stripe_id(inv.get("charge")), *map(stripe_id, payments)]
+
+
+def _proration_paid(conn: Connection, user_id: int, inv: dict[str, Any], at: int) -> tuple[int | None, str]:
+    """A plan change's prorated invoice paid for the upgrade's credits (subscriptions.change_plan,
+    granted once per period and plan): linked to that grant, a refund of it reverses them."""
+    if not inv.get("amount_paid"):
+        return user_id, "nothing paid on this prorated invoice"
+    sub = subs.get(conn, user_id)
+    start = sub.current_period_start_ms if sub is not None else None
+    grant_id = None if start is None else conn.execute(
+        select(grants.c.id).where(grants.c.user_id == user_id, grants.c.source_ref.like(f"upgrade:{user_id}:{start}:%"))
+        .order_by(grants.c.id.desc()).limit(1)
+    ).scalar()
+    if grant_id is None:
+        raise _Pending("no upgrade granted yet for this prorated invoice")
+    linked = set(conn.execute(select(payment_grants.c.payment_ref).where(payment_grants.c.grant_id == grant_id)).scalars())
+    _record_payment(conn, user_id, int(grant_id), [r for r in _invoice_payment_refs(inv) if r not in linked], at)
+    return user_id, "prorated upgrade paid: its credits are refundable with it"
 
 
 def _invoice_failed(conn: Connection, inv: dict[str, Any], at: int) -> tuple[int | None, str]:

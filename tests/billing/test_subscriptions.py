@@ -89,6 +89,24 @@ def test_upgrade_is_immediate_with_the_prorated_difference(world: World) -> None
     world.check()
 
 
+def test_refunding_an_upgrades_prorated_invoice_takes_back_its_credits(world: World) -> None:
+    """The prorated invoice of an upgrade paid for the upgrade's credits: refunded, they go
+    (half refunded, half of them), whichever of the invoice and the upgrade arrives first."""
+    uid = world.user()
+    start, _ = _subscribe(world, uid, "plus")
+    proration = fs.invoice(uid, "pro", "cus_1", "sub_1", start + 15 * DAY_S, start + 30 * DAY_S,
+                           billing_reason="subscription_update", payment_intent="pi_upgrade")
+    assert world.send(fs.event("invoice.paid", proration)).status == "pending"  # no upgrade yet
+    world.send(fs.event("customer.subscription.updated", fs.subscription(uid, "pro", "cus_1", "sub_1")))
+    upgrade = world.available(uid) - (100 + 6000) * C
+    assert upgrade > 0
+    world.send(fs.event("charge.refunded", fs.charge("pi_upgrade", 1000, 500)))
+    assert world.available(uid) == (100 + 6000) * C + upgrade - upgrade // 2
+    world.send(fs.event("charge.refunded", fs.charge("pi_upgrade", 1000, 1000)))
+    assert world.available(uid) == (100 + 6000) * C
+    world.check()
+
+
 def test_upgrade_through_a_subscription_event(world: World) -> None:
     uid = world.user()
     _subscribe(world, uid, "plus")
