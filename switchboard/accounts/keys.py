@@ -70,23 +70,23 @@ class KeyCache:
         self._max = max_entries
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
-    def get(self, key: str) -> Principal | None:
-        """Blocking (may query the database); call from a thread when not cached."""
-        digest_key = hash_key(key)  # never keep plaintext keys in memory
+    def get(self, digest: str) -> Principal | None:
+        """The principal of a key, by its `hash_key` digest (plaintext keys are never kept in
+        memory). Blocking (may query the database); call from a thread when not cached."""
         now = time.monotonic()
-        hit = self._entries.get(digest_key)
+        hit = self._entries.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
         with reading(self._engine) as conn:
-            principal = lookup(conn, digest_key)
+            principal = lookup(conn, digest)
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[digest_key] = (now + (self._ttl if principal else self._negative_ttl), principal)
+        self._entries[digest] = (now + (self._ttl if principal else self._negative_ttl), principal)
         return principal
 
-    def cached(self, key: str) -> tuple[bool, Principal | None]:
-        """(hit, principal) without touching the database."""
-        hit = self._entries.get(hash_key(key))
+    def cached(self, digest: str) -> tuple[bool, Principal | None]:
+        """(hit, principal) for a key's digest, without touching the database."""
+        hit = self._entries.get(digest)
         if hit is not None and hit[0] > time.monotonic():
             return True, hit[1]
         return False, None

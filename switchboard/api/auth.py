@@ -6,7 +6,7 @@ import asyncio
 
 from starlette.requests import Request
 
-from switchboard.accounts.keys import KeyCache, Principal
+from switchboard.accounts.keys import KeyCache, Principal, hash_key
 from switchboard.core.errors import AuthenticationFailed
 
 
@@ -25,9 +25,10 @@ def bearer_token(request: Request) -> str:
 
 async def principal_for(keys: KeyCache, key: str) -> Principal | None:
     """The key's user: from the in-process cache, else looked up off the event loop."""
-    hit, principal = keys.cached(key)
+    digest = hash_key(key)  # once per request: the cache and the lookup both take the digest
+    hit, principal = keys.cached(digest)
     if not hit:
-        principal = await asyncio.to_thread(keys.get, key)
+        principal = await asyncio.to_thread(keys.get, digest)
     return principal
 
 
