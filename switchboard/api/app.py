@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_route("/v1/billing/subscription", billing.subscription, methods=["GET"])
     app.router.add_route("/v1/billing/cancel", billing.cancel, methods=["POST"])
     app.router.add_route("/v1/billing/plan", billing.change_plan, methods=["POST"])
+    app.router.add_route("/v1/billing/statement", billing.statement, methods=["GET"])
     app.router.add_route("/webhooks/stripe", billing.stripe_webhook, methods=["POST"])
     return app
 

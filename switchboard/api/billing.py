@@ -17,6 +17,8 @@ from switchboard.billing import subscriptions as subs
 from switchboard.billing.checkout import StripeGateway
 from switchboard.billing.payments import BadSignature, handle_event, verify_event
 from switchboard.billing.plan_changes import Write
+from switchboard.billing.statements import month_bounds
+from switchboard.billing.statements import statement as monthly_statement
 from switchboard.core.errors import InvalidRequest
 from switchboard.inference.runtime import Runtime
 from switchboard.store.db import read, reading
@@ -100,6 +102,21 @@ async def change_plan(request: Request) -> Response:
         plan_changes.request_plan_change, runtime.engine, _write(runtime), runtime.ledger, runtime.settings,
         principal.user_id, plan)
     return json_response(result.as_json())
+
+
+async def statement(request: Request) -> Response:
+    """GET /v1/billing/statement?month=YYYY-MM (default: this month, UTC): the caller's opening
+    balance, grants, charges, expiries, refunds and closing balance, as in
+    `switchboard ledger statement`."""
+    state: AppState = request.app.state.sb
+    principal = await authenticate(request, state.keys)
+    month = request.query_params.get("month")
+    try:
+        month_bounds(month)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="month") from None
+    st = await asyncio.to_thread(read, state.runtime.engine, lambda conn: monthly_statement(conn, principal.user_id, month))
+    return json_response(st.as_json())
 
 
 async def stripe_webhook(request: Request) -> Response:

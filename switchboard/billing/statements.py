@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, case, func, select
 
 from switchboard.billing.ledger import USER_ACCOUNTS
+from switchboard.core.money import ucr_to_credits_float
 from switchboard.store.schema import ledger_entries
 
 
@@ -39,6 +40,21 @@ class Statement:
     closing_ucr: int
     charges_count: int
     grant_lines: list[dict[str, Any]] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, int]]:
+        """(label, micro-credits) in the order a statement reads."""
+        return [("opening balance", self.opening_ucr), ("grants", self.grants_ucr), ("charges", self.charges_ucr),
+                ("expiries", self.expiries_ucr), ("refunds", self.refunds_ucr), ("closing balance", self.closing_ucr)]
+
+    def as_json(self) -> dict[str, Any]:
+        """Each figure in credits and in micro-credits (exact), and the month's grants."""
+        data: dict[str, Any] = {"object": "statement", "month": self.month, "charges_count": self.charges_count}
+        for label, ucr in self.rows():
+            key = label.replace(" balance", "").replace(" ", "_")
+            data[f"{key}_credits"] = ucr_to_credits_float(ucr)
+            data[f"{key}_ucr"] = ucr
+        data["grants"] = [{**g, "credits": ucr_to_credits_float(g["amount_ucr"])} for g in self.grant_lines]
+        return data
 
 
 def statement(conn: Connection, user_id: int, month: str | None = None) -> Statement:

@@ -497,21 +497,13 @@ def ledger_statement(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    rows = [("opening balance", st.opening_ucr), ("grants", st.grants_ucr), ("charges", st.charges_ucr),
-            ("expiries", st.expiries_ucr), ("refunds", st.refunds_ucr), ("closing balance", st.closing_ucr)]
     if as_json:
-        data: dict[str, Any] = {"email": user.email, "month": st.month, "charges_count": st.charges_count}
-        for label, ucr in rows:
-            key = label.replace(" balance", "").replace(" ", "_")
-            data[f"{key}_credits"] = ucr_to_credits_float(ucr)
-            data[f"{key}_ucr"] = ucr
-        data["grants"] = [{**g, "credits": ucr_to_credits_float(g["amount_ucr"])} for g in st.grant_lines]
-        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.write(json.dumps({"email": user.email, **st.as_json()}) + "\n")
         return
     table = Table(title=f"{user.email}, {st.month}")
     table.add_column("")
     table.add_column("credits", justify="right")
-    for label, ucr in rows:
+    for label, ucr in st.rows():
         table.add_row(label, format_credits(ucr))
     out.print(table)
     out.print(f"{st.charges_count} charged requests")

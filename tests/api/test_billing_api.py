@@ -321,3 +321,23 @@ def test_upgrade_whose_payment_fails_waits_for_it(billing: Billing) -> None:
     [(extra, _)] = billing.grants(f"upgrade:{billing.user_id}:%")
     assert billing.available_ucr() == (100 + 6000) * C + extra
     billing.verify()
+
+
+def test_monthly_statement_shows_where_credits_came_from_and_went(billing: Billing) -> None:
+    """A paying user's own statement: the free allowance, a pack bought, a request charged;
+    opening + movements = closing = the balance the API reports."""
+    assert billing.webhook(fs.event("checkout.session.completed", fs.pack_session(billing.user_id, "2000"))).status_code == 200
+    r = billing.post("/v1/chat/completions", {"model": "fake-small", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    charged = float(r.headers["x-switchboard-credits-charged"])
+    st = billing.get("/v1/billing/statement").json()
+    assert st["object"] == "statement" and st["month"] == time.strftime("%Y-%m", time.gmtime())
+    assert st["opening_ucr"] == 0 and st["grants_ucr"] == 2100 * C and st["charges_count"] == 1
+    assert st["charges_credits"] == pytest.approx(-charged)
+    assert st["closing_ucr"] == st["grants_ucr"] + st["charges_ucr"] == billing.available_ucr()
+    assert [g["credits"] for g in st["grants"]] == [100, 2000]
+    earlier = billing.get("/v1/billing/statement?month=2020-01").json()
+    assert (earlier["opening_ucr"], earlier["closing_ucr"], earlier["grants"]) == (0, 0, [])
+    bad = billing.get("/v1/billing/statement?month=2026-13")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "month"
+    assert httpx.get(billing.url + "/v1/billing/statement", timeout=10).status_code == 401
