@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import date, datetime, time, timezone
 
 from sqlalchemy import Engine
 
@@ -19,7 +20,7 @@ from switchboard.inference.resilience import RetryPolicy
 from switchboard.inference.sweeper import sweep_forever, sweep_once
 from switchboard.providers.base import Provider
 from switchboard.providers.registry import build_providers
-from switchboard.router.catalog import build_catalog, effective_providers
+from switchboard.router.catalog import build_catalog, effective_providers, next_price_change
 from switchboard.router.router import Router
 from switchboard.store.db import make_engine
 from switchboard.store.runner import TransactionRunner
@@ -40,7 +41,7 @@ class Runtime:
         self.engine = engine or make_engine(settings.resolved_database_url)
         self.runner = TransactionRunner(self.engine, writers=settings.resolved_ledger_writers)
         self.ledger = make_ledger(settings)
-        provider_configs = effective_providers(settings)
+        self._provider_configs = provider_configs = effective_providers(settings)
         self.providers: dict[str, Provider] = build_providers(settings, provider_configs)
         self.catalog = build_catalog(settings, provider_configs)
         missing = {spec.provider for spec in self.catalog.values()} - set(self.providers)
@@ -64,6 +65,7 @@ class Runtime:
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self._repricer: asyncio.Task[None] | None = None
         cfg = settings.notifications
         self.notifier: Notifier = WebhookNotifier(cfg.webhook_url) if cfg.webhook_url else LogNotifier()
 
@@ -81,9 +83,28 @@ class Runtime:
             self._dispatcher = asyncio.create_task(
                 dispatch_forever(self.engine, self.notifier, cfg.interval_s, cfg.max_attempts)
             )
+            self._repricer = asyncio.create_task(self._reprice_when_due())
+
+    def reprice(self, on: date | None = None) -> None:
+        """Prices as on `on` (default: today, UTC), after a vendor's scheduled price change.
+        The catalog is updated in place, so whoever holds it (the sweeper) sees the new specs;
+        the router, which ranks models by price once, is rebuilt. A request already admitted
+        keeps the spec it was admitted with: its hold was sized with that price."""
+        self.catalog.update(build_catalog(self.settings, self._provider_configs, on))
+        self.router = self.inference.router = Router.for_settings(self.catalog, self.settings)
+
+    async def _reprice_when_due(self) -> None:
+        """Sleep until the next scheduled price change (00:00 UTC of its day), re-price, repeat."""
+        while (change := next_price_change()) is not None:
+            due = datetime.combine(change, time(), tzinfo=timezone.utc)
+            await asyncio.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds()))
+            if datetime.now(timezone.utc) < due:  # woke a little early: sleep the rest
+                continue
+            self.reprice(change)
+            log.info("prices of %s in force: re-priced the catalog", change.isoformat())
 
     async def stop(self) -> None:
-        for task in (self._sweeper, self._dispatcher):
+        for task in (self._sweeper, self._dispatcher, self._repricer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
