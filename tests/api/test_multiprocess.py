@@ -4,6 +4,10 @@ database (SQLite and PostgreSQL), and a server killed with SIGKILL mid-request o
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +28,7 @@ from tests.api.conftest import add_user
 from tests.fakes import stripe_api as fs
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.config import fake_model_toml
-from tests.support.servers import ServerProcess
+from tests.support.servers import ROOT, ServerProcess
 
 EXACT_PLAN = """
 [plans.exact]
@@ -44,6 +48,17 @@ def _env(tmp_path: Path, database_url: str, upstream: str, credits: int | None, 
         "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
         "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "info", **extra,
     }
+
+
+def _ledger_verify_cli(env: dict[str, str]) -> dict[str, Any]:
+    """What the operator runs after a fault: `switchboard ledger verify --json`, in its own
+    process; it exits 0 only when every balance matches its entries."""
+    done = subprocess.run([sys.executable, "-m", "switchboard.cli.main", "ledger", "verify", "--json"],
+                          env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["problems"] == []
+    return report
 
 
 def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -136,6 +151,7 @@ def test_holds_of_a_killed_server_are_swept_on_restart(tmp_path: Path, sqlite_ur
                 b = ledger.balance(conn, 1)
                 assert (b.held_ucr, b.available_ucr) == (0, 1000 * 1_000_000)
                 assert ledger.verify(conn) == []
+    _ledger_verify_cli(env)
     engine.dispose()
 
 
@@ -239,6 +255,7 @@ def test_webhooks_survive_a_sigkill_mid_burst(tmp_path: Path, database_url: str,
                 r = httpx.post(restarted.url + "/webhooks/stripe", content=body, timeout=10,
                                headers={"stripe-signature": signature, "content-type": "application/json"})
                 assert r.status_code == 200, r.text
+    assert sum(_ledger_verify_cli(env)["accounts_ucr"].values()) == 0
     ledger = make_ledger(settings)
     with reading(engine) as conn:
         assert ledger.verify(conn) == []
