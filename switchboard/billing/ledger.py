@@ -210,7 +210,7 @@ class Ledger:
         return changed
 
     def _save(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
-        rawsql.execute(conn, _SAVE_WALLET, {**wallet, "at": at}).close()
+        rawsql.write(conn, _SAVE_WALLET, {**wallet, "at": at})
 
     def _roll_period(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
@@ -334,11 +334,9 @@ class Ledger:
     def _expire(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
         for grant_id, remaining in rawsql.fetch_all(conn, _EXPIRED_GRANTS, {"uid": user_id, "at": at}):
-            rawsql.write_all(conn, [
-                (_SET_REMAINING, {"gid": grant_id, "remaining": 0}),
-                _entries(user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
-                                                 (BREAKAGE, remaining, grant_id, "grant expired")]),
-            ])
+            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": 0})
+            rawsql.write(conn, *_entries(user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
+                                                                 (BREAKAGE, remaining, grant_id, "grant expired")]))
             wallet["balance_ucr"] -= remaining
         wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         self._save(conn, wallet, at)
@@ -399,30 +397,28 @@ class Ledger:
             raise LookupError(f"hold {hold_id} of user {user_id} does not exist")
         if status != "active":
             return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
-        writes: list[rawsql.Statement] = []
+        # The writes below wait for nothing (pipeline mode on PostgreSQL, see store.runner).
         if charge_ucr > 0:
-            writes += self._charge(conn, wallet, charge_ucr, hold_id, request_id, at, first_grant)
-        writes.append((_RESOLVE_HOLD, {
+            self._charge(conn, wallet, charge_ucr, hold_id, request_id, at, first_grant)
+        rawsql.write(conn, _RESOLVE_HOLD, {
             "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
-        }))
+        })
         wallet["held_ucr"] -= amount
         if charge_ucr > 0:
             raise_alerts(conn, wallet, at)
-        writes.append((_SAVE_WALLET, {**wallet, "at": at}))
+        self._save(conn, wallet, at)
         if usage is not None:
             row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
-            writes.append((_INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS}))
-        rawsql.write_all(conn, writes)
+            rawsql.write(conn, _INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS})
         return SettleResult(charge_ucr, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
 
     def _charge(
         self, conn: Connection, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int,
         first_grant: list[Any],
-    ) -> list[rawsql.Statement]:
-        """The writes that burn `amount` from the grants in burn order. `first_grant` (id,
-        remaining, expires), read with the lock, saves reading the rest when it covers all."""
+    ) -> None:
+        """Burn `amount` from the grants in burn order. `first_grant` (id, remaining, expires),
+        read with the lock, saves reading the rest when it covers all."""
         user_id = wallet["user_id"]
-        writes: list[rawsql.Statement] = []
         if first_grant[0] is not None and first_grant[1] >= amount:
             live: list[Any] = [first_grant]
         else:
@@ -434,7 +430,7 @@ class Ledger:
             if left == 0:
                 break
             take = min(remaining, left)
-            writes.append((_SET_REMAINING, {"gid": grant_id, "remaining": remaining - take}))
+            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take})
             legs.append((WALLET, -take, grant_id, None))
             left -= take
             depleted_expiry |= take == remaining and expires is not None
@@ -442,13 +438,10 @@ class Ledger:
             wallet["debt_ucr"] += left
             legs.append((RECEIVABLES, -left, None, "usage beyond remaining credit"))
         legs.append((REVENUE, amount, None, None))
-        writes.append(_entries(user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id))
+        rawsql.write(conn, *_entries(user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id))
         wallet["balance_ucr"] -= amount
-        if depleted_expiry:  # the next expiry must be read after the grants are written
-            rawsql.write_all(conn, writes)
-            writes = []
+        if depleted_expiry:
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
-        return writes
 
     # -- sweeping -------------------------------------------------------------------------
     def expired_holds(self, conn: Connection, at_ms: int | None = None, limit: int = 500) -> list[tuple[int, int]]:

@@ -79,14 +79,6 @@ Statement = tuple[str, dict[str, Any]]  # SQL with :name parameters, and the par
 _insert_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
 
 
-def write_all(conn: Connection, statements: list[Statement]) -> None:
-    """Writes whose results are not read, in order. (Merging them into one statement of
-    data-modifying WITH queries was measured slower on PostgreSQL: in pipeline mode the server
-    already runs each write while the client prepares the next.)"""
-    for sql, params in statements:
-        write(conn, sql, params)
-
-
 def insert_rows(table: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Statement:
     """One INSERT of several rows (one round of statement overhead instead of one per row)."""
     key = (table, columns, len(rows))

@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -76,10 +76,6 @@ class TransactionRunner:
         ]
         self._started = False
         self._stopped = False
-
-    @property
-    def writers(self) -> int:
-        return len(self._lanes)
 
     @property
     def batches(self) -> int:
@@ -172,9 +168,9 @@ class TransactionRunner:
         batch.sort(key=lambda u: u.order_key)  # one lock order for every process
         results: list[Any] = []
         try:
-            with conn.begin():
+            with self._transaction(conn):
                 for pipelined, run in itertools.groupby(batch, key=lambda u: u.pipelined):
-                    with rawsql.pipeline(conn) if pipelined else contextlib.nullcontext():
+                    with _pipeline_if(pipelined, conn):
                         results.extend(unit.work(conn) for unit in run)
         except Exception:  # noqa: BLE001 - isolate the failing unit below
             log.debug("batch of %d failed; re-running one by one", len(batch), exc_info=True)
@@ -196,14 +192,7 @@ class TransactionRunner:
         delay = 0.005
         for attempt in range(_RETRIES):
             try:
-                with contextlib.ExitStack() as stack:
-                    if conn is None:
-                        c = stack.enter_context(self.engine.begin())
-                    else:
-                        stack.enter_context(conn.begin())
-                        c = conn
-                    if unit.pipelined:
-                        stack.enter_context(rawsql.pipeline(c))
+                with self._transaction(conn) as c, _pipeline_if(unit.pipelined, c):
                     return unit.work(c)
             except (OperationalError, DBAPIError) as exc:
                 if attempt == _RETRIES - 1 or not _is_transient(exc):
@@ -211,6 +200,16 @@ class TransactionRunner:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        """A transaction on `conn` (a writer thread's), else on a connection from the pool."""
+        if conn is None:
+            with self.engine.begin() as pooled:
+                yield pooled
+        else:
+            with conn.begin():
+                yield conn
 
     @staticmethod
     def _finish(unit: _Unit, result: Any, error: BaseException | None) -> None:
@@ -224,6 +223,10 @@ class TransactionRunner:
             unit.future.set_exception(error)
         else:
             unit.future.set_result(result)
+
+
+def _pipeline_if(pipelined: bool, conn: Connection) -> contextlib.AbstractContextManager[None]:
+    return rawsql.pipeline(conn) if pipelined else contextlib.nullcontext()
 
 
 def _is_transient(exc: DBAPIError) -> bool:
