@@ -20,7 +20,6 @@ from anthropic.types.message_create_params import MessageCreateParamsStreaming
 from pydantic import TypeAdapter
 
 from switchboard.core.catalog import ModelSpec
-from switchboard.core.config import ProviderConfig
 from switchboard.core.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from switchboard.core.types import (
     ChatMessage,
@@ -38,6 +37,8 @@ from switchboard.core.types import (
 )
 from switchboard.providers.anthropic import AnthropicProvider
 from tests.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropic, FakeToolCall
+from tests.providers import support
+from tests.providers.support import text_of
 
 KEY = "sk-ant-test-SECRET-0123456789"
 KEY_ENV = "SWITCHBOARD_TEST_FAKE_ANTHROPIC_KEY"
@@ -68,17 +69,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def provider_for(url: str | None, **overrides: object) -> AnthropicProvider:
-    fields: dict[str, object] = {
-        "name": "claude",
-        "kind": "anthropic",
-        "base_url": url,
-        "api_key_env": KEY_ENV,
-        "connect_timeout_s": 2.0,
-        "read_timeout_s": 5.0,
-        "total_timeout_s": 20.0,
-    }
-    fields.update(overrides)
-    return AnthropicProvider(ProviderConfig(**fields))  # type: ignore[arg-type]
+    return AnthropicProvider(support.provider_config({"name": "claude", "kind": "anthropic", "base_url": url, "api_key_env": KEY_ENV}, overrides))
 
 
 def simple_request(**overrides: object) -> ChatRequest:
@@ -88,32 +79,12 @@ def simple_request(**overrides: object) -> ChatRequest:
 
 
 def run(provider: AnthropicProvider, request: ChatRequest | None = None) -> tuple[list[StreamEvent], BaseException | None]:
-    """Every event the stream yielded, and the exception that ended it (if any)."""
-
-    async def go() -> tuple[list[StreamEvent], BaseException | None]:
-        events: list[StreamEvent] = []
-        try:
-            async for event in provider.stream(MODEL, request or simple_request()):
-                events.append(event)
-        except UpstreamError as exc:
-            return events, exc
-        finally:
-            await provider.aclose()
-        return events, None
-
-    return asyncio.run(go())
-
-
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
+    """support.run with this module's MODEL and, unless given, simple_request()."""
+    return support.run(provider, MODEL, request or simple_request())
 
 
 def assert_no_key(exc: BaseException) -> None:
-    for text in (str(exc), repr(exc), getattr(exc, "message", "")):
-        assert KEY not in text
-    cause = exc.__cause__
-    if cause is not None:
-        assert KEY not in str(cause) and KEY not in repr(cause)
+    support.assert_no_key(exc, KEY)
 
 
 def _materialise(value: Any) -> Any:
@@ -482,16 +453,7 @@ def run_canned(events: list[dict[str, Any]]) -> tuple[list[StreamEvent], BaseExc
 
     async def go() -> tuple[list[StreamEvent], BaseException | None]:
         async with canned_upstream(body) as url:
-            provider = provider_for(url)
-            out: list[StreamEvent] = []
-            try:
-                async for event in provider.stream(MODEL, simple_request()):
-                    out.append(event)
-            except UpstreamError as exc:
-                return out, exc
-            finally:
-                await provider.aclose()
-            return out, None
+            return await support.collect(provider_for(url), MODEL, simple_request())
 
     return asyncio.run(go())
 

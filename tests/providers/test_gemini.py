@@ -17,7 +17,6 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from switchboard.core.catalog import ModelSpec
-from switchboard.core.config import ProviderConfig
 from switchboard.core.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from switchboard.core.types import (
     ChatMessage,
@@ -42,6 +41,8 @@ from switchboard.providers.gemini import (
     gemini_usage,
 )
 from tests.fakes.gemini_upstream import THOUGHT_SIGNATURE, FakeGemini, GeminiBehaviour
+from tests.providers import support
+from tests.providers.support import text_of
 from tests.fakes.openai_upstream import Behaviour, FakeToolCall
 
 KEY = "AIzaSy-test-SECRET-0123456789"
@@ -74,52 +75,20 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def provider_for(url: str | None, **overrides: object) -> GeminiProvider:
-    fields: dict[str, object] = {
-        "name": "google",
-        "kind": "gemini",
-        "base_url": url,
-        "api_key_env": KEY_ENV,
-        "connect_timeout_s": 2.0,
-        "read_timeout_s": 5.0,
-        "total_timeout_s": 20.0,
-    }
-    fields.update(overrides)
-    return GeminiProvider(ProviderConfig(**fields))  # type: ignore[arg-type]
+    return GeminiProvider(support.provider_config({"name": "google", "kind": "gemini", "base_url": url, "api_key_env": KEY_ENV}, overrides))
 
 
 def simple_request(**overrides: object) -> ChatRequest:
     return ChatRequest(model="house-gemini", messages=[ChatMessage(role="user", content="Say hello")], **overrides)  # type: ignore[arg-type]
 
 
-def run(
-    provider: GeminiProvider, request: ChatRequest | None = None, model: ModelSpec = MODEL
-) -> tuple[list[StreamEvent], BaseException | None]:
-    """Every event the stream yielded, and the UpstreamError that ended it (if any)."""
-
-    async def go() -> tuple[list[StreamEvent], BaseException | None]:
-        events: list[StreamEvent] = []
-        try:
-            async for event in provider.stream(model, request or simple_request()):
-                events.append(event)
-        except UpstreamError as exc:
-            return events, exc
-        finally:
-            await provider.aclose()
-        return events, None
-
-    return asyncio.run(go())
-
-
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
+def run(provider: GeminiProvider, request: ChatRequest | None = None) -> tuple[list[StreamEvent], BaseException | None]:
+    """support.run with this module's MODEL and, unless given, simple_request()."""
+    return support.run(provider, MODEL, request or simple_request())
 
 
 def assert_no_key(exc: BaseException) -> None:
-    for text in (str(exc), repr(exc), getattr(exc, "message", "")):
-        assert KEY not in text
-    cause = exc.__cause__
-    if cause is not None:
-        assert KEY not in str(cause) and KEY not in repr(cause)
+    support.assert_no_key(exc, KEY)
 
 
 def raw_stream(fake: FakeGemini, body: dict[str, Any] | None = None, model: str = "gemini-2.5-flash") -> bytes:

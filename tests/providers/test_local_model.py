@@ -24,6 +24,7 @@ from switchboard.core.types import ChatMessage, ChatRequest, Finish, StreamEvent
 from switchboard.providers.base import estimate_prompt_tokens
 from switchboard.providers.local_model import LocalModelProvider, _AnswerText, render_prompt
 from switchboard.providers.model_asset import ModelAssetError, marker_path, prepare_model
+from tests.providers.support import text_of
 
 CONTEXT = 1024
 # One thread: with two on a 2-core box llama.cpp's OpenMP workers stall whenever anything else
@@ -51,7 +52,7 @@ def ask(text: str, *, account: int | None = 1, system: str | None = None, **kw: 
 
 async def collect(provider: LocalModelProvider, request: ChatRequest) -> tuple[str, list[StreamEvent]]:
     events = [event async for event in provider.stream(SPEC, request)]
-    return "".join(e.text for e in events if isinstance(e, TextDelta)), events
+    return text_of(events), events
 
 
 def run(provider: LocalModelProvider, request: ChatRequest) -> tuple[str, list[StreamEvent]]:

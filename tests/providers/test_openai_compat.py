@@ -9,7 +9,6 @@ from decimal import Decimal
 import pytest
 
 from switchboard.core.catalog import ModelSpec
-from switchboard.core.config import ProviderConfig
 from switchboard.core.errors import UpstreamError, UpstreamTimeout
 from switchboard.core.types import (
     ChatMessage,
@@ -28,6 +27,8 @@ from switchboard.core.types import (
 from switchboard.providers.http import SSEDecoder
 from switchboard.providers.openai_compat import OpenAICompatProvider
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI, FakeToolCall
+from tests.providers import support
+from tests.providers.support import text_of
 
 KEY = "sk-test-SECRET-0123456789"
 KEY_ENV = "SWITCHBOARD_TEST_FAKE_KEY"
@@ -54,17 +55,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def provider_for(url: str, **overrides: object) -> OpenAICompatProvider:
-    fields: dict[str, object] = {
-        "name": "fake",
-        "kind": "openai-compatible",
-        "base_url": url,
-        "api_key_env": KEY_ENV,
-        "connect_timeout_s": 2.0,
-        "read_timeout_s": 5.0,
-        "total_timeout_s": 20.0,
-    }
-    fields.update(overrides)
-    return OpenAICompatProvider(ProviderConfig(**fields))  # type: ignore[arg-type]
+    return OpenAICompatProvider(support.provider_config({"name": "fake", "kind": "openai-compatible", "base_url": url, "api_key_env": KEY_ENV}, overrides))
 
 
 def simple_request(**overrides: object) -> ChatRequest:
@@ -72,32 +63,12 @@ def simple_request(**overrides: object) -> ChatRequest:
 
 
 def run(provider: OpenAICompatProvider, request: ChatRequest | None = None) -> tuple[list[StreamEvent], BaseException | None]:
-    """Every event the stream yielded, and the exception that ended it (if any)."""
-
-    async def go() -> tuple[list[StreamEvent], BaseException | None]:
-        events: list[StreamEvent] = []
-        try:
-            async for event in provider.stream(MODEL, request or simple_request()):
-                events.append(event)
-        except UpstreamError as exc:
-            return events, exc
-        finally:
-            await provider.aclose()
-        return events, None
-
-    return asyncio.run(go())
-
-
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
+    """support.run with this module's MODEL and, unless given, simple_request()."""
+    return support.run(provider, MODEL, request or simple_request())
 
 
 def assert_no_key(exc: BaseException) -> None:
-    for text in (str(exc), repr(exc), getattr(exc, "message", "")):
-        assert KEY not in text
-    cause = exc.__cause__
-    if cause is not None:
-        assert KEY not in str(cause) and KEY not in repr(cause)
+    support.assert_no_key(exc, KEY)
 
 
 # -- happy path ---------------------------------------------------------------------------
