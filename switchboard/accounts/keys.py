@@ -73,14 +73,14 @@ class KeyCache:
     def get(self, digest: str) -> Principal | None:
         """The principal of a key, by its `hash_key` digest (plaintext keys are never kept in
         memory). Blocking (may query the database); call from a thread when not cached."""
-        now = time.monotonic()
-        hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        hit, principal = self.cached(digest)
+        if hit:
+            return principal
         with reading(self._engine) as conn:
             principal = lookup(conn, digest)
         if len(self._entries) >= self._max:
             self._entries.clear()
+        now = time.monotonic()
         self._entries[digest] = (now + (self._ttl if principal else self._negative_ttl), principal)
         return principal
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import stripe
 
-from switchboard.core.config import PlanConfig, Settings, StripeConfig
+from switchboard.core.config import PackConfig, PlanConfig, Settings, StripeConfig
 from switchboard.core.errors import InvalidRequest, SwitchboardError
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,14 @@ def requested_plan(settings: Settings, plan: str) -> PlanConfig:
     return config
 
 
+def requested_pack(settings: Settings, pack: str) -> PackConfig:
+    """A pack asked for by name; an unknown name is the client's error (400)."""
+    config = settings.packs.get(pack)
+    if config is None:
+        raise InvalidRequest(f"unknown pack {pack!r}; known: {', '.join(settings.packs)}", param="pack")
+    return config
+
+
 def checkout_params(
     settings: Settings, user_id: int, email: str, *, plan: str | None = None, pack: str | None = None,
     customer_id: str | None = None,
@@ -129,9 +137,7 @@ def checkout_params(
         params.update(mode="subscription", line_items=[item], subscription_data={"metadata": dict(metadata)})
     else:
         assert pack is not None
-        pconfig = settings.packs.get(pack)
-        if pconfig is None:
-            raise InvalidRequest(f"unknown pack {pack!r}; known: {', '.join(settings.packs)}", param="pack")
+        pconfig = requested_pack(settings, pack)
         metadata.update(kind="pack", pack=pack)
         price = cfg.pack_price_ids.get(pack)
         item = {"quantity": 1}

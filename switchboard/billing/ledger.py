@@ -300,13 +300,7 @@ class Ledger:
         ).first()
         if grant is None:
             raise LookupError(f"grant {grant_id} of user {user_id} does not exist")
-        reversed_before = -int(conn.execute(
-            select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0)).where(
-                ledger_entries.c.user_id == user_id, ledger_entries.c.grant_id == grant_id, ledger_entries.c.kind == "refund",
-                ledger_entries.c.account.in_(USER_ACCOUNTS + (BREAKAGE,)),
-            )
-        ).scalar_one())
-        amount = min(amount_ucr, grant.amount_ucr - reversed_before)
+        amount = min(amount_ucr, grant.amount_ucr - self.reversed_ucr(conn, user_id, grant_id))
         if amount <= 0:
             return 0
         expired = int(conn.execute(
@@ -330,6 +324,16 @@ class Ledger:
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         self._save(conn, wallet, at)
         return amount
+
+    @staticmethod
+    def reversed_ucr(conn: Connection, user_id: int, grant_id: int) -> int:
+        """How much of a grant refunds have taken back so far."""
+        return -int(conn.execute(
+            select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0)).where(
+                ledger_entries.c.user_id == user_id, ledger_entries.c.grant_id == grant_id, ledger_entries.c.kind == "refund",
+                ledger_entries.c.account.in_(USER_ACCOUNTS + (BREAKAGE,)),
+            )
+        ).scalar_one())
 
     def _expire(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
@@ -444,19 +448,17 @@ class Ledger:
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
 
     # -- sweeping -------------------------------------------------------------------------
-    def expired_holds(self, conn: Connection, at_ms: int | None = None, limit: int = 500) -> list[tuple[int, int]]:
-        """(user_id, hold_id) of active holds past their time-out: their process died."""
+    def expired_holds(self, conn: Connection, at_ms: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Active holds past their time-out (their process died): user_id, id, request_id,
+        model, created_ms of each."""
         at = at_ms if at_ms is not None else now_ms()
         rows = conn.execute(
-            select(holds.c.user_id, holds.c.id)
+            select(holds.c.user_id, holds.c.id, holds.c.request_id, holds.c.model, holds.c.created_ms)
             .where(and_(holds.c.status == "active", holds.c.expires_ms <= at))
             .order_by(holds.c.id)
             .limit(limit)
-        ).all()
-        return [(int(u), int(h)) for u, h in rows]
-
-    def hold_info(self, conn: Connection, hold_id: int) -> dict[str, Any]:
-        return dict(conn.execute(select(holds).where(holds.c.id == hold_id)).mappings().one())
+        ).mappings().all()
+        return [dict(row) for row in rows]
 
     # -- reading --------------------------------------------------------------------------
     def balance(self, conn: Connection, user_id: int, at_ms: int | None = None) -> Balance:

@@ -17,6 +17,7 @@ import httpx
 from sqlalchemy import Engine, select, update
 
 from switchboard.billing.ledger import now_ms
+from switchboard.store.db import read
 from switchboard.store.schema import notifications, users
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,14 @@ class WebhookNotifier:
 def deliver_pending(engine: Engine, notifier: Notifier, limit: int = 100, max_attempts: int = 10) -> int:
     """Deliver what is waiting; returns how many were delivered. Blocking."""
     delivered = 0
-    with engine.connect() as conn:
-        pending = conn.execute(
-            select(notifications, users.c.email)
-            .join(users, users.c.id == notifications.c.user_id)
-            .where(notifications.c.delivered_ms.is_(None), notifications.c.attempts < max_attempts)
-            .order_by(notifications.c.id)
-            .limit(limit)
-        ).mappings().all()
+    # A read-only connection: on SQLite it does not take the write lock every pass.
+    pending = read(engine, lambda conn: conn.execute(
+        select(notifications, users.c.email)
+        .join(users, users.c.id == notifications.c.user_id)
+        .where(notifications.c.delivered_ms.is_(None), notifications.c.attempts < max_attempts)
+        .order_by(notifications.c.id)
+        .limit(limit)
+    ).mappings().all())
     for row in pending:
         with engine.begin() as conn:  # claim: only one process gets it
             claimed = conn.execute(

@@ -17,18 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import stripe
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from switchboard.billing import subscriptions as subs
-from switchboard.billing.checkout import PaymentsNotConfigured, stripe_id
+from switchboard.billing.checkout import PaymentsNotConfigured, requested_pack, stripe_id
 from switchboard.billing.ledger import SALES, Ledger, now_ms
 from switchboard.billing.periods import DAY_MS
 from switchboard.core.config import Settings, StripeConfig
-from switchboard.core.errors import InvalidRequest
 from switchboard.core.money import credits_to_ucr
 from switchboard.store.billing_schema import payment_events, payment_grants
-from switchboard.store.schema import grants, ledger_entries
+from switchboard.store.schema import grants
 
 log = logging.getLogger(__name__)
 PENDING_RETRY_LIMIT = 50
@@ -44,9 +43,7 @@ def grant_pack(
 ) -> int | None:
     """A pack's credits as a top-up grant (paid for: funded by sales), expiring after
     `topup_expiry_days`. Idempotent on `source_ref`."""
-    config = settings.packs.get(pack)
-    if config is None:
-        raise InvalidRequest(f"unknown pack {pack!r}; known: {', '.join(settings.packs)}", param="pack")
+    config = requested_pack(settings, pack)
     at = at_ms if at_ms is not None else now_ms()
     return ledger.grant(
         conn, user_id, credits_to_ucr(config.credits), kind="topup", reason=reason or f"pack {config.name}",
@@ -83,6 +80,11 @@ class Outcome:
     user_id: int | None = None
 
 
+def _created_ms(event: dict[str, Any], at: int) -> int:
+    """When Stripe created the event (whole seconds), in ms; `at` when it does not say."""
+    return int(event.get("created") or at // 1000) * 1000
+
+
 class _Pending(Exception):
     """Not handled yet: it needs something a later event brings."""
 
@@ -90,7 +92,7 @@ class _Pending(Exception):
 def handle_event(conn: Connection, ledger: Ledger, settings: Settings, event: dict[str, Any], at_ms: int | None = None) -> Outcome:
     """Handle one verified event, once per event id, in the caller's transaction."""
     at = at_ms if at_ms is not None else now_ms()
-    created = int(event.get("created") or at // 1000) * 1000
+    created = _created_ms(event, at)
     try:
         with conn.begin_nested():
             conn.execute(insert(payment_events).values(
@@ -139,7 +141,7 @@ def _retry_pending(conn: Connection, ledger: Ledger, settings: Settings, at: int
 def _dispatch(conn: Connection, ledger: Ledger, settings: Settings, event: dict[str, Any], at: int) -> tuple[int | None, str]:
     kind = event["type"]
     obj = event["data"]["object"]
-    created = int(event.get("created") or at // 1000) * 1000
+    created = _created_ms(event, at)
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         return _checkout_completed(conn, ledger, settings, obj, at)
     if kind == "invoice.paid":
@@ -341,15 +343,6 @@ def _subscription_deleted(conn: Connection, ledger: Ledger, settings: Settings, 
     return user_id, "subscription ended: back to the free plan"
 
 
-def _reversed_ucr(conn: Connection, user_id: int, grant_id: int) -> int:
-    return -int(conn.execute(
-        select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0)).where(
-            ledger_entries.c.user_id == user_id, ledger_entries.c.grant_id == grant_id, ledger_entries.c.kind == "refund",
-            ledger_entries.c.account != "refunds",
-        )
-    ).scalar_one())
-
-
 def _charge_refunded(conn: Connection, ledger: Ledger, ch: dict[str, Any], at: int) -> tuple[int | None, str]:
     refs = [r for r in (stripe_id(ch.get("payment_intent")), stripe_id(ch.get("invoice")), ch.get("id")) if r]
     found = conn.execute(
@@ -365,7 +358,7 @@ def _charge_refunded(conn: Connection, ledger: Ledger, ch: dict[str, Any], at: i
     total = 0
     for grant_id, user_id, granted in found:
         target = granted if refunded >= amount else granted * refunded // amount
-        todo = target - _reversed_ucr(conn, int(user_id), int(grant_id))
+        todo = target - ledger.reversed_ucr(conn, int(user_id), int(grant_id))
         if todo > 0:
             total += ledger.reverse_grant(
                 conn, int(user_id), int(grant_id), todo, reason=f"refund of {ch.get('id')}",

@@ -4,7 +4,7 @@ Policies (docs/billing.md explains them for users):
 - A paid period's allowance is granted when its invoice is paid (`period_paid`), once per
   period: source_ref `allowance:{user}:{period start}`, the ledger's own allowance key, with
   the period boundaries taken from Stripe. While a user has a live subscription the ledger's
-  lazy period roll grants nothing (ledger._billed_by_subscription), so Stripe's boundaries and
+  lazy period roll grants nothing (ledger._BILLED_BY_SUBSCRIPTION), so Stripe's boundaries and
   the wallet's agree and a renewal can only come from a paid invoice.
 - Upgrade: immediate. The plan changes now and the user gets the difference between the new
   and the old plan's allowance, prorated to the part of the current period that is left (as
@@ -28,16 +28,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from switchboard.billing.ledger import SALES, Ledger, now_ms
 from switchboard.billing.periods import period_bounds
 from switchboard.core.config import Settings
 from switchboard.store.billing_schema import subscriptions
-from switchboard.store.schema import grants, users
+from switchboard.store.schema import users
 
 ACTIVE, PAST_DUE, CANCELED, INCOMPLETE = "active", "past_due", "canceled", "incomplete"
-STATUSES = (ACTIVE, PAST_DUE, CANCELED, INCOMPLETE)
 # What a plan change did (`change_plan`).
 UPGRADED, DOWNGRADE_SCHEDULED, DOWNGRADE_CANCELLED, UNCHANGED = (
     "upgraded", "downgrade scheduled", "downgrade cancelled", "unchanged")
@@ -79,7 +78,7 @@ def describe(sub: Subscription | None, plan_in_force: str) -> dict[str, Any]:
 
 
 def billed_by_stripe(sub: Subscription | None) -> bool:
-    """Whether Stripe bills this user now (the ledger's `_billed_by_subscription`, on a row
+    """Whether Stripe bills this user now (the ledger's `_BILLED_BY_SUBSCRIPTION`, on a row
     already read): then the plan is Stripe's to change, not the operator's."""
     return sub is not None and sub.stripe_subscription_id is not None and sub.status != CANCELED
 
@@ -289,19 +288,9 @@ def mirror_stripe(
     return _upsert(conn, user_id, at, **values)
 
 
-def set_cancel_at_period_end(conn: Connection, user_id: int, flag: bool, at_ms: int | None = None) -> Subscription:
-    return _upsert(conn, user_id, at_ms if at_ms is not None else now_ms(), cancel_at_period_end=flag)
-
-
 def mark_past_due(conn: Connection, user_id: int, at_ms: int | None = None) -> Subscription:
     """A renewal payment failed: credits left can be spent, no new allowance until paid."""
     return _upsert(conn, user_id, at_ms if at_ms is not None else now_ms(), status=PAST_DUE)
-
-
-def set_status(conn: Connection, user_id: int, status: str, at_ms: int | None = None) -> Subscription:
-    if status not in STATUSES:
-        raise ValueError(f"unknown subscription status {status!r}")
-    return _upsert(conn, user_id, at_ms if at_ms is not None else now_ms(), status=status)
 
 
 def end(conn: Connection, ledger: Ledger, settings: Settings, user_id: int, at_ms: int | None = None) -> Subscription:
@@ -314,14 +303,3 @@ def end(conn: Connection, ledger: Ledger, settings: Settings, user_id: int, at_m
     _set_user_plan(conn, user_id, free_plan(settings))
     ledger._save(conn, wallet, at)  # noqa: SLF001
     return sub
-
-
-def allowance_granted(conn: Connection, user_id: int, period_start_ms: int) -> int:
-    """Allowance (and upgrade top-ups) granted for the period starting at `period_start_ms`."""
-    return int(conn.execute(
-        select(func.coalesce(func.sum(grants.c.amount_ucr), 0)).where(
-            grants.c.user_id == user_id,
-            or_(grants.c.source_ref == f"allowance:{user_id}:{period_start_ms}",
-                grants.c.source_ref.like(f"upgrade:{user_id}:{period_start_ms}:%")),
-        )
-    ).scalar_one())

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -364,7 +364,7 @@ class MeteredCall:
         completion = provider.count_text_tokens(self.spec, "".join(self._text) + "".join(self._tool_text))
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion)
 
-    def _metering(self, outcome: str) -> tuple[Metering, dict[str, Any]]:
+    def _metering(self, outcome: str, error: str | None = None) -> tuple[Metering, dict[str, Any]]:
         usage = self.usage()
         cost = self.spec.cost_usd(usage)
         charge = usd_to_ucr(cost, self._inference.usd_per_credit)
@@ -382,7 +382,7 @@ class MeteredCall:
             cost_usd=cost, charged_ucr=charge, available_ucr=0, outcome=outcome, ttft_ms=ttft,
             decode_tokens_per_s=tps, latency_ms=(now - self._started) * 1000, route=route,
         )
-        return metering, self._usage_row(metering)
+        return metering, self._usage_row(metering, error)
 
     def _usage_row(self, m: Metering, error: str | None = None) -> dict[str, Any]:
         return {
@@ -401,16 +401,17 @@ class MeteredCall:
         self._settled = True
         return True
 
+    def _settlement(self, metering: Metering, row: dict[str, Any]) -> Callable[[Any], SettleResult]:
+        """The ledger work that charges `metering` and writes `row`, for the runner."""
+        ledger, uid, hold, charge = self._inference.ledger, self.user_id, self.hold_id, metering.charged_ucr
+        return lambda conn: ledger.settle(conn, uid, hold, charge, row)
+
     async def settle(self, outcome: str = "ok", error: str | None = None) -> Metering:
         """Charge what was produced and write the usage record; wait for the commit."""
-        metering, row = self._metering(outcome)
+        metering, row = self._metering(outcome, error)
         if not self._claim():
             return metering
-        row["error"] = error
-        ledger, uid, hold = self._inference.ledger, self.user_id, self.hold_id
-        future = self._inference.runner.submit(
-            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid, pipelined=True
-        )
+        future = self._inference.runner.submit(self._settlement(metering, row), order_key=self.user_id, pipelined=True)
         # Shielded: once queued the settlement happens even if this task is cancelled.
         if outcome == "ok" and metering.ttft_ms is not None:
             self._inference.observe_latency(metering.model, metering.ttft_ms)
@@ -421,14 +422,10 @@ class MeteredCall:
 
     def settle_in_background(self, outcome: str = "cancelled", error: str | None = None) -> None:
         """Settle without waiting: the client is gone, but what it received is still charged."""
-        metering, row = self._metering(outcome)
         if not self._claim():
             return
-        row["error"] = error
-        ledger, uid, hold = self._inference.ledger, self.user_id, self.hold_id
-        self._inference.runner.submit_nowait(
-            lambda conn: ledger.settle(conn, uid, hold, metering.charged_ucr, row), order_key=uid, pipelined=True
-        )
+        metering, row = self._metering(outcome, error)
+        self._inference.runner.submit_nowait(self._settlement(metering, row), order_key=self.user_id, pipelined=True)
 
     async def run_to_end(self) -> tuple[str, list[dict[str, Any]], Metering]:
         """For non-streaming clients: the whole answer (text, tool calls), then settlement."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -26,12 +27,11 @@ def sweep_once(runner: TransactionRunner, ledger: Ledger, catalog: dict[str, Mod
     resolved = 0
     with reading(runner.engine) as conn:
         expired = ledger.expired_holds(conn)
-    for user_id, hold_id in expired:
+    for hold in expired:
 
-        def work(conn: Connection, user_id: int = user_id, hold_id: int = hold_id) -> bool:
-            hold = ledger.hold_info(conn, hold_id)
-            if hold["status"] != "active":
-                return False
+        def work(conn: Connection, hold: dict[str, Any] = hold) -> bool:
+            # Settled meanwhile (by its own request, or another process's sweeper): the
+            # settlement below, under the wallet lock, then reports it and changes nothing.
             spec = catalog.get(hold["model"])
             usage = {
                 "request_id": hold["request_id"], "api_key_id": None, "endpoint": "sweeper",
@@ -42,9 +42,9 @@ def sweep_once(runner: TransactionRunner, ledger: Ledger, catalog: dict[str, Mod
                 "latency_ms": float(now_ms() - hold["created_ms"]), "cost_usd": "0",
                 "route": json.dumps({"swept": True}),
             }
-            return not ledger.settle(conn, user_id, hold_id, 0, usage).already_resolved
+            return not ledger.settle(conn, hold["user_id"], hold["id"], 0, usage).already_resolved
 
-        if runner.run_sync(work):
+        if runner.run_sync(work, pipelined=True):
             resolved += 1
     if resolved:
         log.warning("swept %d expired hold(s) left by a stopped process", resolved)
