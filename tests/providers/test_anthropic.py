@@ -399,22 +399,6 @@ def test_non_streaming_answer_to_a_streaming_request(fake: FakeAnthropic) -> Non
     ]
 
 
-def test_connection_is_pooled_across_requests(fake: FakeAnthropic) -> None:
-    provider = provider_for(fake.url)
-
-    async def go() -> None:
-        await provider.start()
-        try:
-            for _ in range(3):
-                async for _event in provider.stream(MODEL, simple_request()):
-                    pass
-        finally:
-            await provider.aclose()
-
-    asyncio.run(go())
-    assert len(fake.chat_requests()) == 3 and len({r.peer for r in fake.chat_requests()}) == 1
-
-
 # -- events the fake never sends: thinking, a tool without arguments, blocks not for clients --
 
 
@@ -546,31 +530,11 @@ def test_key_echoed_by_upstream_is_scrubbed(fake: FakeAnthropic) -> None:
     assert KEY not in repr(provider) and KEY not in repr(provider.config)
 
 
-
-
-
-
-
-
-
-
-
-
 def test_stream_ending_without_stop_reason_or_message_stop_is_an_error(fake: FakeAnthropic) -> None:
     fake.behaviour = AnthropicBehaviour(text="abc", chunks=1, send_finish=False, send_done=False)
     events, exc = run(provider_for(fake.url))
     assert text_of(events) == "abc"
     assert isinstance(exc, UpstreamError) and not exc.retryable and "ended early" in exc.message
-
-
-def test_garbage_chunk(fake: FakeAnthropic) -> None:
-    fake.behaviour = AnthropicBehaviour(text="abcdef", chunks=3, garbage_after_chunks=1)
-    events, exc = run(provider_for(fake.url))
-    assert text_of(events) == "ab"
-    assert isinstance(exc, UpstreamError) and not exc.retryable and "malformed" in exc.message
-    fake.behaviour = AnthropicBehaviour(text="abcdef", chunks=3, garbage_after_chunks=0)
-    events, exc = run(provider_for(fake.url))
-    assert events == [] and isinstance(exc, UpstreamError) and exc.retryable
 
 
 def test_error_event_inside_a_200_stream(fake: FakeAnthropic) -> None:

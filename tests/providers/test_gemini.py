@@ -3,7 +3,6 @@ own types and client."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -491,22 +490,6 @@ def test_whole_json_answer_to_a_streaming_request(fake: FakeGemini) -> None:
     ]
 
 
-def test_connection_is_pooled_across_requests(fake: FakeGemini) -> None:
-    provider = provider_for(fake.url)
-
-    async def go() -> None:
-        await provider.start()
-        try:
-            for _ in range(3):
-                async for _event in provider.stream(MODEL, simple_request()):
-                    pass
-        finally:
-            await provider.aclose()
-
-    asyncio.run(go())
-    assert len(fake.chat_requests()) == 3 and len({r.peer for r in fake.chat_requests()}) == 1
-
-
 def test_timeout_after_finish_is_a_complete_answer(fake: FakeGemini) -> None:
     fake.behaviour = Behaviour(text="abc", chunks=1, stall_after_chunks=1, stall_s=3.0)
     events, exc = run(provider_for(fake.url, read_timeout_s=0.3))
@@ -560,30 +543,12 @@ def test_400s(fake: FakeGemini) -> None:
     assert isinstance(exc, UpstreamError) and exc.retryable
 
 
-
-
-
-
-
-
-
-
 def test_stream_ending_without_finish_reason(fake: FakeGemini) -> None:
     fake.behaviour = Behaviour(text="abc", chunks=1, send_finish=False)
     events, exc = run(provider_for(fake.url))
     assert text_of(events) == "abc"
     assert isinstance(exc, UpstreamError) and not exc.retryable
     assert not any(isinstance(e, (Finish, UsageReport)) for e in events)
-
-
-def test_garbage_chunk(fake: FakeGemini) -> None:
-    fake.behaviour = Behaviour(text="abcdef", chunks=3, garbage_after_chunks=1)
-    events, exc = run(provider_for(fake.url))
-    assert text_of(events) == "ab"
-    assert isinstance(exc, UpstreamError) and not exc.retryable
-    fake.behaviour = Behaviour(text="abcdef", chunks=3, garbage_after_chunks=0)
-    events, exc = run(provider_for(fake.url))
-    assert events == [] and isinstance(exc, UpstreamError) and exc.retryable
 
 
 def test_error_event_inside_a_200_stream(fake: FakeGemini) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -235,23 +234,6 @@ def test_non_streaming_answer_to_a_streaming_request(fake: FakeOpenAI) -> None:
     ]
 
 
-def test_connection_is_pooled_across_requests(fake: FakeOpenAI) -> None:
-    provider = provider_for(fake.url)
-
-    async def go() -> None:
-        await provider.start()
-        try:
-            for _ in range(3):
-                async for _event in provider.stream(MODEL, simple_request()):
-                    pass
-        finally:
-            await provider.aclose()
-
-    asyncio.run(go())
-    peers = {r.peer for r in fake.chat_requests()}
-    assert len(fake.chat_requests()) == 3 and len(peers) == 1
-
-
 # -- failures -----------------------------------------------------------------------------
 
 
@@ -289,31 +271,11 @@ def test_key_echoed_by_upstream_is_scrubbed(fake: FakeOpenAI) -> None:
     assert KEY not in repr(provider) and KEY not in repr(provider.config)
 
 
-
-
-
-
-
-
-
-
-
-
 def test_stream_ending_without_done_or_finish_is_an_error(fake: FakeOpenAI) -> None:
     fake.behaviour = Behaviour(text="abc", chunks=1, send_finish=False, send_usage=False, send_done=False)
     events, exc = run(provider_for(fake.url))
     assert text_of(events) == "abc"
     assert isinstance(exc, UpstreamError) and not exc.retryable
-
-
-def test_garbage_chunk(fake: FakeOpenAI) -> None:
-    fake.behaviour = Behaviour(text="abcdef", chunks=3, garbage_after_chunks=1)
-    events, exc = run(provider_for(fake.url))
-    assert text_of(events) == "ab"
-    assert isinstance(exc, UpstreamError) and not exc.retryable
-    fake.behaviour = Behaviour(text="abcdef", chunks=3, garbage_after_chunks=0)
-    events, exc = run(provider_for(fake.url))
-    assert events == [] and isinstance(exc, UpstreamError) and exc.retryable
 
 
 def test_error_event_inside_a_200_stream(fake: FakeOpenAI) -> None:

@@ -4,7 +4,7 @@ so far is kept. Each adapter against its own fake, on a real port."""
 
 from __future__ import annotations
 
-import socket
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -18,11 +18,12 @@ from tests.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.providers import test_anthropic, test_gemini, test_openai_compat
+from tests.support.servers import free_port
 
 
 @dataclass(frozen=True)
 class Adapter:
-    tests: ModuleType  # the adapter's own test module: provider_for, run, text_of, KEY, KEY_ENV
+    tests: ModuleType  # the adapter's own test module: MODEL, simple_request, provider_for, run, text_of, assert_no_key, KEY, KEY_ENV
     fake: type[FakeOpenAI]
     behaviour: type[Behaviour]
     base_path: str  # what the adapter's base URL ends with
@@ -49,9 +50,7 @@ def fake(adapter: Adapter) -> Iterator[Any]:
 
 
 def test_connect_refused_is_retryable(adapter: Adapter) -> None:
-    with socket.socket() as s:  # a port that was free a moment ago and has no listener now
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # free a moment ago, and no listener now
     events, exc = adapter.tests.run(adapter.tests.provider_for(f"http://127.0.0.1:{port}{adapter.base_path}"))
     assert events == []
     assert isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamTimeout)
@@ -86,3 +85,29 @@ def test_cut_before_output_is_retryable(adapter: Adapter, fake: Any) -> None:
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
     assert events == []
     assert isinstance(exc, UpstreamError) and exc.retryable
+
+
+def test_garbage_chunk(adapter: Adapter, fake: Any) -> None:
+    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, garbage_after_chunks=1)
+    events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
+    assert adapter.tests.text_of(events) == "ab"
+    assert isinstance(exc, UpstreamError) and not exc.retryable and "malformed" in exc.message
+    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, garbage_after_chunks=0)
+    events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
+    assert events == [] and isinstance(exc, UpstreamError) and exc.retryable
+
+
+def test_connection_is_pooled_across_requests(adapter: Adapter, fake: Any) -> None:
+    provider = adapter.tests.provider_for(fake.url)
+
+    async def go() -> None:
+        await provider.start()
+        try:
+            for _ in range(3):
+                async for _event in provider.stream(adapter.tests.MODEL, adapter.tests.simple_request()):
+                    pass
+        finally:
+            await provider.aclose()
+
+    asyncio.run(go())
+    assert len(fake.chat_requests()) == 3 and len({r.peer for r in fake.chat_requests()}) == 1
