@@ -8,11 +8,13 @@ vendor's documented counting rules, so the scenario tests can assert the exact c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from switchboard.core.types import Usage
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
 # Prices (USD per million tokens) chosen so charges are easy to read: 1 credit = USD 0.005.
@@ -32,6 +34,13 @@ def openai_usage(b: Behaviour) -> Usage:
                  cached_prompt_tokens=b.cached_tokens, reasoning_tokens=b.reasoning_tokens)
 
 
+def anthropic_usage(b: Behaviour) -> Usage:
+    """Anthropic: `input_tokens` excludes cache reads and writes, which come beside it
+    (cache_read_input_tokens, cache_creation_input_tokens); thinking is inside output_tokens
+    and not reported apart. Normalised, the prompt is the sum of the three."""
+    return replace(openai_usage(b), cache_write_tokens=getattr(b, "cache_write_tokens", 0), reasoning_tokens=0)
+
+
 @dataclass(frozen=True)
 class VendorCase:
     kind: str
@@ -44,18 +53,16 @@ class VendorCase:
 
 
 def cases() -> list[VendorCase]:
-    # Imported here: the usage rules import this module's helpers.
-    from tests.fakes.anthropic_upstream import FakeAnthropic
-    from tests.fakes.gemini_upstream import FakeGemini
-    from tests.vendors.anthropic_usage import anthropic_usage
-    from tests.vendors.gemini_usage import gemini_usage
-
     return [
         VendorCase("openai", FakeOpenAI, openai_usage),
         VendorCase("xai", FakeOpenAI, openai_usage),
         VendorCase("qwen", FakeOpenAI, openai_usage),
         VendorCase("anthropic", FakeAnthropic, anthropic_usage, reports_reasoning=False),
-        VendorCase("gemini", FakeGemini, gemini_usage),
+        # Gemini counts cached tokens inside promptTokenCount (cachedContentTokenCount is a
+        # part of it) and thinking beside the answer (thoughtsTokenCount apart from
+        # candidatesTokenCount; the fake sends candidates = completion - reasoning), both billed,
+        # thinking as output: normalised, that is exactly OpenAI's usage.
+        VendorCase("gemini", FakeGemini, openai_usage),
     ]
 
 
