@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
@@ -71,6 +73,30 @@ class Gateway:
     @property
     def api(self) -> str:
         return self.url + "/v1"
+
+
+def balance(gw: Gateway) -> dict[str, Any]:
+    """The gateway user's GET /v1/balance."""
+    return httpx.get(gw.api + "/balance", headers={"Authorization": f"Bearer {gw.key}"}).json()
+
+
+def usage_records(gw: Gateway) -> list[dict[str, Any]]:
+    """The gateway user's usage records (GET /v1/usage), up to 100."""
+    return httpx.get(gw.api + "/usage?limit=100", headers={"Authorization": f"Bearer {gw.key}"}).json()["data"]
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0) -> T:
+    """The first truthy value of `predicate`, polled every 50 ms for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import anthropic
@@ -25,7 +24,7 @@ from switchboard.core.errors import (
     UpstreamTimeout,
 )
 from switchboard.core.types import Usage
-from tests.api.conftest import Gateway, add_user, credits_for
+from tests.api.conftest import Gateway, add_user, balance, credits_for, usage_records, wait_for
 from tests.fakes.openai_upstream import FakeToolCall
 from tests.support.servers import ServerThread
 
@@ -40,24 +39,6 @@ WEATHER_TOOL = {
 
 def client(gw: Gateway, key: str | None = None, **kw: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=gw.url, api_key=key or gw.key, max_retries=0, **kw)
-
-
-def balance(gw: Gateway) -> dict[str, Any]:
-    return httpx.get(gw.api + "/balance", headers={"Authorization": f"Bearer {gw.key}"}).json()
-
-
-def usage_records(gw: Gateway) -> list[dict[str, Any]]:
-    return httpx.get(gw.api + "/usage?limit=100", headers={"Authorization": f"Bearer {gw.key}"}).json()["data"]
-
-
-def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def post(gw: Gateway, body: Any, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:

@@ -12,31 +12,13 @@ import pytest
 
 from switchboard.core.money import format_credits
 from switchboard.store.db import reading
-from tests.api.conftest import Gateway, credits_for
+from tests.api.conftest import Gateway, add_user, balance, credits_for, usage_records, wait_for
 
 PLUS_CREDITS = 6000.0
 
 
 def client(gw: Gateway, **kw: object) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.api, api_key=gw.key, max_retries=0, **kw)  # type: ignore[arg-type]
-
-
-def balance(gw: Gateway) -> dict:  # type: ignore[type-arg]
-    return httpx.get(gw.api + "/balance", headers={"Authorization": f"Bearer {gw.key}"}).json()
-
-
-def usage_records(gw: Gateway) -> list[dict]:  # type: ignore[type-arg]
-    return httpx.get(gw.api + "/usage?limit=100", headers={"Authorization": f"Bearer {gw.key}"}).json()["data"]
-
-
-def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_non_streaming_answer_usage_and_charge(gateway: Gateway) -> None:
@@ -243,8 +225,6 @@ def test_ledger_consistent_after_everything(gateway: Gateway) -> None:
 
 
 def test_not_enough_credits_is_402_with_balance_and_need(gateway: Gateway) -> None:
-    from tests.api.conftest import add_user
-
     _, key = add_user(gateway.engine, gateway.settings, "poor@example.com", "free")  # 100 credits
     poor = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0)
     with pytest.raises(openai.APIStatusError) as err:
@@ -255,8 +235,6 @@ def test_not_enough_credits_is_402_with_balance_and_need(gateway: Gateway) -> No
 
 
 def test_without_max_tokens_the_answer_is_shortened_to_what_the_balance_affords(gateway: Gateway) -> None:
-    from tests.api.conftest import add_user
-
     _, key = add_user(gateway.engine, gateway.settings, "thrifty@example.com", "free")  # 100 credits
     poor = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0)
     # ~341 prompt tokens (68.2 credits) + the model's 100 output tokens (40) would need 108.2 credits.
