@@ -17,7 +17,7 @@ from switchboard.billing.periods import DAY_MS
 from switchboard.api.state import AppState
 from switchboard.core.errors import InvalidRequest
 from switchboard.core.money import UCR_PER_CREDIT, credits_per_1k_tokens, format_credits, ucr_to_credits_float
-from switchboard.store.db import read, reading
+from switchboard.store.db import read
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -28,9 +28,9 @@ async def list_models(request: Request) -> Response:
     state: AppState = request.app.state.sb
     await authenticate(request, state.keys)
     data = []
+    usd_per_credit = state.runtime.settings.usd_per_credit
+    per_k = lambda usd: float(credits_per_1k_tokens(usd, usd_per_credit))  # noqa: E731
     for spec in state.runtime.catalog.values():
-        usd_per_credit = state.runtime.settings.usd_per_credit
-        per_k = lambda usd: float(credits_per_1k_tokens(usd, usd_per_credit))  # noqa: E731
         data.append({
             "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
             "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
@@ -68,6 +68,14 @@ async def balance(request: Request) -> Response:
     })
 
 
+def _choice_param(request: Request, name: str, choices: tuple[str, str]) -> str:
+    """A query parameter that must be one of two values; the first is the default."""
+    value = request.query_params.get(name, choices[0])
+    if value not in choices:
+        raise InvalidRequest(f"'{name}' must be '{choices[0]}' or '{choices[1]}'", param=name)
+    return value
+
+
 def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -101,9 +109,7 @@ async def usage_summary(request: Request) -> Response:
     """GET /v1/usage/summary?by=day|model&days=30: the caller's totals per day or per model."""
     state: AppState = request.app.state.sb
     principal = await authenticate(request, state.keys)
-    by = request.query_params.get("by", "day")
-    if by not in ("day", "model"):
-        raise InvalidRequest("'by' must be 'day' or 'model'", param="by")
+    by = _choice_param(request, "by", ("day", "model"))
     days = _int_param(request, "days", 30, 1, 3660)
     assert days is not None
     since = now_ms() - days * DAY_MS
@@ -117,9 +123,7 @@ async def usage_export(request: Request) -> Response:
     """GET /v1/usage/export?format=csv|json: every usage record of the caller, oldest first."""
     state: AppState = request.app.state.sb
     principal = await authenticate(request, state.keys)
-    fmt = request.query_params.get("format", "csv")
-    if fmt not in ("csv", "json"):
-        raise InvalidRequest("'format' must be 'csv' or 'json'", param="format")
+    fmt = _choice_param(request, "format", ("csv", "json"))
     engine = state.runtime.engine
 
     rows = await asyncio.to_thread(read, engine, lambda conn: list(export_rows(conn, principal.user_id)))
@@ -135,12 +139,8 @@ async def healthz(request: Request) -> Response:
     state: AppState = request.app.state.sb
     engine = state.runtime.engine
 
-    def ping() -> None:
-        with reading(engine) as conn:
-            conn.execute(text("SELECT 1"))
-
     try:
-        await asyncio.wait_for(asyncio.to_thread(ping), timeout=5)
+        await asyncio.wait_for(asyncio.to_thread(read, engine, lambda conn: conn.execute(text("SELECT 1"))), timeout=5)
     except Exception as exc:  # noqa: BLE001 - health checks report, they do not raise
         return json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
     return json_response({"status": "ok", "models": list(state.runtime.catalog)})

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from switchboard.accounts.keys import KeyCache, Principal
-from switchboard.api.auth import principal_for
+from switchboard.api.auth import parse_bearer, principal_for
 from switchboard.api.anthropic_schemas import parse_messages_body
 from switchboard.api.chat import request_id_of
 from switchboard.api.openai_format import metering_headers, metering_json
@@ -38,30 +38,20 @@ from switchboard.core.errors import (
     SwitchboardError,
     UpstreamError,
     UpstreamTimeout,
+    retry_after_header,
 )
 from switchboard.core.ids import new_id
 from switchboard.core.types import StreamEvent, TextDelta, ToolCallDelta, Usage
 from switchboard.inference.metered import MeteredCall, Metering
+from switchboard.providers.anthropic import ERROR_STATUSES
+from switchboard.providers.http import NOT_RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
 
-# Anthropic's error type for each status it documents (https://docs.claude.com/en/api/errors).
-_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
+# Anthropic's error type for each status it documents (the adapter's table, read backwards).
+_ERROR_TYPES: dict[int, str] = {status: kind for kind, status in ERROR_STATUSES.items()}
 # Upstream statuses that mean "the provider is busy": Anthropic's 529 overloaded_error.
 _OVERLOADED_UPSTREAM = frozenset({429, 503, 529})
-# Upstream statuses that mean "the request itself was refused": a 400, not worth a retry.
-_INVALID_UPSTREAM = frozenset({400, 413, 422})
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -76,15 +66,15 @@ def error_parts(exc: SwitchboardError) -> tuple[int, str, str, dict[str, str]]:
         # long"; clients (Claude Code's auto-compaction among them) look for exactly that.
         return 400, "invalid_request_error", f"prompt is too long: {message}", headers
     if isinstance(exc, RateLimited):
-        headers["retry-after"] = str(max(1, int(exc.retry_after_s + 0.999)))
+        headers["retry-after"] = retry_after_header(exc.retry_after_s)
     elif isinstance(exc, UpstreamTimeout):
         status = 504
     elif isinstance(exc, UpstreamError):
         if exc.upstream_status in _OVERLOADED_UPSTREAM:
             status = 529
             if exc.retry_after_s is not None:
-                headers["retry-after"] = str(max(1, int(exc.retry_after_s + 0.999)))
-        elif exc.upstream_status in _INVALID_UPSTREAM:
+                headers["retry-after"] = retry_after_header(exc.retry_after_s)
+        elif exc.upstream_status in NOT_RETRYABLE_STATUSES:  # the request itself was refused
             status = 400
         else:
             status = 502
@@ -117,9 +107,8 @@ def api_key_of(request: Request) -> tuple[str, str]:
     header = request.headers.get("authorization")
     if not header:
         raise AuthenticationFailed("x-api-key header is required")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = parse_bearer(header)
+    if token is None:
         raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer YOUR_KEY' (or send x-api-key).")
     return token, "bearer token"
 

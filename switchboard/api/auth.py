@@ -16,11 +16,17 @@ def bearer_token(request: Request) -> str:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer YOUR_KEY'."
         )
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = parse_bearer(header)
+    if token is None:
         raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer YOUR_KEY'.")
     return token
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header; None when it is not of that form."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 async def principal_for(keys: KeyCache, key: str) -> Principal | None:

@@ -21,7 +21,7 @@ from switchboard.billing.statements import month_bounds
 from switchboard.billing.statements import statement as monthly_statement
 from switchboard.core.errors import InvalidRequest
 from switchboard.inference.runtime import Runtime
-from switchboard.store.db import read, reading
+from switchboard.store.db import read
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000
@@ -48,12 +48,8 @@ async def checkout(request: Request) -> Response:
         raise InvalidRequest("send either {\"plan\": NAME} or {\"pack\": NAME}")
     runtime = state.runtime
 
-    def customer() -> str | None:
-        with reading(runtime.engine) as conn:
-            sub = subs.get(conn, principal.user_id)
-        return sub.stripe_customer_id if sub else None
-
-    customer_id = await asyncio.to_thread(customer)
+    sub = await asyncio.to_thread(read, runtime.engine, lambda conn: subs.get(conn, principal.user_id))
+    customer_id = sub.stripe_customer_id if sub else None
     gateway = StripeGateway(runtime.settings.stripe)
     session = await asyncio.to_thread(
         gateway.checkout, runtime.settings, principal.user_id, principal.email, plan=plan, pack=pack, customer_id=customer_id,

@@ -83,6 +83,11 @@ class ContextTooLong(SwitchboardError):
     code = "context_length_exceeded"
 
 
+def retry_after_header(seconds: float) -> str:
+    """A Retry-After value: whole seconds, rounded up, at least 1."""
+    return str(max(1, int(seconds + 0.999)))
+
+
 class RateLimited(SwitchboardError):
     status = 429
     type = "rate_limit_error"

@@ -20,7 +20,6 @@ request from the environment and never put into a message, a log line or a repr.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,7 +52,6 @@ from switchboard.providers.http import (
     scrub,
 )
 
-log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -71,7 +69,7 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 
 # Anthropic's error types and the HTTP status each comes with (for `error` events mid-stream,
 # which arrive inside a 200 response).
-_ERROR_STATUSES: dict[str, int] = {
+ERROR_STATUSES: dict[str, int] = {
     "invalid_request_error": 400,
     "authentication_error": 401,
     "billing_error": 402,
@@ -285,7 +283,7 @@ class AnthropicProvider(HTTPProvider):
         """An `error` event inside a 200 stream, e.g. `overloaded_error`."""
         err = obj.get("error")
         kind = err.get("type") if isinstance(err, dict) else None
-        status = _ERROR_STATUSES.get(kind) if isinstance(kind, str) else None
+        status = ERROR_STATUSES.get(kind) if isinstance(kind, str) else None
         message = f"{self.name}: upstream error mid-stream: {scrub(self.error_detail(obj), key)}"
         if status == 504:
             return UpstreamTimeout(message, retryable=not yielded, upstream_status=status)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import concurrent.futures
 import ctypes
 import threading
@@ -43,6 +44,7 @@ DEFAULT_TOP_P = 0.95
 TOP_K = 40
 MIN_P = 0.05
 REPEAT_PENALTY = 1.1
+_PROMPT_MEMO_SIZE = 64  # prompts remembered between admission and running (see _tokenize)
 
 # Gemma 3 270M here is the *base* model: it continues text rather than following chat turns,
 # and it ignores Gemma's <start_of_turn> chat template (it loops on it). A plain
@@ -246,6 +248,9 @@ class LocalModelProvider(Provider):
         # Held while tokenizing on a caller's thread and while the worker frees the model, so
         # a tokenize call can never touch a vocabulary that is being freed.
         self._free_lock = threading.Lock()
+        # The last prompts tokenized (rendered text -> tokens): a request's prompt is counted
+        # when it is admitted and tokenized again when it runs; the second time is a lookup.
+        self._prompt_memo: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
         self._n_ctx = config.context_window
         self._jobs = _FairQueue()
         self._thread: threading.Thread | None = None
@@ -301,15 +306,23 @@ class LocalModelProvider(Provider):
         with self._free_lock:
             if self._llama is None:
                 return None
+            if add_bos and (tokens := self._prompt_memo.get(text)) is not None:
+                self._prompt_memo.move_to_end(text)
+                return tokens
             # special=False: text that looks like a control token stays text.
-            return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+            tokens = self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+            if add_bos:
+                self._prompt_memo[text] = tokens
+                if len(self._prompt_memo) > _PROMPT_MEMO_SIZE:
+                    self._prompt_memo.popitem(last=False)
+            return tokens
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
         """The exact tokens the model will be fed for this request."""
         tokens = self._tokenize(render_prompt(request.messages), add_bos=True)
         if tokens is None:
             raise UpstreamError("the local model is not started", retryable=True)
-        return tokens
+        return list(tokens)  # the memo's list stays untouched by whoever evaluates this one
 
     def count_prompt_tokens(self, model: ModelSpec, request: ChatRequest) -> int:
         tokens = self._tokenize(render_prompt(request.messages), add_bos=True)
@@ -401,6 +414,7 @@ class LocalModelProvider(Provider):
             with self._free_lock:
                 self._llama = None
                 self._vocab = None
+                self._prompt_memo.clear()
                 llama.close()
 
     def _load(self) -> Any:

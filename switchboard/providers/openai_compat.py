@@ -14,7 +14,6 @@ into a message, a log line or a repr.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +38,6 @@ from switchboard.core.types import (
 )
 from switchboard.providers.http import HTTPProvider, SSEDecoder, drain, error_message, scrub
 
-log = logging.getLogger(__name__)
 
 # Vendors whose OpenAI-compatible endpoint has a well-known address; others need base_url.
 DEFAULT_BASE_URLS: dict[str, str] = {
@@ -57,7 +55,6 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "content_filter": "content_filter",
     "error": "error",
 }
-
 
 
 class OpenAICompatProvider(HTTPProvider):

@@ -174,6 +174,19 @@ def test_prompt_token_count_is_exact(provider: LocalModelProvider) -> None:
     assert provider.count_text_tokens(SPEC, "Paris") == 1
 
 
+def test_a_prompt_counted_at_admission_is_not_tokenized_again_to_run(
+    provider: LocalModelProvider, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[bytes] = []
+    tokenize = provider.llama.tokenize
+    monkeypatch.setattr(provider.llama, "tokenize", lambda text, **kw: calls.append(text) or tokenize(text, **kw))
+    request = ask("Name a colour of the sea, in one word.")
+    counted = provider.count_prompt_tokens(SPEC, request)
+    _, events = run(provider, request)
+    assert usage_of(events).prompt_tokens == counted
+    assert calls.count(render_prompt(request.messages).encode()) == 1
+
+
 # --- generation --------------------------------------------------------------------------------
 
 
