@@ -17,9 +17,9 @@ from rich.table import Table
 from switchboard.accounts import keys as keys_mod
 from switchboard.accounts import users as users_mod
 from switchboard.accounts.usage import list_usage
-from switchboard.core.config import Settings, load_settings
+from switchboard.core.config import VENDOR_KEY_ENV, Settings, load_settings
 from switchboard.core.errors import SwitchboardError
-from switchboard.core.money import credits_per_1k_tokens, credits_to_ucr, format_credits, ucr_to_credits_float
+from switchboard.core.money import credits_per_1k_tokens, credits_to_ucr, format_credits, ucr_to_credits_float, usd_text
 from switchboard.billing.ledger import now_ms
 from switchboard.billing.periods import DAY_MS
 from switchboard.inference.runtime import make_ledger
@@ -95,9 +95,7 @@ def serve(
     import uvicorn
 
     settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
-    engine.dispose()
+    _migrate(settings)
     err.print(f"Switchboard on http://{host or settings.host}:{port or settings.port}  (database: "
               f"{settings.resolved_database_url.split('@')[-1]})")
     uvicorn.run(
@@ -109,11 +107,14 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database schema to the newest version."""
-    settings = _settings()
+    _migrate(_settings())
+    err.print("database is up to date")
+
+
+def _migrate(settings: Settings) -> None:
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     engine.dispose()
-    err.print("database is up to date")
 
 
 @users_app.command("create")
@@ -320,11 +321,6 @@ def usage(
     out.print(table)
 
 
-def _plain(value: Decimal) -> str:
-    """A Decimal without exponent or trailing zeros: 200, 0.0003."""
-    text = format(value.normalize(), "f")
-    return text
-
 def _print_summary(store: "_Store", user_id: int | None, by: str, days: int, as_json: bool, title: str) -> None:
     from switchboard.accounts.usage import summarize
 
@@ -385,26 +381,24 @@ def models(
     all_models: bool = typer.Option(True, "--all/--available", help="Also list shipped models of vendors without a key."),
 ) -> None:
     """The model catalog, with prices in USD per million tokens and in credits per 1,000 tokens."""
-    from switchboard.router.catalog import build_catalog, shipped_models
+    from switchboard.router.catalog import build_catalog, shipped_models, with_shipped
 
     settings = _settings()
     catalog = build_catalog(settings)
     shipped = {m.spec.name: m for m in shipped_models()}
-    specs = list(catalog.values())
-    if all_models and settings.shipped_catalog:
-        specs += [m.spec for name, m in shipped.items() if name not in catalog]
+    specs = list((with_shipped(settings, catalog) if all_models else catalog).values())
+    per_k = lambda usd: credits_per_1k_tokens(usd, settings.usd_per_credit)  # noqa: E731
     rows = []
     for spec in specs:
-        per_k = lambda usd: credits_per_1k_tokens(usd, settings.usd_per_credit)  # noqa: E731
         info = shipped.get(spec.name)
         rows.append({
             "name": spec.name, "provider": spec.provider, "available": spec.name in catalog,
             "tier": info.tier if info else None, "context_window": spec.context_window,
-            "input_usd_per_mtok": _plain(spec.input_usd_per_mtok),
-            "cached_input_usd_per_mtok": None if spec.cached_input_usd_per_mtok is None else _plain(spec.cached_input_usd_per_mtok),
-            "output_usd_per_mtok": _plain(spec.output_usd_per_mtok),
-            "input_credits_per_1k": _plain(per_k(spec.input_usd_per_mtok)),
-            "output_credits_per_1k": _plain(per_k(spec.output_usd_per_mtok)),
+            "input_usd_per_mtok": usd_text(spec.input_usd_per_mtok),
+            "cached_input_usd_per_mtok": None if spec.cached_input_usd_per_mtok is None else usd_text(spec.cached_input_usd_per_mtok),
+            "output_usd_per_mtok": usd_text(spec.output_usd_per_mtok),
+            "input_credits_per_1k": usd_text(per_k(spec.input_usd_per_mtok)),
+            "output_credits_per_1k": usd_text(per_k(spec.output_usd_per_mtok)),
             "abilities": None if spec.abilities is None else sorted(spec.abilities),
             "price_date": info.price_date if info else None, "price_source": info.price_source if info else None,
         })
@@ -421,7 +415,7 @@ def models(
     out.print(table)
     if any(not r["available"] for r in rows):
         err.print("models marked 'no key' become available when the vendor's API key is set "
-                  "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, XAI_API_KEY, DASHSCOPE_API_KEY)")
+                  f"({', '.join(names[0] for names in VENDOR_KEY_ENV.values())})")
 
 
 @caps_app.command("set")

@@ -12,18 +12,14 @@ from rich.table import Table
 
 from switchboard.core.config import Settings
 from switchboard.core.types import ChatMessage, ChatRequest
-from switchboard.router.catalog import build_catalog, shipped_models
+from switchboard.router.catalog import build_catalog, with_shipped
 from switchboard.router.router import Router
 
 
 def make_router(settings: Settings) -> Router:
     """The router as the server builds it, over the full shipped catalog (vendor keys or not:
     offline decisions show what would be chosen once the keys are set)."""
-    catalog = build_catalog(settings)
-    if settings.shipped_catalog:
-        for shipped in shipped_models():
-            catalog.setdefault(shipped.spec.name, shipped.spec)
-    return Router.for_settings(catalog, settings)
+    return Router.for_settings(with_shipped(settings, build_catalog(settings)), settings)
 
 
 def decide(router: Router, prompt: str, plan: str, names: list[str] | None, threshold: float | None) -> dict[str, Any]:

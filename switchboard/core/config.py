@@ -23,7 +23,15 @@ from switchboard.core.catalog import ModelSpec
 from switchboard.core.money import credits_to_ucr
 
 ProviderKind = Literal["local", "openai-compatible", "openai", "anthropic", "gemini", "xai", "qwen"]
-VENDOR_KINDS = ("openai", "anthropic", "gemini", "xai", "qwen")
+# The environment variable each vendor's key is read from when no [[providers]] entry names it.
+VENDOR_KEY_ENV: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "xai": ("XAI_API_KEY",),
+    "qwen": ("DASHSCOPE_API_KEY",),
+}
+VENDOR_KINDS = tuple(VENDOR_KEY_ENV)
 
 
 class ProviderConfig(BaseModel):

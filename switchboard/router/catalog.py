@@ -24,18 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.core.catalog import ModelSpec
-from switchboard.core.config import ProviderConfig, Settings
+from switchboard.core.config import VENDOR_KEY_ENV, ProviderConfig, Settings
 
 CATALOG_FILE = Path(__file__).with_name("catalog.toml")
-
-# The environment variable each vendor's key is read from when no [[providers]] entry names it.
-VENDOR_KEY_ENV: dict[str, tuple[str, ...]] = {
-    "openai": ("OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-    "xai": ("XAI_API_KEY",),
-    "qwen": ("DASHSCOPE_API_KEY",),
-}
 
 
 _PRICE_FIELDS = ("input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "cache_write_usd_per_mtok")
@@ -101,9 +92,9 @@ def _shipped_models(path: Path, on: date) -> tuple[ShippedModel, ...]:
     return tuple(models)
 
 
-def next_price_change(on: date | None = None, path: Path = CATALOG_FILE) -> date | None:
+def next_price_change(on: date | None = None) -> date | None:
     """The first date after `on` on which a shipped price changes."""
-    return min((d for m in shipped_models(path, on) for d in m.scheduled), default=None)
+    return min((d for m in shipped_models(on=on) for d in m.scheduled), default=None)
 
 
 def vendor_key_env(vendor: str) -> str | None:
@@ -123,6 +114,14 @@ def effective_providers(settings: Settings) -> list[ProviderConfig]:
         if env and vendor not in taken and vendor not in kinds:
             providers.append(ProviderConfig(name=vendor, kind=vendor, api_key_env=env))  # type: ignore[arg-type]
     return providers
+
+
+def with_shipped(settings: Settings, catalog: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+    """`catalog` plus every shipped model it lacks (vendor keys or not), when the shipped
+    catalog is on: what offline views (`switchboard models`, `route`) show."""
+    if not settings.shipped_catalog:
+        return catalog
+    return {**catalog, **{m.spec.name: m.spec for m in shipped_models() if m.spec.name not in catalog}}
 
 
 def build_catalog(

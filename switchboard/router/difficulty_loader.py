@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=1)
 def load_difficulty() -> Callable[[str], float]:
     """The trained estimator's `score`, or (if its weights are missing) a constant 0, which
     routes on task class alone and says so in the log."""

@@ -142,8 +142,10 @@ class Router:
         health = health or AllHealthy()
         cfg = self.config
         tokens = prompt_tokens if prompt_tokens is not None else _quick_tokens(request)
-        task, cue = classify(request, tokens, cfg.long_document_tokens)
-        difficulty = round(float(self.difficulty(last_user_text(request))), 4)
+        needed_abilities = request.needed_abilities()
+        text = last_user_text(request)
+        task, cue = classify(request, tokens, cfg.long_document_tokens, needed=needed_abilities, text=text)
+        difficulty = round(float(self.difficulty(text)), 4)
         need = cfg.task_min_tier.get(task, "small")  # type: ignore[call-overload]
         why = [f"{task} ({cue}) needs at least {need}"]
         by_difficulty = "flagship" if difficulty >= cfg.difficulty_flagship else "mid" if difficulty >= cfg.difficulty_mid else "small"
@@ -154,7 +156,6 @@ class Router:
         if _RANK[need] > _RANK[cap]:
             why.append(f"the {plan} plan allows up to {cap}")
             need = cap
-        needed_abilities = request.needed_abilities()
         considered: list[dict[str, Any]] = []
         eligible: list[ModelSpec] = []
         cap_rank = _RANK[cap]
@@ -163,8 +164,8 @@ class Router:
             reason = None
             if self._rank[spec.name] > cap_rank:
                 reason = f"above the {plan} plan"
-            elif spec.lacks(needed_abilities):
-                reason = "lacks " + ", ".join(sorted(spec.lacks(needed_abilities)))
+            elif missing := spec.lacks(needed_abilities):
+                reason = "lacks " + ", ".join(sorted(missing))
             elif tokens >= spec.context_window:
                 reason = "context window too small"
             elif not health.available(spec.provider):
@@ -239,7 +240,7 @@ class Router:
         if len(names) == 1 or difficulty < threshold:
             return names[0]
         steps = len(names) - 1
-        span = (1 - threshold) / steps if steps else 1
+        span = (1 - threshold) / steps  # steps >= 1: one name has returned above
         index = 1 + int((difficulty - threshold) / span) if span > 0 else steps
         return names[min(index, steps)]
 

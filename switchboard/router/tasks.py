@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from switchboard.core.types import ChatRequest, ImagePart
+from switchboard.core.types import ChatRequest
 
 HEAD_CHARS = 2000  # cues live at the start; long pastes are long_document anyway
 _WORDS = re.compile(r"[a-z][a-z0-9_+#]*")
@@ -46,15 +46,20 @@ def last_user_text(request: ChatRequest) -> str:
     return request.messages[-1].text() if request.messages else ""
 
 
-def classify(request: ChatRequest, prompt_tokens: int, long_document_tokens: int) -> tuple[str, str]:
-    """(task class, the cue that decided it)."""
-    if any(isinstance(m.content, list) and any(isinstance(p, ImagePart) for p in m.content) for m in request.messages):
+def classify(
+    request: ChatRequest, prompt_tokens: int, long_document_tokens: int, *,
+    needed: frozenset[str] | None = None, text: str | None = None,
+) -> tuple[str, str]:
+    """(task class, the cue that decided it). A caller that already has the request's
+    `needed_abilities()` or `last_user_text` passes them in."""
+    needed = request.needed_abilities() if needed is None else needed
+    if "vision" in needed:
         return "vision", "the request contains an image"
-    if request.tools:
+    if "tools" in needed:
         return "tool_use", "the request offers tools"
     if prompt_tokens >= long_document_tokens:
         return "long_document", f"the prompt is {prompt_tokens} tokens"
-    text = last_user_text(request)
+    text = last_user_text(request) if text is None else text
     head = text[:HEAD_CHARS].lower()
     words = _WORDS.findall(head)
     vocabulary = set(words)
