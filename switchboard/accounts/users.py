@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -10,6 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from switchboard.billing.ledger import Ledger, now_ms
 from switchboard.core.errors import InvalidRequest, NotFound
 from switchboard.store.schema import users
+
+DEMO_EMAIL = "demo@switchboard.local"  # the user `make run` creates (`switchboard demo-setup`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,15 @@ def create_user(conn: Connection, ledger: Ledger, email: str, plan: str) -> User
     return User(int(user_id), email, plan, at)
 
 
+def user_of_row(row: Any) -> User:
+    return User(row.id, row.email, row.plan, row.created_ms)
+
+
 def find_user(conn: Connection, email: str) -> User:
     row = conn.execute(select(users).where(users.c.email == normalise_email(email))).first()
     if row is None:
         raise NotFound(f"no user with e-mail {email.strip().lower()}")
-    return User(row.id, row.email, row.plan, row.created_ms)
+    return user_of_row(row)
 
 
 def any_user(conn: Connection) -> bool:

@@ -237,8 +237,8 @@ def _invoice_user(conn: Connection, inv: dict[str, Any]) -> tuple[int | None, st
     return user_id, sub_id, md
 
 
-def _not_current(conn: Connection, user_id: int, sub_id: str | None) -> bool:
-    sub = subs.get(conn, user_id)
+def _not_current(sub: subs.Subscription | None, sub_id: str | None) -> bool:
+    """Whether the event is about another subscription than the user's live one."""
     return (sub is not None and sub_id is not None and sub.stripe_subscription_id not in (None, sub_id)
             and sub.status != subs.CANCELED)
 
@@ -254,7 +254,7 @@ def _invoice_paid(conn: Connection, ledger: Ledger, settings: Settings, inv: dic
     line = _invoice_line(inv)
     if line is None:
         return user_id, "ignored: no subscription period on the invoice"
-    if _not_current(conn, user_id, sub_id):
+    if _not_current(subs.get(conn, user_id), sub_id):
         return user_id, "ignored: not the user's current subscription"
     plan = _plan_of(settings, line, md)
     period = line["period"]
@@ -297,7 +297,7 @@ def _invoice_failed(conn: Connection, inv: dict[str, Any], at: int) -> tuple[int
     sub = subs.get(conn, user_id)
     line = _invoice_line(inv)
     start = int(line["period"]["start"]) * 1000 if line else None
-    if sub is None or _not_current(conn, user_id, sub_id) or sub.status == subs.CANCELED:
+    if sub is None or _not_current(sub, sub_id) or sub.status == subs.CANCELED:
         return user_id, "ignored: no current subscription"
     if start is not None and sub.current_period_start_ms is not None and start <= sub.current_period_start_ms:
         return user_id, "ignored: that period is already paid"
@@ -313,7 +313,7 @@ def _subscription_updated(
     if user_id is None:
         raise _Pending("no user for this subscription yet")
     sub = subs.get(conn, user_id)
-    if _not_current(conn, user_id, sub_id):
+    if _not_current(sub, sub_id):
         return user_id, "ignored: not the user's current subscription"
     if sub is not None and sub.last_event_ms is not None and created < sub.last_event_ms:
         return user_id, "ignored: older than the state already applied"
@@ -336,7 +336,7 @@ def _subscription_deleted(conn: Connection, ledger: Ledger, settings: Settings, 
     user_id = _metadata_user(conn, obj.get("metadata")) or subs.find_user(conn, sub_id, stripe_id(obj.get("customer")))
     if user_id is None:
         raise _Pending("no user for this subscription yet")
-    if _not_current(conn, user_id, sub_id):
+    if _not_current(subs.get(conn, user_id), sub_id):
         return user_id, "ignored: not the user's current subscription"
     subs.link(conn, user_id, None, customer_id=stripe_id(obj.get("customer")), subscription_id=sub_id, at_ms=at)
     subs.end(conn, ledger, settings, user_id, at)

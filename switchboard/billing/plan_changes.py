@@ -65,7 +65,10 @@ def _state(engine: Engine, user_id: int) -> tuple[subs.Subscription | None, str]
 
 def cancel_at_period_end(engine: Engine, write: Write, settings: Settings, user_id: int) -> subs.Subscription:
     """Cancel at the end of the paid period: Stripe first, then the local flag."""
-    sub, _ = _state(engine, user_id)
+    return _cancel(write, settings, user_id, _state(engine, user_id)[0])
+
+
+def _cancel(write: Write, settings: Settings, user_id: int, sub: subs.Subscription | None) -> subs.Subscription:
     if sub is None or sub.stripe_subscription_id is None or sub.status == subs.CANCELED:
         raise NotFound("you have no active subscription to cancel")
     stripe_sub = StripeGateway(settings.stripe).cancel_at_period_end(sub.stripe_subscription_id)
@@ -84,7 +87,7 @@ def request_plan_change(
     if not live and plan == in_force:
         return PlanChange(subs.UNCHANGED, subs.describe(sub, in_force))
     if config.monthly_usd <= 0:
-        return PlanChange(CANCEL_SCHEDULED, cancel_at_period_end(engine, write, settings, user_id).as_json())
+        return PlanChange(CANCEL_SCHEDULED, _cancel(write, settings, user_id, sub).as_json())
     if not live:
         raise NoActiveSubscription(_why_not_live(sub, plan), param="plan")
     assert sub is not None and sub.stripe_subscription_id is not None

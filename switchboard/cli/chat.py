@@ -23,10 +23,8 @@ def _pick_user(runtime: Runtime, email: str | None) -> users_mod.User:
             return users_mod.find_user(conn, email)
         rows = conn.execute(users.select().order_by(users.c.id).limit(2)).all()
         if len(rows) == 1:
-            return users_mod.User(rows[0].id, rows[0].email, rows[0].plan, rows[0].created_ms)
-        from switchboard.cli.main import DEMO_EMAIL
-
-        return users_mod.find_user(conn, DEMO_EMAIL)
+            return users_mod.user_of_row(rows[0])
+        return users_mod.find_user(conn, users_mod.DEMO_EMAIL)
 
 
 async def run_chat(

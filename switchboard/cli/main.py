@@ -429,16 +429,20 @@ def caps_set(
     user = store.user(email)
     from switchboard.store.schema import wallets
 
-    current = store.read(lambda conn: conn.execute(
-        select(wallets.c.daily_cap_ucr, wallets.c.monthly_cap_ucr).where(wallets.c.user_id == user.id)).one())
-
     def parse(value: Optional[str], old: Optional[int]) -> Optional[int]:
         if value is None:
             return old
         return None if value.lower() == "none" else _parse_credits(value)
 
-    new_daily, new_monthly = parse(daily, current[0]), parse(monthly, current[1])
-    store.write(lambda conn: store.ledger.set_caps(conn, user.id, new_daily, new_monthly))
+    def update(conn: Any) -> tuple[Optional[int], Optional[int]]:
+        """Read the caps in force and set the new ones in one transaction."""
+        daily_now, monthly_now = conn.execute(
+            select(wallets.c.daily_cap_ucr, wallets.c.monthly_cap_ucr).where(wallets.c.user_id == user.id)).one()
+        caps = parse(daily, daily_now), parse(monthly, monthly_now)
+        store.ledger.set_caps(conn, user.id, *caps)
+        return caps
+
+    new_daily, new_monthly = store.write(update)
     show = lambda ucr: "none" if ucr is None else format_credits(ucr) + " credits"  # noqa: E731
     out.print(f"{user.email}: daily cap {show(new_daily)}, monthly cap {show(new_monthly)}")
 
@@ -541,7 +545,6 @@ def chat(
     raise typer.Exit(asyncio.run(run_chat(settings, engine, prompt, model, user, max_tokens, out, err)))
 
 
-DEMO_EMAIL = "demo@switchboard.local"
 
 
 @app.command("demo-setup", hidden=True)
@@ -552,7 +555,7 @@ def demo_setup() -> None:
     if store.read(users_mod.any_user):
         err.print("users exist already; no demo user created (make keys with `switchboard keys create EMAIL`)")
         return
-    user = store.write(lambda conn: users_mod.create_user(conn, store.ledger, DEMO_EMAIL, "free"))
+    user = store.write(lambda conn: users_mod.create_user(conn, store.ledger, users_mod.DEMO_EMAIL, "free"))
     key = store.write(lambda conn: keys_mod.create_key(conn, user.id, "demo"))
     out.print(f"\n[bold]Demo user[/bold] {user.email} (free plan). Its API key, shown only this once:\n")
     out.print(f"    [bold green]{key}[/bold green]\n")
