@@ -323,22 +323,18 @@ class GeminiProvider(HTTPProvider):
             return self.error_detail(body[0])
         return error_message(body)
 
-    async def status_error(self, resp: aiohttp.ClientResponse, key: str | None) -> UpstreamError:
-        error = await super().status_error(resp, key)
-        try:
-            err = _error_object(orjson.loads(await resp.read()))  # read() returns the cached body
-        except (orjson.JSONDecodeError, aiohttp.ClientError, TimeoutError):
-            err = None
+    def refine_error(self, error: UpstreamError, status: int, body: Any) -> UpstreamError:
+        err = _error_object(body)
         if err is None:
             return error
         details = err.get("details")
         details = details if isinstance(details, list) else []
-        if resp.status == 429 and error.retry_after_s is None:
+        if status == 429 and error.retry_after_s is None:
             for detail in details:
                 if isinstance(detail, dict) and detail.get("@type") == _RETRY_INFO:
                     error.retry_after_s = _duration_s(detail.get("retryDelay"))
                     break
-        if resp.status == 400 and not error.retryable:
+        if status == 400 and not error.retryable:
             # Gemini answers a bad key or an unserved region with 400; neither is the request's
             # fault, so another provider may serve it.
             reasons = {d.get("reason") for d in details if isinstance(d, dict) and d.get("@type") == _ERROR_INFO}

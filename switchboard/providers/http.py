@@ -157,23 +157,33 @@ class HTTPProvider(Provider):
             raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError):
             raw = b""
+        body: Any = None
         try:
-            detail = self.error_detail(orjson.loads(raw))
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             detail = raw.decode("utf-8", "replace").strip()
+        else:
+            detail = self.error_detail(body)
         detail = scrub(detail, key)[:MAX_ERROR_MESSAGE] or resp.reason or "no detail"
         message = f"{self.name}: upstream returned HTTP {status}: {detail}"
-        if status == 408 or status >= 500:
-            if status in (504, 408):
-                return UpstreamTimeout(message, upstream_status=status)
-            return UpstreamError(message, upstream_status=status)
-        retry_after = retry_after_s(resp.headers) if status == 429 else None
-        return UpstreamError(
-            message,
-            retryable=status not in NOT_RETRYABLE_STATUSES,
-            upstream_status=status,
-            retry_after_s=retry_after,
-        )
+        error: UpstreamError
+        if status in (504, 408):
+            error = UpstreamTimeout(message, upstream_status=status)
+        elif status >= 500:
+            error = UpstreamError(message, upstream_status=status)
+        else:
+            error = UpstreamError(
+                message,
+                retryable=status not in NOT_RETRYABLE_STATUSES,
+                upstream_status=status,
+                retry_after_s=retry_after_s(resp.headers) if status == 429 else None,
+            )
+        return self.refine_error(error, status, body)
+
+    def refine_error(self, error: UpstreamError, status: int, body: Any) -> UpstreamError:
+        """What a vendor's error body says beyond its status and message (override per vendor);
+        `body` is the parsed JSON, None when it was not JSON."""
+        return error
 
 
 def error_message(obj: Any) -> str:
