@@ -189,7 +189,7 @@ class AnthropicProvider(HTTPProvider):
             done = False  # message_stop arrived
             usage: dict[str, int] = {}
             tools: dict[Any, int] = {}  # content block index -> our tool-call index (0, 1, ...)
-            tool_args: dict[Any, bool] = {}  # content block index -> any argument text sent yet
+            no_args_yet: set[Any] = set()  # tool blocks (content block index) with no argument text yet
             content = resp.content
             try:
                 async for chunk in content.iter_any():
@@ -216,7 +216,7 @@ class AnthropicProvider(HTTPProvider):
                                 partial = delta.get("partial_json")
                                 if partial and block in tools:
                                     yielded = True
-                                    tool_args[block] = True
+                                    no_args_yet.discard(block)
                                     yield ToolCallDelta(index=tools[block], arguments=partial)
                             # thinking_delta / signature_delta / citations_delta: not client text.
                         elif kind == "content_block_start":
@@ -230,16 +230,16 @@ class AnthropicProvider(HTTPProvider):
                             elif block_kind == "tool_use":
                                 index = obj.get("index")
                                 tools[index] = len(tools)
-                                tool_args[index] = False
+                                no_args_yet.add(index)
                                 yielded = True
                                 yield ToolCallDelta(index=tools[index], id=block.get("id"), name=block.get("name"), arguments="")
                             # thinking / redacted_thinking / server tool blocks: not for the client.
                         elif kind == "content_block_stop":
                             index = obj.get("index")
-                            if tool_args.get(index) is False:
+                            if index in no_args_yet:
                                 # A tool called without arguments streams no JSON at all; clients
                                 # parse the assembled arguments, so give them an empty object.
-                                tool_args[index] = True
+                                no_args_yet.discard(index)
                                 yield ToolCallDelta(index=tools[index], arguments="{}")
                         elif kind == "message_start":
                             _merge_usage(usage, (obj.get("message") or {}).get("usage"))
