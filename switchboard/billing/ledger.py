@@ -79,12 +79,12 @@ _INSERT_GRANT = (
     "VALUES (:uid, :kind, :amount, :remaining, :expires, :at, :reason, :ref) RETURNING id"
 )
 _GRANT_BY_REF = "SELECT id FROM grants WHERE source_ref = :ref"
-_USER_PLAN = "SELECT plan FROM users WHERE id = :uid"
-# A live Stripe subscription grants its allowances itself (billing.subscriptions, on
-# invoice.paid): the lazy period roll then grants nothing, so a renewal happens exactly once
-# and never before it is paid.
-_BILLED_BY_SUBSCRIPTION = (
-    "SELECT 1 FROM subscriptions WHERE user_id = :uid AND status <> 'canceled' AND stripe_subscription_id IS NOT NULL"
+# The user's plan, and whether a live Stripe subscription bills it. Such a subscription grants
+# its allowances itself (billing.subscriptions, on invoice.paid): the lazy period roll then
+# grants nothing, so a renewal happens exactly once and never before it is paid.
+_PLAN_AND_BILLING = (
+    "SELECT u.plan, EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = u.id AND s.status <> 'canceled' "
+    "AND s.stripe_subscription_id IS NOT NULL) FROM users u WHERE u.id = :uid"
 )
 
 
@@ -214,10 +214,10 @@ class Ledger:
 
     def _roll_period(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
-        (plan,) = rawsql.fetch_one(conn, _USER_PLAN, {"uid": user_id})
+        plan, billed_by_stripe = rawsql.fetch_one(conn, _PLAN_AND_BILLING, {"uid": user_id})
         start, end = period_bounds(wallet["period_start_ms"], at)
         wallet["period_start_ms"], wallet["period_end_ms"] = start, end
-        if rawsql.fetch_one(conn, _BILLED_BY_SUBSCRIPTION, {"uid": user_id}) is None:  # those renew on invoice.paid
+        if not billed_by_stripe:  # those renew on invoice.paid
             self._grant_allowance(conn, user_id, plan, start, end, at, wallet)
         self._save(conn, wallet, at)
 

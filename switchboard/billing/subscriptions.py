@@ -4,7 +4,7 @@ Policies (docs/billing.md explains them for users):
 - A paid period's allowance is granted when its invoice is paid (`period_paid`), once per
   period: source_ref `allowance:{user}:{period start}`, the ledger's own allowance key, with
   the period boundaries taken from Stripe. While a user has a live subscription the ledger's
-  lazy period roll grants nothing (ledger._BILLED_BY_SUBSCRIPTION), so Stripe's boundaries and
+  lazy period roll grants nothing (ledger._PLAN_AND_BILLING), so Stripe's boundaries and
   the wallet's agree and a renewal can only come from a paid invoice.
 - Upgrade: immediate. The plan changes now and the user gets the difference between the new
   and the old plan's allowance, prorated to the part of the current period that is left (as
@@ -78,7 +78,7 @@ def describe(sub: Subscription | None, plan_in_force: str) -> dict[str, Any]:
 
 
 def billed_by_stripe(sub: Subscription | None) -> bool:
-    """Whether Stripe bills this user now (the ledger's `_BILLED_BY_SUBSCRIPTION`, on a row
+    """Whether Stripe bills this user now (the ledger's `_PLAN_AND_BILLING`, on a row
     already read): then the plan is Stripe's to change, not the operator's."""
     return sub is not None and sub.stripe_subscription_id is not None and sub.status != CANCELED
 
@@ -208,7 +208,6 @@ def period_paid(
         values.update(plan=plan, pending_plan=None, current_period_start_ms=start_ms, current_period_end_ms=end_ms)
     _upsert(conn, user_id, at, **values)
     if end_ms <= at or not new_period and sub is not None and start_ms < (sub.current_period_start_ms or 0):
-        ledger._save(conn, wallet, at)  # noqa: SLF001
         return None  # an old period, paid late: nothing to use it for any more
     if new_period:
         _set_user_plan(conn, user_id, plan)
@@ -298,8 +297,7 @@ def end(conn: Connection, ledger: Ledger, settings: Settings, user_id: int, at_m
     free plan; the ledger's own period roll grants its allowance from the next period on.
     Credits already granted stay until they expire."""
     at = at_ms if at_ms is not None else now_ms()
-    wallet = ledger._lock(conn, user_id, at)  # noqa: SLF001
+    ledger._lock(conn, user_id, at)  # noqa: SLF001 - serialised with the user's ledger writes; saves what it brings up to date
     sub = _upsert(conn, user_id, at, status=CANCELED, pending_plan=None, cancel_at_period_end=False)
     _set_user_plan(conn, user_id, free_plan(settings))
-    ledger._save(conn, wallet, at)  # noqa: SLF001
     return sub
