@@ -84,10 +84,12 @@ def sse(event: str, payload: Any, *, spaced: bool = False) -> bytes:
 class FakeAnthropic(FakeOpenAI):
     """The fake server. Start with `with FakeAnthropic() as fake:` or `.start()` / `.stop()`."""
 
+    behaviour_class = AnthropicBehaviour
+
     def __init__(
         self, behaviour: Behaviour | None = None, *, host: str = "127.0.0.1", models: list[str] | None = None
     ) -> None:
-        super().__init__(behaviour or AnthropicBehaviour(), host=host, models=models or ["claude-fake-1"])
+        super().__init__(behaviour, host=host, models=models or ["claude-fake-1"])
         self._ids = 0
 
     # -- public -------------------------------------------------------------------------
@@ -97,28 +99,14 @@ class FakeAnthropic(FakeOpenAI):
         """The API base, as clients configure it (no /v1: the SDK and our adapter add /v1/messages)."""
         return f"http://{self.host}:{self.port}"
 
-    def configure(self, **changes: Any) -> Behaviour:
-        """Replace the standing behaviour with a fresh one built from these fields."""
-        self.behaviour = AnthropicBehaviour(**changes)
-        return self.behaviour
-
     def chat_requests(self) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path == "/v1/messages" and r.method == "POST"]
 
-    def __enter__(self) -> "FakeAnthropic":
-        self.start()
-        return self
-
     # -- server -------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        assert self._sock is not None
-        await web.SockSite(self._runner, self._sock).start()
 
     def _next_id(self, prefix: str) -> str:
         self._ids += 1
@@ -232,25 +220,12 @@ class FakeAnthropic(FakeOpenAI):
         await resp.write_eof()
         return resp
 
-    async def _maybe_fail(self, request: web.Request, resp: web.StreamResponse, b: Behaviour, sent: int) -> bool:
-        """Apply the failure knobs that trigger after `sent` content chunks; True when the stream ended."""
-        if b.garbage_after_chunks == sent:
-            await resp.write(b'event: content_block_delta\ndata: {"this is": not json\n\n')
-        if b.error_event_after_chunks == sent:
-            kind = "overloaded_error" if b.error_type == _OPENAI_DEFAULT_ERROR_TYPE else b.error_type
-            payload = {"type": "error", "error": {"type": kind, "message": b.error_message}}
-            await resp.write(sse("error", payload, spaced=True))
-            await resp.write_eof()
-            return True
-        if b.stall_after_chunks == sent:
-            await asyncio.sleep(b.stall_s)
-        if b.fail_after_chunks == sent:
-            # Abort: no terminating event, RST instead of FIN where the OS allows.
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            raise asyncio.CancelledError  # ends the handler without aiohttp writing anything more
-        return False
+    def _garbage_frame(self) -> bytes:
+        return b'event: content_block_delta\ndata: {"this is": not json\n\n'
+
+    def _error_frame(self, b: Behaviour) -> bytes:
+        kind = "overloaded_error" if b.error_type == _OPENAI_DEFAULT_ERROR_TYPE else b.error_type
+        return sse("error", {"type": "error", "error": {"type": kind, "message": b.error_message}}, spaced=True)
 
 
 _DELTA_USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
@@ -260,7 +235,7 @@ def _usage_json(b: Behaviour, pieces: int) -> dict[str, Any] | None:
     if not b.send_usage:
         return None
     written = getattr(b, "cache_write_tokens", 0)
-    output = b.completion_tokens if b.completion_tokens is not None else max(pieces, 1)
+    output = b.completion_count(pieces)
     return {
         "input_tokens": max(0, b.prompt_tokens - b.cached_tokens - written),
         "cache_creation_input_tokens": written,

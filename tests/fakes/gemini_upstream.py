@@ -37,7 +37,7 @@ How Behaviour's fields read here:
   send_usage=False  -> no usageMetadata; send_finish=False or send_done=False -> no finishReason
   ignore_stream     -> answer `alt=sse` with the JSON array (application/json)
   error_code        -> the error's `status` when it is an upper-case Google status name
-GeminiBehaviour adds `block_reason` (a blocked prompt); `configure()` builds one.
+GeminiBehaviour adds `block_reason` (a blocked prompt); `configure()` builds one, and so does `FakeGemini()`.
 A request whose generationConfig.thinkingConfig.includeThoughts is true and reasoning_tokens > 0
 first gets a thought-summary part (`"thought": true`).
 """
@@ -83,10 +83,6 @@ class GeminiBehaviour(Behaviour):
     block_reason: str | None = None
 
 
-# Kept as a name for readers of the tests: the base records the query string too (alt=sse, never key=).
-GeminiReceivedRequest = ReceivedRequest
-
-
 def google_json(obj: Any, *, indent: int | None = None) -> bytes:
     """JSON as Google's front end writes it: `": "` after keys, no space after commas, and
     the HTML-sensitive characters escaped."""
@@ -96,6 +92,8 @@ def google_json(obj: Any, *, indent: int | None = None) -> bytes:
 
 class FakeGemini(FakeOpenAI):
     """The fake server. Start with `with FakeGemini() as fake:` or `.start()` / `.stop()`."""
+
+    behaviour_class = GeminiBehaviour
 
     @property
     def url(self) -> str:
@@ -107,30 +105,16 @@ class FakeGemini(FakeOpenAI):
         """The server root, as google-genai's HttpOptions(base_url=...) takes it."""
         return f"http://{self.host}:{self.port}/"
 
-    def configure(self, **changes: Any) -> Behaviour:
-        """Replace the standing behaviour with a fresh one built from these fields."""
-        self.behaviour = GeminiBehaviour(**changes)
-        return self.behaviour
-
     def chat_requests(self) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path.endswith((":streamGenerateContent", ":generateContent"))]
 
-    def __enter__(self) -> "FakeGemini":
-        self.start()
-        return self
-
     # -- server -------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         # Google serves the same methods under v1 (the google-genai SDK's default) and v1beta.
         app.router.add_post("/{version:v1|v1beta|v1alpha}/models/{target}", self._generate)
         app.router.add_get("/{version:v1|v1beta|v1alpha}/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        assert self._sock is not None
-        await web.SockSite(self._runner, self._sock).start()
 
     async def _unknown(self, request: web.Request) -> web.Response:
         self._record(request, await request.read())
@@ -193,23 +177,12 @@ class FakeGemini(FakeOpenAI):
         await resp.write_eof()
         return resp
 
-    async def _maybe_fail(self, request: web.Request, resp: web.StreamResponse, b: Behaviour, sent: int) -> bool:
-        """Apply the failure knobs that trigger after `sent` content chunks; True when the stream ended."""
-        if b.garbage_after_chunks == sent:
-            await resp.write(b'data: {"this is": not json\r\n\r\n')
-        if b.error_event_after_chunks == sent:
-            err = {"error": {"code": 500, "message": b.error_message, "status": "INTERNAL"}}
-            await resp.write(b"data: " + google_json(err) + b"\r\n\r\n")
-            await resp.write_eof()
-            return True
-        if b.stall_after_chunks == sent:
-            await asyncio.sleep(b.stall_s)
-        if b.fail_after_chunks == sent:
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            raise asyncio.CancelledError  # ends the handler without aiohttp writing anything more
-        return False
+    def _garbage_frame(self) -> bytes:
+        return b'data: {"this is": not json\r\n\r\n'
+
+    def _error_frame(self, b: Behaviour) -> bytes:
+        err = {"error": {"code": 500, "message": b.error_message, "status": "INTERNAL"}}
+        return b"data: " + google_json(err) + b"\r\n\r\n"
 
 
 def _wants_thoughts(payload: dict[str, Any]) -> bool:
@@ -236,7 +209,8 @@ def _usage(b: Behaviour, candidates: int, final: bool) -> dict[str, Any]:
 
 def _chunks(b: Behaviour, model: str, n: int, thoughts: bool) -> list[dict[str, Any]]:
     """Every GenerateContentResponse chunk of one answer, in order."""
-    part_lists: list[list[dict[str, Any]]] = [[{"text": piece}] for piece in _split(b.text, b.chunks)]
+    pieces = _split(b.text, b.chunks)
+    part_lists: list[list[dict[str, Any]]] = [[{"text": piece}] for piece in pieces]
     for i, call in enumerate(b.tool_calls):
         part: dict[str, Any] = {"functionCall": {"name": call.name, "args": json.loads(call.arguments or "{}")}}
         if i == 0:
@@ -247,9 +221,7 @@ def _chunks(b: Behaviour, model: str, n: int, thoughts: bool) -> list[dict[str, 
     if thoughts and b.reasoning_tokens:
         part_lists[0].insert(0, {"text": "**Thinking it over**\n\nThe fake considers the question.", "thought": True})
 
-    pieces = len(_split(b.text, b.chunks))
-    completion = b.completion_tokens if b.completion_tokens is not None else max(pieces, 1)
-    candidates_total = max(completion - b.reasoning_tokens, 0)
+    candidates_total = max(b.completion_count(len(pieces)) - b.reasoning_tokens, 0)
     finish = _FINISH.get(b.finish_reason or "stop", b.finish_reason or "STOP")
     response_id = f"fakeResp{n:06d}"
     out: list[dict[str, Any]] = []

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
@@ -70,6 +70,10 @@ class Behaviour:
     ignore_stream: bool = False  # answer a streaming request with a whole chat.completion JSON
     extra_headers: dict[str, str] = field(default_factory=dict)
 
+    def completion_count(self, pieces: int) -> int:
+        """`completion_tokens`, or by default the number of content chunks (at least 1)."""
+        return self.completion_tokens if self.completion_tokens is not None else max(pieces, 1)
+
 
 @dataclass
 class ReceivedRequest:
@@ -83,10 +87,15 @@ class ReceivedRequest:
 
 
 class FakeOpenAI:
-    """The fake server. Start with `with FakeOpenAI() as fake:` or `.start()` / `.stop()`."""
+    """The fake server. Start with `with FakeOpenAI() as fake:` or `.start()` / `.stop()`.
+
+    A vendor's fake subclasses it: `behaviour_class` (what `configure` and the default build),
+    `_routes`, and the `_garbage_frame` / `_error_frame` bytes of the failure knobs."""
+
+    behaviour_class: ClassVar[type[Behaviour]] = Behaviour
 
     def __init__(self, behaviour: Behaviour | None = None, *, host: str = "127.0.0.1", models: list[str] | None = None) -> None:
-        self.behaviour = behaviour or Behaviour()
+        self.behaviour = behaviour or self.behaviour_class()
         self.host = host
         self.models = models or ["fake-model"]
         self.requests: list[ReceivedRequest] = []
@@ -112,7 +121,7 @@ class FakeOpenAI:
 
     def configure(self, **changes: Any) -> Behaviour:
         """Replace the standing behaviour with a fresh one built from these fields."""
-        self.behaviour = Behaviour(**changes)
+        self.behaviour = self.behaviour_class(**changes)
         return self.behaviour
 
     @property
@@ -122,7 +131,7 @@ class FakeOpenAI:
     def chat_requests(self) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
-    def start(self) -> "FakeOpenAI":
+    def start(self) -> Self:
         # Bind here, in the caller's thread, so the port is known before start() returns.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -152,7 +161,7 @@ class FakeOpenAI:
         thread.join(timeout=5)
         self._loop = self._thread = self._runner = None
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -178,13 +187,16 @@ class FakeOpenAI:
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
+        self._routes(app)
         # handler_cancellation: a client that hangs up stops the handler's sleeps at once.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         assert self._sock is not None
         await web.SockSite(self._runner, self._sock).start()
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
 
     def _next_behaviour(self) -> Behaviour:
         with self._lock:
@@ -286,10 +298,9 @@ class FakeOpenAI:
     async def _maybe_fail(self, request: web.Request, resp: web.StreamResponse, b: Behaviour, sent: int) -> bool:
         """Apply the failure knobs that trigger after `sent` content chunks; True when the stream ended."""
         if b.garbage_after_chunks == sent:
-            await resp.write(b'data: {"this is": not json\n\n')
+            await resp.write(self._garbage_frame())
         if b.error_event_after_chunks == sent:
-            err = {"error": {"message": b.error_message, "type": b.error_type, "param": None, "code": b.error_code}}
-            await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+            await resp.write(self._error_frame(b))
             await resp.write_eof()
             return True
         if b.stall_after_chunks == sent:
@@ -301,6 +312,15 @@ class FakeOpenAI:
                 transport.abort()
             raise asyncio.CancelledError  # ends the handler without aiohttp writing anything more
         return False
+
+    def _garbage_frame(self) -> bytes:
+        """The non-JSON event of `garbage_after_chunks`, framed as this vendor frames events."""
+        return b'data: {"this is": not json\n\n'
+
+    def _error_frame(self, b: Behaviour) -> bytes:
+        """The mid-stream error event of `error_event_after_chunks`."""
+        err = {"error": {"message": b.error_message, "type": b.error_type, "param": None, "code": b.error_code}}
+        return b"data: " + json.dumps(err).encode() + b"\n\n"
 
 
 def _split(text: str, n: int) -> list[str]:
@@ -317,7 +337,7 @@ def _split(text: str, n: int) -> list[str]:
 
 
 def _usage_json(b: Behaviour, pieces: int) -> dict[str, Any]:
-    completion = b.completion_tokens if b.completion_tokens is not None else max(pieces, 1)
+    completion = b.completion_count(pieces)
     return {
         "prompt_tokens": b.prompt_tokens,
         "completion_tokens": completion,
