@@ -121,11 +121,7 @@ class FakeAnthropic(FakeOpenAI):
         return web.json_response(body, headers={"request-id": self._next_id("req")})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        payload = self._record(request, body)
-        b = self._next_behaviour()
-        if b.first_byte_delay_s:
-            await asyncio.sleep(b.first_byte_delay_s)
+        payload, b = await self._receive(request)
         request_id = self._next_id("req")
         headers = dict(b.extra_headers)
         headers["request-id"] = request_id

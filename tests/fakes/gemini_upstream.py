@@ -136,11 +136,7 @@ class FakeGemini(FakeOpenAI):
         return web.Response(body=google_json({"models": models}, indent=2), content_type="application/json")
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        payload = self._record(request, body)
-        b = self._next_behaviour()
-        if b.first_byte_delay_s:
-            await asyncio.sleep(b.first_byte_delay_s)
+        payload, b = await self._receive(request)
         headers = dict(b.extra_headers)
         model, _, method = request.match_info["target"].rpartition(":")
         if method not in ("streamGenerateContent", "generateContent") or not model:

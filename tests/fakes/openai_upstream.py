@@ -202,6 +202,14 @@ class FakeOpenAI:
         with self._lock:
             return self._queue.popleft() if self._queue else self.behaviour
 
+    async def _receive(self, request: web.Request) -> tuple[Any, Behaviour]:
+        """Record a request and pick its behaviour, then wait its first_byte_delay_s: (parsed body, behaviour)."""
+        payload = self._record(request, await request.read())
+        b = self._next_behaviour()
+        if b.first_byte_delay_s:
+            await asyncio.sleep(b.first_byte_delay_s)
+        return payload, b
+
     async def _models(self, request: web.Request) -> web.Response:
         self._record(request, b"")
         now = int(time.time())
@@ -221,11 +229,7 @@ class FakeOpenAI:
         return parsed
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        payload = self._record(request, body)
-        b = self._next_behaviour()
-        if b.first_byte_delay_s:
-            await asyncio.sleep(b.first_byte_delay_s)
+        payload, b = await self._receive(request)
         headers = dict(b.extra_headers)
         if b.retry_after is not None:
             headers["Retry-After"] = b.retry_after
