@@ -14,9 +14,9 @@ import pytest
 
 from switchboard.core.errors import UpstreamError, UpstreamTimeout
 from switchboard.core.types import Finish
-from tests.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropic
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
-from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
+from tests.fakes.openai_upstream import FakeOpenAI
 from tests.providers import test_anthropic, test_gemini, test_openai_compat
 from tests.support.servers import free_port
 
@@ -25,14 +25,13 @@ from tests.support.servers import free_port
 class Adapter:
     tests: ModuleType  # the adapter's own test module: MODEL, simple_request, provider_for, run, text_of, assert_no_key, KEY, KEY_ENV
     fake: type[FakeOpenAI]
-    behaviour: type[Behaviour]
     base_path: str  # what the adapter's base URL ends with
 
 
 ADAPTERS = {
-    "openai-compatible": Adapter(test_openai_compat, FakeOpenAI, Behaviour, "/v1"),
-    "anthropic": Adapter(test_anthropic, FakeAnthropic, AnthropicBehaviour, ""),
-    "gemini": Adapter(test_gemini, FakeGemini, Behaviour, "/v1beta"),
+    "openai-compatible": Adapter(test_openai_compat, FakeOpenAI, "/v1"),
+    "anthropic": Adapter(test_anthropic, FakeAnthropic, ""),
+    "gemini": Adapter(test_gemini, FakeGemini, "/v1beta"),
 }
 
 
@@ -59,21 +58,21 @@ def test_connect_refused_is_retryable(adapter: Adapter) -> None:
 
 
 def test_slow_first_byte_is_a_retryable_timeout(adapter: Adapter, fake: Any) -> None:
-    fake.behaviour = adapter.behaviour(first_byte_delay_s=3.0)
+    fake.configure(first_byte_delay_s=3.0)
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url, read_timeout_s=0.3))
     assert events == []
     assert isinstance(exc, UpstreamTimeout) and exc.retryable
 
 
 def test_read_timeout_mid_stream_after_output(adapter: Adapter, fake: Any) -> None:
-    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, stall_after_chunks=1, stall_s=3.0)
+    fake.configure(text="abcdef", chunks=3, stall_after_chunks=1, stall_s=3.0)
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url, read_timeout_s=0.3))
     assert adapter.tests.text_of(events) == "ab"
     assert isinstance(exc, UpstreamTimeout) and not exc.retryable
 
 
 def test_cut_mid_stream_after_output_is_not_retryable(adapter: Adapter, fake: Any) -> None:
-    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, fail_after_chunks=2)
+    fake.configure(text="abcdef", chunks=3, fail_after_chunks=2)
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
     assert adapter.tests.text_of(events) == "abcd"
     assert isinstance(exc, UpstreamError) and not exc.retryable
@@ -81,18 +80,18 @@ def test_cut_mid_stream_after_output_is_not_retryable(adapter: Adapter, fake: An
 
 
 def test_cut_before_output_is_retryable(adapter: Adapter, fake: Any) -> None:
-    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, fail_after_chunks=0)
+    fake.configure(text="abcdef", chunks=3, fail_after_chunks=0)
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
     assert events == []
     assert isinstance(exc, UpstreamError) and exc.retryable
 
 
 def test_garbage_chunk(adapter: Adapter, fake: Any) -> None:
-    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, garbage_after_chunks=1)
+    fake.configure(text="abcdef", chunks=3, garbage_after_chunks=1)
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
     assert adapter.tests.text_of(events) == "ab"
     assert isinstance(exc, UpstreamError) and not exc.retryable and "malformed" in exc.message
-    fake.behaviour = adapter.behaviour(text="abcdef", chunks=3, garbage_after_chunks=0)
+    fake.configure(text="abcdef", chunks=3, garbage_after_chunks=0)
     events, exc = adapter.tests.run(adapter.tests.provider_for(fake.url))
     assert events == [] and isinstance(exc, UpstreamError) and exc.retryable
 
