@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.databases import fresh_database
 from switchboard.accounts.users import create_user
-from switchboard.billing.ledger import Ledger
+from switchboard.billing.ledger import HoldOp, Ledger, SettleOp
 from switchboard.store.db import make_engine
 from switchboard.store.migrate import upgrade
 from switchboard.store.runner import TransactionRunner
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
 
         def one(i: int) -> None:
             rid, uid = f"bench-{i}", user_ids[i % len(user_ids)]
-            held = runner.submit(lambda c: ledger.place_hold(c, uid, rid, 5000, "m"), order_key=uid, pipelined=True).result()
+            held = runner.submit(HoldOp(ledger, uid, rid, 5000, "m"), order_key=uid).result()
             assert held.ok and held.hold_id is not None
             hold_id = held.hold_id
-            runner.submit(lambda c: ledger.settle(c, uid, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=uid, pipelined=True).result()
+            runner.submit(SettleOp(ledger, uid, hold_id, 1234, {**USAGE, "request_id": rid}), order_key=uid).result()
 
         for i in range(200):  # warm-up
             one(-1 - i)

@@ -1,5 +1,8 @@
 """The credit ledger: grants, holds, settlement, expiry. Pure database work on one Connection.
 
+Holds and settlements (the hot path) are billing.holds, a batch at a time; this module keeps
+the rest and the rules both share (`_bring_up_to_date`).
+
 Every method runs inside a caller's transaction (see store.runner) and first locks the user's
 wallet row, so check-and-reserve is atomic under any concurrency, in one process or many. Domain
 outcomes (not enough credits, already settled) are returned, not raised, so that one refused
@@ -21,58 +24,32 @@ Invariants (checked by `verify`):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, update
 
-from switchboard.billing.limits import CapRefusal, check_caps, raise_alerts
+from switchboard.billing import holds as hot_path
+from switchboard.billing.accounts import (
+    BREAKAGE, PROMOTIONS, RECEIVABLES, REFUNDS, SALES, USER_ACCOUNTS, WALLET, WALLET_COLUMNS, now_ms, record,
+    save_wallet,
+)
+from switchboard.billing.holds import HoldOp, HoldResult, SettleOp, SettleResult
 from switchboard.billing.periods import period_bounds
-from switchboard.core.ids import new_id
 from switchboard.store import rawsql
-from switchboard.store.schema import grants, holds, ledger_entries, usage_records, wallets
+from switchboard.store.schema import grants, holds, ledger_entries, wallets
 
-# Hot-path statements (hold and settle run twice per API request): raw SQL, see store.rawsql.
-_WALLET_COLUMNS = (
-    "user_id", "balance_ucr", "held_ucr", "debt_ucr", "next_expiry_ms", "period_start_ms", "period_end_ms",
-    "daily_cap_ucr", "monthly_cap_ucr", "period_allowance_ucr", "alert_level",
-)
-_LOCK_WALLET = f"SELECT {', '.join(_WALLET_COLUMNS)} FROM wallets WHERE user_id = :uid FOR UPDATE"
-# Read after the lock, as statements of their own: under PostgreSQL's READ COMMITTED a statement
-# that waited for the lock still sees other rows as they were when it started, so a hold or
-# grant joined into the locking SELECT could be stale. In pipeline mode (store.runner) they
-# still go out with the lock, one round trip in all.
-_HOLD_BY_REQUEST = "SELECT id FROM holds WHERE user_id = :uid AND request_id = :rid"
-# Burn order: soonest expiry first (allowance before never-expiring top-ups), then oldest.
-_BURN_ORDER = "ORDER BY expires_ms IS NULL, expires_ms, id"
-# The hold, and the first grant to burn: it usually covers the whole charge, and then settling
-# reads no other. One row always (NULLs for what is missing).
-_HOLD_AND_FIRST_GRANT = (
-    "SELECT h.status, h.amount_ucr, h.request_id, h.charged_ucr, g.id, g.remaining_ucr, g.expires_ms "
-    "FROM (SELECT 1 AS one) o LEFT JOIN holds h ON h.id = :hid AND h.user_id = :uid "
-    f"LEFT JOIN grants g ON g.id = (SELECT id FROM grants WHERE user_id = :uid AND remaining_ucr > 0 {_BURN_ORDER} LIMIT 1)"
-)
-_SAVE_WALLET = (
-    "UPDATE wallets SET balance_ucr = :balance_ucr, held_ucr = :held_ucr, debt_ucr = :debt_ucr, "
-    "next_expiry_ms = :next_expiry_ms, period_start_ms = :period_start_ms, period_end_ms = :period_end_ms, "
-    "period_allowance_ucr = :period_allowance_ucr, alert_level = :alert_level, "
-    "updated_ms = :at WHERE user_id = :user_id"
-)
-_SET_HELD = "UPDATE wallets SET held_ucr = :held, updated_ms = :at WHERE user_id = :uid"
-_INSERT_HOLD = (
-    "INSERT INTO holds (user_id, request_id, amount_ucr, status, model, created_ms, expires_ms) "
-    "VALUES (:uid, :rid, :amount, 'active', :model, :at, :expires) RETURNING id"
-)
-_RESOLVE_HOLD = "UPDATE holds SET status = :status, resolved_ms = :at, charged_ucr = :charged WHERE id = :hid"
-_LIVE_GRANTS = f"SELECT id, remaining_ucr, expires_ms FROM grants WHERE user_id = :uid AND remaining_ucr > 0 {_BURN_ORDER}"
+__all__ = [
+    "BREAKAGE", "PROMOTIONS", "RECEIVABLES", "REFUNDS", "SALES", "USER_ACCOUNTS", "WALLET",
+    "Balance", "HoldOp", "HoldResult", "Ledger", "Mismatch", "SettleOp", "SettleResult", "now_ms",
+]
+
+# Raw SQL where it runs inside a hold or settlement (expiry, a new period): see store.rawsql.
+_LOCK_WALLET = f"SELECT {', '.join(WALLET_COLUMNS)} FROM wallets WHERE user_id = :uid FOR UPDATE"
 _EXPIRED_GRANTS = "SELECT id, remaining_ucr FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms <= :at"
 _SET_REMAINING = "UPDATE grants SET remaining_ucr = :remaining WHERE id = :gid"
 _NEXT_EXPIRY = (
     "SELECT MIN(expires_ms) FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms IS NOT NULL"
-)
-_ENTRY_COLUMNS = (
-    "txn_id", "account", "user_id", "kind", "amount_ucr", "grant_id", "hold_id", "request_id", "created_ms", "memo",
 )
 _INSERT_GRANT = (
     "INSERT INTO grants (user_id, kind, amount_ucr, remaining_ucr, expires_ms, created_ms, reason, source_ref) "
@@ -88,35 +65,6 @@ _PLAN_AND_BILLING = (
 )
 
 
-# Accounts. Per user: WALLET, RECEIVABLES. System-wide: the rest.
-WALLET, RECEIVABLES = "wallet", "receivables"
-SALES, PROMOTIONS, REVENUE, BREAKAGE, REFUNDS = "sales", "promotions", "revenue", "breakage", "refunds"
-USER_ACCOUNTS = (WALLET, RECEIVABLES)
-_USAGE_COLUMNS = tuple(c.name for c in usage_records.columns if c.name != "id")
-_INSERT_USAGE = (
-    f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) VALUES ({', '.join(':' + c for c in _USAGE_COLUMNS)})"
-)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _entries(
-    user_id: int, kind: str, at: int, legs: list[tuple[str, int, int | None, str | None]], *,
-    hold_id: int | None = None, request_id: str | None = None,
-) -> rawsql.Statement:
-    """The INSERT recording one transaction: legs of (account, amount, grant id, memo) that
-    sum to zero; legs of zero are left out."""
-    assert sum(leg[1] for leg in legs) == 0, legs
-    txn = new_id()
-    return rawsql.insert_rows("ledger_entries", _ENTRY_COLUMNS, [
-        dict(txn_id=txn, account=account, user_id=user_id, kind=kind, amount_ucr=amount, grant_id=grant_id,
-             hold_id=hold_id, request_id=request_id, created_ms=at, memo=memo)
-        for account, amount, grant_id, memo in legs if amount
-    ])
-
-
 @dataclass(frozen=True, slots=True)
 class Balance:
     balance_ucr: int
@@ -127,23 +75,6 @@ class Balance:
     @property
     def available_ucr(self) -> int:
         return max(0, self.balance_ucr - self.held_ucr)
-
-
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    ok: bool
-    hold_id: int | None
-    available_ucr: int  # after the hold when ok; what there was when refused
-    needed_ucr: int  # what was held when ok; the least that would have done when refused
-    duplicate: bool = False  # this request id already has a hold
-    cap: CapRefusal | None = None  # refused by a spending cap rather than the balance
-
-
-@dataclass(frozen=True, slots=True)
-class SettleResult:
-    charged_ucr: int
-    available_ucr: int
-    already_resolved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,25 +108,12 @@ class Ledger:
 
     def _lock(self, conn: Connection, user_id: int, at: int) -> dict[str, Any]:
         """Lock the wallet row and bring it up to date (see `_bring_up_to_date`)."""
-        wallet, _ = self._lock_row(conn, user_id)
-        self._bring_up_to_date(conn, wallet, at)
-        return wallet
-
-    @staticmethod
-    def _lock_row(
-        conn: Connection, user_id: int, *reads: tuple[str, dict[str, Any]],
-    ) -> tuple[dict[str, Any], list[Any]]:
-        """Lock the wallet row, then run `reads` (sql, params): the wallet and each read's
-        first row (None where it found nothing). All are sent before any answer is awaited."""
-        lock = rawsql.execute(conn, _LOCK_WALLET, {"uid": user_id})
-        cursors = [rawsql.execute(conn, sql, params) for sql, params in reads]
-        row = lock.fetchone()
-        rows = [cursor.fetchone() for cursor in cursors]
-        for cursor in (lock, *cursors):
-            cursor.close()
+        row = rawsql.fetch_one(conn, _LOCK_WALLET, {"uid": user_id})
         if row is None:
             raise LookupError(f"user {user_id} has no wallet")
-        return dict(zip(_WALLET_COLUMNS, row)), rows
+        wallet = dict(zip(WALLET_COLUMNS, row))
+        self._bring_up_to_date(conn, wallet, at)
+        return wallet
 
     def _bring_up_to_date(self, conn: Connection, wallet: dict[str, Any], at: int) -> bool:
         """Expire grants past their time, start a new period when one is due. True when
@@ -209,8 +127,9 @@ class Ledger:
             changed = True
         return changed
 
-    def _save(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
-        rawsql.write(conn, _SAVE_WALLET, {**wallet, "at": at})
+    @staticmethod
+    def _save(conn: Connection, wallet: dict[str, Any], at: int) -> None:
+        save_wallet(conn, wallet, at)
 
     def _roll_period(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
@@ -259,9 +178,9 @@ class Ledger:
             "at": at, "reason": reason, "ref": source_ref,
         })
         # Receivables: the new credit settles what was owed first.
-        rawsql.write(conn, *_entries(user_id, "grant", at, [(funded_by, -amount_ucr, grant_id, reason),
-                                                            (WALLET, amount_ucr - repay, grant_id, reason),
-                                                            (RECEIVABLES, repay, grant_id, reason)]))
+        record(conn, user_id, "grant", at, [(funded_by, -amount_ucr, grant_id, reason),
+                                            (WALLET, amount_ucr - repay, grant_id, reason),
+                                            (RECEIVABLES, repay, grant_id, reason)])
         wallet["debt_ucr"] -= repay
         wallet["balance_ucr"] += amount_ucr
         if kind == "allowance":  # a new period's allowance: the base of this period's alerts
@@ -314,10 +233,10 @@ class Ledger:
         to_debt = amount - from_wallet - from_breakage
         if from_wallet:
             conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=grant.remaining_ucr - from_wallet))
-        rawsql.write(conn, *_entries(user_id, "refund", at, [
+        record(conn, user_id, "refund", at, [
             (account, value, grant_id, reason)
             for account, value in ((WALLET, -from_wallet), (BREAKAGE, -from_breakage), (RECEIVABLES, -to_debt), (REFUNDS, amount))
-        ], request_id=source_ref))
+        ], request_id=source_ref)
         wallet["balance_ucr"] -= from_wallet + to_debt
         wallet["debt_ucr"] += to_debt
         if from_wallet == grant.remaining_ucr and grant.expires_ms is not None:
@@ -339,8 +258,8 @@ class Ledger:
         user_id = wallet["user_id"]
         for grant_id, remaining in rawsql.fetch_all(conn, _EXPIRED_GRANTS, {"uid": user_id, "at": at}):
             rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": 0})
-            rawsql.write(conn, *_entries(user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
-                                                                 (BREAKAGE, remaining, grant_id, "grant expired")]))
+            record(conn, user_id, "expiry", at, [(WALLET, -remaining, grant_id, "grant expired"),
+                                                 (BREAKAGE, remaining, grant_id, "grant expired")])
             wallet["balance_ucr"] -= remaining
         wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         self._save(conn, wallet, at)
@@ -350,7 +269,7 @@ class Ledger:
         row = rawsql.fetch_one(conn, _NEXT_EXPIRY, {"uid": user_id})
         return None if row is None or row[0] is None else int(row[0])
 
-    # -- holds ----------------------------------------------------------------------------
+    # -- holds (billing.holds) ------------------------------------------------------------
     def place_hold(
         self, conn: Connection, user_id: int, request_id: str, amount_ucr: int, model: str,
         at_ms: int | None = None, min_amount_ucr: int | None = None,
@@ -360,27 +279,9 @@ class Ledger:
         With `min_amount_ucr`, a smaller hold is accepted: everything available, if that is at
         least the minimum (the caller then shrinks the request to fit what was held).
         """
-        at = at_ms if at_ms is not None else now_ms()
-        wallet, (existing,) = self._lock_row(conn, user_id, (_HOLD_BY_REQUEST, {"uid": user_id, "rid": request_id}))
-        self._bring_up_to_date(conn, wallet, at)
-        available = wallet["balance_ucr"] - wallet["held_ucr"]
-        if existing is not None:
-            return HoldResult(False, existing[0], max(0, available), amount_ucr, duplicate=True)
-        if amount_ucr > available:
-            if min_amount_ucr is None or available < min_amount_ucr:
-                return HoldResult(False, None, max(0, available), min_amount_ucr or amount_ucr)
-            amount_ucr = available
-        if wallet["daily_cap_ucr"] is not None or wallet["monthly_cap_ucr"] is not None:
-            refusal = check_caps(conn, wallet, amount_ucr, at)
-            if refusal is not None:
-                return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount_ucr, cap=refusal)
-        wallet["held_ucr"] += amount_ucr
-        rawsql.write(conn, _SET_HELD, {"uid": user_id, "held": wallet["held_ucr"], "at": at})
-        (hold_id,) = rawsql.fetch_one(conn, _INSERT_HOLD, {
-            "uid": user_id, "rid": request_id, "amount": amount_ucr, "model": model, "at": at,
-            "expires": at + self.hold_timeout_ms,
-        })
-        return HoldResult(True, int(hold_id), available - amount_ucr, amount_ucr)
+        (result,) = self.apply(conn, [HoldOp(self, user_id, request_id, amount_ucr, model, min_amount_ucr, at_ms)])
+        assert isinstance(result, HoldResult)
+        return result
 
     def settle(
         self, conn: Connection, user_id: int, hold_id: int, charge_ucr: int, usage: dict[str, Any] | None,
@@ -392,60 +293,13 @@ class Ledger:
         A charge above the hold is still charged in full; what the grants cannot cover is debt.
         A zero charge voids the hold.
         """
-        at = at_ms if at_ms is not None else now_ms()
-        wallet, (found,) = self._lock_row(conn, user_id, (_HOLD_AND_FIRST_GRANT, {"uid": user_id, "hid": hold_id}))
-        status, amount, request_id, charged, *first_grant = found
-        if self._bring_up_to_date(conn, wallet, at):
-            first_grant = [None]  # it may have just expired: read them all
-        if status is None:
-            raise LookupError(f"hold {hold_id} of user {user_id} does not exist")
-        if status != "active":
-            return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
-        # The writes below wait for nothing (pipeline mode on PostgreSQL, see store.runner).
-        if charge_ucr > 0:
-            self._charge(conn, wallet, charge_ucr, hold_id, request_id, at, first_grant)
-        rawsql.write(conn, _RESOLVE_HOLD, {
-            "hid": hold_id, "status": "settled" if charge_ucr > 0 else "voided", "at": at, "charged": charge_ucr,
-        })
-        wallet["held_ucr"] -= amount
-        if charge_ucr > 0:
-            raise_alerts(conn, wallet, at)
-        self._save(conn, wallet, at)
-        if usage is not None:
-            row = {**usage, "user_id": user_id, "charged_ucr": charge_ucr, "created_ms": at}
-            rawsql.write(conn, _INSERT_USAGE, {c: row.get(c) for c in _USAGE_COLUMNS})
-        return SettleResult(charge_ucr, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
+        (result,) = self.apply(conn, [SettleOp(self, user_id, hold_id, charge_ucr, usage, at_ms)])
+        assert isinstance(result, SettleResult)
+        return result
 
-    def _charge(
-        self, conn: Connection, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int,
-        first_grant: list[Any],
-    ) -> None:
-        """Burn `amount` from the grants in burn order. `first_grant` (id, remaining, expires),
-        read with the lock, saves reading the rest when it covers all."""
-        user_id = wallet["user_id"]
-        if first_grant[0] is not None and first_grant[1] >= amount:
-            live: list[Any] = [first_grant]
-        else:
-            live = rawsql.fetch_all(conn, _LIVE_GRANTS, {"uid": user_id})
-        left = amount
-        depleted_expiry = False
-        legs: list[tuple[str, int, int | None, str | None]] = []
-        for grant_id, remaining, expires in live:
-            if left == 0:
-                break
-            take = min(remaining, left)
-            rawsql.write(conn, _SET_REMAINING, {"gid": grant_id, "remaining": remaining - take})
-            legs.append((WALLET, -take, grant_id, None))
-            left -= take
-            depleted_expiry |= take == remaining and expires is not None
-        if left > 0:  # more than the grants hold: owed by the user, never dropped
-            wallet["debt_ucr"] += left
-            legs.append((RECEIVABLES, -left, None, "usage beyond remaining credit"))
-        legs.append((REVENUE, amount, None, None))
-        rawsql.write(conn, *_entries(user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id))
-        wallet["balance_ucr"] -= amount
-        if depleted_expiry:
-            wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
+    def apply(self, conn: Connection, ops: list[HoldOp | SettleOp]) -> list[HoldResult | SettleResult]:
+        """Holds and settlements in order, as one batch (store.runner hands them over this way)."""
+        return hot_path.apply(self, conn, ops)
 
     # -- sweeping -------------------------------------------------------------------------
     def expired_holds(self, conn: Connection, at_ms: int | None = None, limit: int = 500) -> list[dict[str, Any]]:

@@ -216,8 +216,9 @@ class Settings(BaseSettings):
     default_model: str | None = None  # what "auto" (or no model) resolves to; None = cheapest
     default_max_output_tokens: int = Field(default=8192, gt=0)  # the output cap when a request sets none
     hold_timeout_s: int = Field(default=900, gt=0)
-    # Ledger writer threads (store.runner); None: 1 on SQLite (one write lock), 4 on PostgreSQL.
-    ledger_writers: int | None = Field(default=None, ge=1, le=64)
+    # Ledger writer threads (store.runner). One batches best; more overlap their round trips,
+    # which pays where PostgreSQL is far away (SQLite has one write lock: keep 1).
+    ledger_writers: int = Field(default=1, ge=1, le=64)
     sweep_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     local_model: LocalModelConfig = Field(default_factory=LocalModelConfig)
@@ -279,12 +280,6 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
-
-    @property
-    def resolved_ledger_writers(self) -> int:
-        if self.ledger_writers is not None:
-            return self.ledger_writers
-        return 1 if self.resolved_database_url.startswith("sqlite") else 4
 
     @cached_property
     def catalog(self) -> dict[str, ModelSpec]:

@@ -14,12 +14,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from switchboard.billing.ledger import HoldResult, Ledger, SettleResult
+from switchboard.billing.ledger import HoldOp, HoldResult, Ledger, SettleOp, SettleResult
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.errors import (
     ContextTooLong,
@@ -198,8 +198,7 @@ class Inference:
             )
         first = plans[0][0].name
         future = self.runner.submit(
-            lambda conn: self.ledger.place_hold(conn, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr),
-            order_key=user_id, pipelined=True,
+            HoldOp(self.ledger, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr), order_key=user_id,
         )
         try:
             return await asyncio.wrap_future(future), hold_ucr
@@ -238,9 +237,7 @@ class Inference:
         held = future.result()
         if held.ok and held.hold_id is not None:
             hold_id = held.hold_id
-            self.runner.submit_nowait(
-                lambda conn: self.ledger.settle(conn, user_id, hold_id, 0, None), order_key=user_id, pipelined=True
-            )
+            self.runner.submit_nowait(SettleOp(self.ledger, user_id, hold_id, 0, None), order_key=user_id)
 
 
 class MeteredCall:
@@ -401,17 +398,16 @@ class MeteredCall:
         self._settled = True
         return True
 
-    def _settlement(self, metering: Metering, row: dict[str, Any]) -> Callable[[Any], SettleResult]:
+    def _settlement(self, metering: Metering, row: dict[str, Any]) -> SettleOp:
         """The ledger work that charges `metering` and writes `row`, for the runner."""
-        ledger, uid, hold, charge = self._inference.ledger, self.user_id, self.hold_id, metering.charged_ucr
-        return lambda conn: ledger.settle(conn, uid, hold, charge, row)
+        return SettleOp(self._inference.ledger, self.user_id, self.hold_id, metering.charged_ucr, row)
 
     async def settle(self, outcome: str = "ok", error: str | None = None) -> Metering:
         """Charge what was produced and write the usage record; wait for the commit."""
         metering, row = self._metering(outcome, error)
         if not self._claim():
             return metering
-        future = self._inference.runner.submit(self._settlement(metering, row), order_key=self.user_id, pipelined=True)
+        future = self._inference.runner.submit(self._settlement(metering, row), order_key=self.user_id)
         # Shielded: once queued the settlement happens even if this task is cancelled.
         if outcome == "ok" and metering.ttft_ms is not None:
             self._inference.observe_latency(metering.model, metering.ttft_ms)
@@ -425,7 +421,7 @@ class MeteredCall:
         if not self._claim():
             return
         metering, row = self._metering(outcome, error)
-        self._inference.runner.submit_nowait(self._settlement(metering, row), order_key=self.user_id, pipelined=True)
+        self._inference.runner.submit_nowait(self._settlement(metering, row), order_key=self.user_id)
 
     async def run_to_end(self) -> tuple[str, list[dict[str, Any]], Metering]:
         """For non-streaming clients: the whole answer (text, tool calls), then settlement."""

@@ -44,7 +44,7 @@ def sweep_once(runner: TransactionRunner, ledger: Ledger, catalog: dict[str, Mod
             }
             return not ledger.settle(conn, hold["user_id"], hold["id"], 0, usage).already_resolved
 
-        if runner.run_sync(work, pipelined=True):
+        if runner.run_sync(work):
             resolved += 1
     if resolved:
         log.warning("swept %d expired hold(s) left by a stopped process", resolved)

@@ -76,17 +76,65 @@ def write(conn: Connection, sql: str, params: dict[str, Any]) -> None:
 
 
 Statement = tuple[str, dict[str, Any]]  # SQL with :name parameters, and the parameters
-_insert_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
+_built: dict[tuple[Any, ...], str] = {}  # SQL text built for a shape (table, columns, row count...)
+# Rows per multi-row statement: well under both databases' limit on parameters (SQLite 32,766).
+_MAX_PARAMS = 30_000
 
 
-def insert_rows(table: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Statement:
+def _params(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in columns}
+
+
+def chunks(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """`rows` in runs small enough for one multi-row statement each."""
+    size = max(1, _MAX_PARAMS // (len(columns) + 1))
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def insert_rows(table: str, columns: tuple[str, ...], rows: list[dict[str, Any]], returning: str = "") -> Statement:
     """One INSERT of several rows (one round of statement overhead instead of one per row)."""
-    key = (table, columns, len(rows))
-    text = _insert_sql.get(key)
+    key = ("insert " + returning, table, columns, len(rows))
+    text = _built.get(key)
     if text is None:
         values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(len(rows)))
-        text = _insert_sql[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
-    return text, {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in columns}
+        text = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
+        _built[key] = text = f"{text} RETURNING {returning}" if returning else text
+    return text, _params(columns, rows)
+
+
+def update_rows(table: str, key: str, columns: dict[str, str], rows: list[dict[str, Any]]) -> Statement:
+    """One UPDATE setting `columns` (name: SQL type) of several rows, each found by its integer
+    `key` column. SQL that both databases run: UPDATE ... FROM (VALUES ...), whose columns
+    are column1, column2...; the values are cast, since PostgreSQL cannot type a VALUES column
+    of parameters that are all NULL."""
+    names = tuple(columns)
+    cache_key = ("update", f"{table}.{key}", tuple(f"{c} {t}" for c, t in columns.items()), len(rows))
+    text = _built.get(cache_key)
+    if text is None:
+        if len(rows) == 1:
+            sets = ", ".join(f"{c} = :{c}_0" for c in names)
+            text = f"UPDATE {table} SET {sets} WHERE {key} = :{key}_0"
+        else:
+            typed = ((key, "BIGINT"), *columns.items())
+            values = ", ".join(
+                "(" + ", ".join(f"CAST(:{c}_{i} AS {t})" for c, t in typed) + ")" for i in range(len(rows))
+            )
+            sets = ", ".join(f"{c} = v.column{n}" for n, c in enumerate(names, start=2))
+            text = f"UPDATE {table} SET {sets} FROM (VALUES {values}) AS v WHERE {table}.{key} = v.column1"
+        _built[cache_key] = text
+    return text, _params((key, *names), rows)
+
+
+def select_in(sql: str, **lists: list[Any]) -> Statement:
+    """`sql` with each `{name}` replaced by one parameter per value of the list `name`."""
+    cache_key = ("in", sql, *((name, len(values)) for name, values in lists.items()))
+    text = _built.get(cache_key)
+    if text is None:
+        text = _built[cache_key] = sql.format(**{
+            name: ", ".join(f":{name}_{i}" for i in range(len(values))) for name, values in lists.items()
+        })
+    return text, {f"{name}_{i}": value for name, values in lists.items() for i, value in enumerate(values)}
 
 
 def in_pipeline(dbapi_connection: Any) -> bool:

@@ -11,10 +11,10 @@ stays atomic across processes.
 If a batch fails, it is rolled back and its units are re-run one per transaction, so one bad
 unit fails alone. Units must therefore be pure database work: no side effects outside `conn`.
 
-Units submitted `pipelined=True` (the ledger's hold and settle, written in store.rawsql) run in
-psycopg's pipeline mode on PostgreSQL, consecutive ones together: a unit's writes go out
-without waiting, and only its reads wait for the server, so a batch costs a round trip per
-read instead of one per statement.
+Work that is a `BatchedWork` (the ledger's holds and settlements) goes further: the consecutive
+units of a batch whose work does the same kind of thing are handed over together, in one call
+(`together()`), which can read what they all need at once and write their rows in one
+statement per table (billing.holds).
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from switchboard.store import rawsql
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -44,12 +42,28 @@ MAX_BATCH = 256
 _RETRIES = 8
 
 
+class BatchedWork:
+    """Work that runs together with the rest of its kind in a batch: `together()` is a function
+    of (connection, list of such work) that does what calling each in turn would do and
+    returns their results in order. Units whose `together()` are equal go to one call."""
+
+    __slots__ = ()
+
+    def together(self) -> Callable[[Connection, list[Any]], list[Any]]:
+        raise NotImplementedError
+
+    def __call__(self, conn: Connection) -> Any:
+        return self.together()(conn, [self])[0]
+
+
 @dataclass(slots=True)
 class _Unit:
     work: Work
     order_key: int
     future: Future[Any] | None  # None: fire-and-forget (the result is not awaited)
-    pipelined: bool = False  # raw SQL only (store.rawsql): may run in pipeline mode
+
+    def together(self) -> Callable[[Connection, list[Any]], list[Any]] | None:
+        return self.work.together() if isinstance(self.work, BatchedWork) else None
 
 
 @dataclass(slots=True)
@@ -103,22 +117,22 @@ class TransactionRunner:
     def _queue_for(self, order_key: int) -> queue.SimpleQueue[_Unit | None]:
         return self._lanes[order_key % len(self._lanes)].queue
 
-    def submit(self, work: Callable[[Connection], T], *, order_key: int = 0, pipelined: bool = False) -> Future[T]:
+    def submit(self, work: Callable[[Connection], T], *, order_key: int = 0) -> Future[T]:
         future: Future[T] = Future()
-        self._queue_for(order_key).put(_Unit(work, order_key, future, pipelined))
+        self._queue_for(order_key).put(_Unit(work, order_key, future))
         return future
 
-    def submit_nowait(self, work: Work, *, order_key: int = 0, pipelined: bool = False) -> None:
+    def submit_nowait(self, work: Work, *, order_key: int = 0) -> None:
         """Queue work whose result nobody waits for (e.g. settling after a client went away):
         it runs even if the caller's task is cancelled."""
-        self._queue_for(order_key).put(_Unit(work, order_key, None, pipelined))
+        self._queue_for(order_key).put(_Unit(work, order_key, None))
 
-    async def run(self, work: Callable[[Connection], T], *, order_key: int = 0, pipelined: bool = False) -> T:
-        return await asyncio.wrap_future(self.submit(work, order_key=order_key, pipelined=pipelined))
+    async def run(self, work: Callable[[Connection], T], *, order_key: int = 0) -> T:
+        return await asyncio.wrap_future(self.submit(work, order_key=order_key))
 
-    def run_sync(self, work: Callable[[Connection], T], *, pipelined: bool = False) -> T:
+    def run_sync(self, work: Callable[[Connection], T]) -> T:
         """For callers without the runner thread (CLI): one transaction, with retries."""
-        return self._run_alone(_Unit(work, 0, None, pipelined))
+        return self._run_alone(_Unit(work, 0, None))
 
     def summary(self) -> str:
         """One line for the log: the work done and the busiest writer thread's busy time."""
@@ -169,9 +183,11 @@ class TransactionRunner:
         results: list[Any] = []
         try:
             with self._transaction(conn):
-                for pipelined, run in itertools.groupby(batch, key=lambda u: u.pipelined):
-                    with _pipeline_if(pipelined, conn):
+                for together, run in itertools.groupby(batch, key=_Unit.together):
+                    if together is None:
                         results.extend(unit.work(conn) for unit in run)
+                    else:
+                        results.extend(together(conn, [unit.work for unit in run]))
         except Exception:  # noqa: BLE001 - isolate the failing unit below
             log.debug("batch of %d failed; re-running one by one", len(batch), exc_info=True)
             for unit in batch:
@@ -192,7 +208,7 @@ class TransactionRunner:
         delay = 0.005
         for attempt in range(_RETRIES):
             try:
-                with self._transaction(conn) as c, _pipeline_if(unit.pipelined, c):
+                with self._transaction(conn) as c:
                     return unit.work(c)
             except (OperationalError, DBAPIError) as exc:
                 if attempt == _RETRIES - 1 or not _is_transient(exc):
@@ -223,10 +239,6 @@ class TransactionRunner:
             unit.future.set_exception(error)
         else:
             unit.future.set_result(result)
-
-
-def _pipeline_if(pipelined: bool, conn: Connection) -> contextlib.AbstractContextManager[None]:
-    return rawsql.pipeline(conn) if pipelined else contextlib.nullcontext()
 
 
 def _is_transient(exc: DBAPIError) -> bool:

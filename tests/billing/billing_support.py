@@ -34,8 +34,8 @@ class World:
     def send(self, event: dict[str, Any], at_ms: int | None = None) -> Outcome:
         return self.runner.run_sync(lambda conn: handle_event(conn, self.ledger, self.settings, event, at_ms))
 
-    def write(self, work: Any, pipelined: bool = False) -> Any:
-        return self.runner.run_sync(work, pipelined=pipelined)
+    def write(self, work: Any) -> Any:
+        return self.runner.run_sync(work)
 
     def read(self, work: Any) -> Any:
         with reading(self.engine) as conn:
@@ -55,6 +55,6 @@ class World:
         return balances
 
     def spend(self, uid: int, amount_ucr: int, request_id: str, at_ms: int | None = None) -> None:
-        held = self.write(lambda c: self.ledger.place_hold(c, uid, request_id, amount_ucr, "m", at_ms=at_ms), pipelined=True)
+        held = self.write(lambda c: self.ledger.place_hold(c, uid, request_id, amount_ucr, "m", at_ms=at_ms))
         assert held.ok, held
-        self.write(lambda c: self.ledger.settle(c, uid, held.hold_id, amount_ucr, None, at_ms=at_ms), pipelined=True)
+        self.write(lambda c: self.ledger.settle(c, uid, held.hold_id, amount_ucr, None, at_ms=at_ms))

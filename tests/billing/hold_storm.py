@@ -6,7 +6,8 @@
         settle every given hold with CHARGE_UCR (0 voids, as the sweeper does); prints
         {"settled": holds this process resolved, "already": holds it found resolved}
 
-Both submit the ledger's work as the gateway does: group-committed and pipelined.
+Both submit the ledger's work as the gateway does: operations (HoldOp, SettleOp) that the runner
+group-commits, a batch at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from switchboard.billing.ledger import Ledger
+from switchboard.billing.ledger import HoldOp, Ledger, SettleOp
 from switchboard.store.db import make_engine
 from switchboard.store.runner import TransactionRunner
 
@@ -24,13 +25,11 @@ HOLD, CHARGE = 3_000_000, 2_000_000  # hold 3 credits, charge 2
 
 def storm(runner: TransactionRunner, ledger: Ledger, user_id: int, count: int, tag: str) -> dict[str, int]:
     def one(i: int) -> int:
-        held = runner.submit(
-            lambda c: ledger.place_hold(c, user_id, f"{tag}-{i}", HOLD, "m"), order_key=user_id, pipelined=True,
-        ).result()
+        held = runner.submit(HoldOp(ledger, user_id, f"{tag}-{i}", HOLD, "m"), order_key=user_id).result()
         if not held.ok:
             return 0
         hold_id = held.hold_id
-        runner.submit(lambda c: ledger.settle(c, user_id, hold_id, CHARGE, None), order_key=user_id, pipelined=True).result()
+        runner.submit(SettleOp(ledger, user_id, hold_id, CHARGE, None), order_key=user_id).result()
         return 1
 
     with ThreadPoolExecutor(64) as pool:
@@ -40,8 +39,7 @@ def storm(runner: TransactionRunner, ledger: Ledger, user_id: int, count: int, t
 
 def settle(runner: TransactionRunner, ledger: Ledger, user_id: int, charge: int, hold_ids: list[int]) -> dict[str, int]:
     futures = [
-        runner.submit(lambda c, h=h: ledger.settle(c, user_id, h, charge, None), order_key=user_id, pipelined=True)
-        for h in hold_ids
+        runner.submit(SettleOp(ledger, user_id, h, charge, None), order_key=user_id) for h in hold_ids
     ]
     results = [f.result() for f in futures]
     already = sum(r.already_resolved for r in results)

@@ -39,7 +39,7 @@ def test_new_user_gets_plan_allowance(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine, "plus")
     b = _balance(engine, ledger, uid)
     assert b.available_ucr == 6000 * C
-    runner.submit(lambda c: ledger.place_hold(c, uid, "next", C, "m", at_ms=b.period_end_ms + 1), pipelined=True).result()
+    runner.submit(lambda c: ledger.place_hold(c, uid, "next", C, "m", at_ms=b.period_end_ms + 1)).result()
     with engine.connect() as conn:
         assert ledger.account_balances(conn) == {"promotions": -12000 * C, "wallet": 6000 * C, "breakage": 6000 * C}
     runner.stop()
@@ -47,11 +47,11 @@ def test_new_user_gets_plan_allowance(engine: Engine) -> None:
 
 def test_hold_then_settle_charges_exactly_once(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "req-1", 10 * C, "m"), pipelined=True).result()
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "req-1", 10 * C, "m")).result()
     assert held.ok and held.available_ucr == 90 * C
     assert _balance(engine, ledger, uid).held_ucr == 10 * C
-    first = runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 3 * C, None), pipelined=True).result()
-    again = runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 3 * C, None), pipelined=True).result()
+    first = runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 3 * C, None)).result()
+    again = runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 3 * C, None)).result()
     assert first.charged_ucr == 3 * C and not first.already_resolved
     assert again.already_resolved
     b = _balance(engine, ledger, uid)
@@ -62,15 +62,15 @@ def test_hold_then_settle_charges_exactly_once(engine: Engine) -> None:
 
 def test_hold_refused_when_not_enough(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
-    refused = runner.submit(lambda c: ledger.place_hold(c, uid, "big", 101 * C, "m"), pipelined=True).result()
+    refused = runner.submit(lambda c: ledger.place_hold(c, uid, "big", 101 * C, "m")).result()
     assert not refused.ok and refused.available_ucr == 100 * C and refused.needed_ucr == 101 * C
     runner.stop()
 
 
 def test_same_request_id_is_never_held_twice(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
-    runner.submit(lambda c: ledger.place_hold(c, uid, "same", C, "m"), pipelined=True).result()
-    dup = runner.submit(lambda c: ledger.place_hold(c, uid, "same", C, "m"), pipelined=True).result()
+    runner.submit(lambda c: ledger.place_hold(c, uid, "same", C, "m")).result()
+    dup = runner.submit(lambda c: ledger.place_hold(c, uid, "same", C, "m")).result()
     assert dup.duplicate and not dup.ok
     assert _balance(engine, ledger, uid).held_ucr == C
     runner.stop()
@@ -78,12 +78,12 @@ def test_same_request_id_is_never_held_twice(engine: Engine) -> None:
 
 def test_zero_charge_voids_and_usage_record_is_written(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 5 * C, "m"), pipelined=True).result()
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 5 * C, "m")).result()
     usage = dict(request_id="r", api_key_id=None, endpoint="t", model="m", provider="p", stream=False,
                  outcome="error", error="boom", prompt_tokens=0, cached_prompt_tokens=0, cache_write_tokens=0,
                  completion_tokens=0, reasoning_tokens=0, ttft_ms=None, decode_tokens_per_s=None, latency_ms=1.0,
                  cost_usd="0", route=None)
-    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 0, usage), pipelined=True).result()
+    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 0, usage)).result()
     with engine.connect() as conn:
         rows = conn.execute(select(usage_records.c.outcome, usage_records.c.charged_ucr)).all()
         assert rows == [("error", 0)]
@@ -96,9 +96,9 @@ def test_burn_order_soonest_expiry_first_then_oldest(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)  # allowance: 100, expires at period end (~1 month)
     soon = runner.submit(lambda c: ledger.grant(c, uid, 10 * C, kind="topup", expires_ms=None)).result()
     runner.submit(lambda c: ledger.grant(c, uid, 20 * C, kind="promo", expires_ms=1)).result()  # already past
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 105 * C, "m"), pipelined=True).result()
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 105 * C, "m")).result()
     assert held.ok  # 100 allowance + 10 top-up; the expired 20 do not count
-    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 105 * C, None), pipelined=True).result()
+    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 105 * C, None)).result()
     with engine.connect() as conn:
         remaining = dict(conn.execute(select(grants.c.kind, grants.c.remaining_ucr)).all())
     assert remaining == {"allowance": 0, "topup": 5 * C, "promo": 0}  # allowance burned first
@@ -109,8 +109,8 @@ def test_burn_order_soonest_expiry_first_then_oldest(engine: Engine) -> None:
 
 def test_usage_beyond_balance_becomes_debt_and_is_repaid_by_next_grant(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 100 * C, "m"), pipelined=True).result()
-    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 130 * C, None), pipelined=True).result()  # provider said more
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 100 * C, "m")).result()
+    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 130 * C, None)).result()  # provider said more
     b = _balance(engine, ledger, uid)
     assert (b.balance_ucr, b.debt_ucr, b.available_ucr) == (-30 * C, 30 * C, 0)
     runner.submit(lambda c: ledger.grant(c, uid, 50 * C, kind="topup")).result()
@@ -123,11 +123,11 @@ def test_usage_beyond_balance_becomes_debt_and_is_repaid_by_next_grant(engine: E
 def test_allowance_expires_and_renews_each_period(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
     end = _balance(engine, ledger, uid).period_end_ms
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 40 * C, "m", at_ms=end - 1000), pipelined=True).result()
-    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 40 * C, None, at_ms=end - 500), pipelined=True).result()
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 40 * C, "m", at_ms=end - 1000)).result()
+    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 40 * C, None, at_ms=end - 500)).result()
     # Next period: the 60 left expire, a fresh 100 arrives, exactly once even if touched twice.
     for i in range(2):
-        runner.submit(lambda c, i=i: ledger.place_hold(c, uid, f"n{i}", C, "m", at_ms=end + 10), pipelined=True).result()
+        runner.submit(lambda c, i=i: ledger.place_hold(c, uid, f"n{i}", C, "m", at_ms=end + 10)).result()
     b = _balance(engine, ledger, uid, end + 20)
     assert (b.balance_ucr, b.held_ucr) == (100 * C, 2 * C)
     assert _verify(engine, ledger) == []
@@ -138,7 +138,7 @@ def test_concurrent_holds_never_overdraw(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
 
     def attempt(i: int) -> bool:
-        return runner.submit(lambda c: ledger.place_hold(c, uid, f"c{i}", 7 * C, "m"), order_key=uid, pipelined=True).result().ok
+        return runner.submit(lambda c: ledger.place_hold(c, uid, f"c{i}", 7 * C, "m"), order_key=uid).result().ok
 
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(attempt, range(200)))
@@ -153,12 +153,12 @@ def test_renewal_landing_while_requests_are_in_flight(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
     end = _balance(engine, ledger, uid).period_end_ms
     # Two requests hold credit just before the period ends...
-    first = runner.submit(lambda c: ledger.place_hold(c, uid, "late-1", 30 * C, "m", at_ms=end - 10), pipelined=True).result()
-    second = runner.submit(lambda c: ledger.place_hold(c, uid, "late-2", 30 * C, "m", at_ms=end - 5), pipelined=True).result()
+    first = runner.submit(lambda c: ledger.place_hold(c, uid, "late-1", 30 * C, "m", at_ms=end - 10)).result()
+    second = runner.submit(lambda c: ledger.place_hold(c, uid, "late-2", 30 * C, "m", at_ms=end - 5)).result()
     assert first.ok and second.ok
     # ...the period rolls (old allowance expires, the new one arrives) before they settle.
-    runner.submit(lambda c: ledger.settle(c, uid, first.hold_id, 20 * C, None, at_ms=end + 5), pipelined=True).result()
-    runner.submit(lambda c: ledger.settle(c, uid, second.hold_id, 25 * C, None, at_ms=end + 6), pipelined=True).result()
+    runner.submit(lambda c: ledger.settle(c, uid, first.hold_id, 20 * C, None, at_ms=end + 5)).result()
+    runner.submit(lambda c: ledger.settle(c, uid, second.hold_id, 25 * C, None, at_ms=end + 6)).result()
     b = _balance(engine, ledger, uid, end + 7)
     assert (b.balance_ucr, b.held_ucr, b.debt_ucr) == (55 * C, 0, 0)  # the new 100, minus 45
     with engine.connect() as conn:

@@ -24,17 +24,17 @@ def _setup(engine: Engine) -> tuple[TransactionRunner, Ledger, int]:
 def test_daily_cap_counts_settled_and_held(engine: Engine) -> None:
     runner, ledger, uid = _setup(engine)
     runner.run_sync(lambda c: ledger.set_caps(c, uid, 10 * C, None))
-    first = runner.run_sync(lambda c: ledger.place_hold(c, uid, "a", 6 * C, "m"), pipelined=True)
+    first = runner.run_sync(lambda c: ledger.place_hold(c, uid, "a", 6 * C, "m"))
     assert first.ok
-    refused = runner.run_sync(lambda c: ledger.place_hold(c, uid, "b", 6 * C, "m"), pipelined=True)
+    refused = runner.run_sync(lambda c: ledger.place_hold(c, uid, "b", 6 * C, "m"))
     assert not refused.ok and refused.cap is not None and refused.cap.cap == "daily"
     assert (refused.cap.cap_ucr, refused.cap.spent_ucr) == (10 * C, 6 * C)
-    runner.run_sync(lambda c: ledger.settle(c, uid, first.hold_id, 6 * C, None), pipelined=True)
-    assert not runner.run_sync(lambda c: ledger.place_hold(c, uid, "c", 5 * C, "m"), pipelined=True).ok
-    assert runner.run_sync(lambda c: ledger.place_hold(c, uid, "d", 4 * C, "m"), pipelined=True).ok
+    runner.run_sync(lambda c: ledger.settle(c, uid, first.hold_id, 6 * C, None))
+    assert not runner.run_sync(lambda c: ledger.place_hold(c, uid, "c", 5 * C, "m")).ok
+    assert runner.run_sync(lambda c: ledger.place_hold(c, uid, "d", 4 * C, "m")).ok
     runner.run_sync(lambda c: ledger.set_caps(c, uid, None, 12 * C))  # monthly only now
-    assert not runner.run_sync(lambda c: ledger.place_hold(c, uid, "e", 3 * C, "m"), pipelined=True).ok  # 6 + 4 + 3 > 12
-    assert runner.run_sync(lambda c: ledger.place_hold(c, uid, "f", 2 * C, "m"), pipelined=True).ok
+    assert not runner.run_sync(lambda c: ledger.place_hold(c, uid, "e", 3 * C, "m")).ok  # 6 + 4 + 3 > 12
+    assert runner.run_sync(lambda c: ledger.place_hold(c, uid, "f", 2 * C, "m")).ok
     with engine.connect() as conn:
         assert ledger.verify(conn) == []
 
@@ -55,8 +55,8 @@ def test_low_balance_alerts_fire_once_per_threshold_and_are_delivered_once(engin
     runner, ledger, uid = _setup(engine)
 
     def spend(rid: str, credits: int) -> None:
-        held = runner.run_sync(lambda c: ledger.place_hold(c, uid, rid, credits * C, "m"), pipelined=True)
-        runner.run_sync(lambda c: ledger.settle(c, uid, held.hold_id, credits * C, None), pipelined=True)
+        held = runner.run_sync(lambda c: ledger.place_hold(c, uid, rid, credits * C, "m"))
+        runner.run_sync(lambda c: ledger.settle(c, uid, held.hold_id, credits * C, None))
 
     spend("a", 50)  # 50% left: nothing
     spend("b", 31)  # 19% left: the 20% alert

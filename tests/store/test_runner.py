@@ -1,5 +1,5 @@
-"""The group-commit runner: pipelined batches, failure isolation, and the pipeline guard
-(SQLite and PostgreSQL)."""
+"""The group-commit runner: batches, ledger operations handed over together, failure
+isolation, and the pipeline guard (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Connection, Engine, select, text
 
 from switchboard.accounts.users import create_user
-from switchboard.billing.ledger import Ledger
+from switchboard.billing.ledger import HoldOp, HoldResult, Ledger, SettleOp, SettleResult
 from switchboard.store import rawsql
 from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import users
@@ -18,10 +18,21 @@ from switchboard.store.schema import users
 C = 1_000_000
 
 
-def test_pipelined_batch_isolates_a_failing_unit(engine: Engine) -> None:
-    """Many pipelined ledger units share one transaction; a unit whose write fails (a second
-    hold for request b0, which only the server can see) fails alone, the others commit."""
-    ledger = Ledger({"free": 100 * C})
+class _CountingLedger(Ledger):
+    def __init__(self) -> None:
+        super().__init__({"free": 100 * C})
+        self.calls: list[int] = []  # the size of each `apply`
+
+    def apply(self, conn: Connection, ops: list[HoldOp | SettleOp]) -> list[HoldResult | SettleResult]:
+        self.calls.append(len(ops))
+        return super().apply(conn, ops)
+
+
+def test_batch_isolates_a_failing_unit(engine: Engine) -> None:
+    """Ledger operations waiting together are handed to the ledger in one call and share one
+    transaction; a unit whose write fails (a second hold for request b0, which only the
+    server can see) or an operation on a user without a wallet fails alone, the others commit."""
+    ledger = _CountingLedger()
     runner = TransactionRunner(engine)
     uid = runner.run_sync(lambda c: create_user(c, ledger, "batch@example.com", "free")).id
 
@@ -32,17 +43,18 @@ def test_pipelined_batch_isolates_a_failing_unit(engine: Engine) -> None:
     gate = threading.Event()
     runner.submit(lambda c: gate.wait(5))  # holds the runner so that the rest queue as one batch
     runner.start()
-    holds = [
-        runner.submit(lambda c, i=i: ledger.place_hold(c, uid, f"b{i}", C, "m"), order_key=uid, pipelined=True)
-        for i in range(20)
-    ]
-    bad = runner.submit(failing, order_key=uid, pipelined=True)
+    holds = [runner.submit(HoldOp(ledger, uid, f"b{i}", C, "m"), order_key=uid) for i in range(20)]
+    bad = runner.submit(failing, order_key=uid)
+    nobody = runner.submit(HoldOp(ledger, uid + 1000, "x", C, "m"), order_key=uid + 1000)
     gate.set()
     assert all(f.result(10).ok for f in holds)
     with pytest.raises(Exception, match="(?i)unique|duplicate"):
         bad.result(10)
+    with pytest.raises(LookupError, match="no wallet"):
+        nobody.result(10)
     runner.stop()
-    assert runner.units >= 22 and runner.batches < runner.units  # they were batched
+    assert runner.units >= 23 and runner.batches < runner.units  # they were batched
+    assert ledger.calls[0] == 20  # the 20 holds in one call (then, after the failure, one by one)
     with engine.connect() as conn:
         assert ledger.balance(conn, uid).held_ucr == 20 * C
         assert ledger.verify(conn) == []
@@ -69,7 +81,7 @@ def test_writer_survives_a_lost_database_connection(engine: Engine) -> None:
     backend = runner.submit(lambda c: rawsql.fetch_one(c, "SELECT pg_backend_pid()", {})[0]).result(10)
     with engine.connect() as admin:
         admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "after-drop", C, "m"), order_key=uid, pipelined=True)
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "after-drop", C, "m"), order_key=uid)
     assert held.result(10).ok
     runner.stop()
     with engine.connect() as conn:
@@ -87,9 +99,9 @@ def test_several_writer_threads_keep_every_wallet_exact(engine: Engine) -> None:
 
     def pair(i: int) -> None:
         uid = uids[i % len(uids)]
-        held = runner.submit(lambda c: ledger.place_hold(c, uid, f"p{i}", 2 * C, "m"), order_key=uid, pipelined=True).result(30)
+        held = runner.submit(lambda c: ledger.place_hold(c, uid, f"p{i}", 2 * C, "m"), order_key=uid).result(30)
         assert held.ok
-        runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, C, None), order_key=uid, pipelined=True).result(30)
+        runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, C, None), order_key=uid).result(30)
 
     with ThreadPoolExecutor(24) as pool:
         list(pool.map(pair, range(120)))
