@@ -71,10 +71,19 @@ class SettleResult:
 
 
 @dataclass(slots=True)
-class HoldOp(BatchedWork):
-    """Reserve `amount_ucr` of the user's credits (see `Ledger.place_hold`)."""
+class _LedgerOp(BatchedWork):
+    """An operation that `ledger.apply` runs, with the others of its batch."""
 
     ledger: Ledger
+
+    def together(self) -> Callable[[Connection, list[Any]], list[Any]]:
+        return self.ledger.apply
+
+
+@dataclass(slots=True)
+class HoldOp(_LedgerOp):
+    """Reserve `amount_ucr` of the user's credits (see `Ledger.place_hold`)."""
+
     user_id: int
     request_id: str
     amount_ucr: int
@@ -82,23 +91,16 @@ class HoldOp(BatchedWork):
     min_amount_ucr: int | None = None
     at_ms: int | None = None
 
-    def together(self) -> Callable[[Connection, list[Any]], list[Any]]:
-        return self.ledger.apply
-
 
 @dataclass(slots=True)
-class SettleOp(BatchedWork):
+class SettleOp(_LedgerOp):
     """Charge a hold and write its usage record (see `Ledger.settle`)."""
 
-    ledger: Ledger
     user_id: int
     hold_id: int
     charge_ucr: int
     usage: dict[str, Any] | None
     at_ms: int | None = None
-
-    def together(self) -> Callable[[Connection, list[Any]], list[Any]]:
-        return self.ledger.apply
 
 
 def apply(ledger: Ledger, conn: Connection, ops: list[HoldOp | SettleOp]) -> list[HoldResult | SettleResult]:

@@ -19,6 +19,7 @@ statement per table (billing.holds).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -42,15 +43,15 @@ MAX_BATCH = 256
 _RETRIES = 8
 
 
-class BatchedWork:
+class BatchedWork(abc.ABC):
     """Work that runs together with the rest of its kind in a batch: `together()` is a function
     of (connection, list of such work) that does what calling each in turn would do and
     returns their results in order. Units whose `together()` are equal go to one call."""
 
     __slots__ = ()
 
-    def together(self) -> Callable[[Connection, list[Any]], list[Any]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def together(self) -> Callable[[Connection, list[Any]], list[Any]]: ...
 
     def __call__(self, conn: Connection) -> Any:
         return self.together()(conn, [self])[0]
