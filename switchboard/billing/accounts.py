@@ -28,6 +28,10 @@ WALLET_COLUMNS = (
     "user_id", "balance_ucr", "held_ucr", "debt_ucr", "next_expiry_ms", "period_start_ms", "period_end_ms",
     "daily_cap_ucr", "monthly_cap_ucr", "period_allowance_ucr", "alert_level",
 )
+# Lock wallets (`{users}`: store.rawsql.select_in), in user order like every lock (store.runner).
+LOCK_WALLETS = (
+    f"SELECT {', '.join(WALLET_COLUMNS)} FROM wallets WHERE user_id IN ({{users}}) ORDER BY user_id FOR UPDATE"
+)
 # What saving a wallet writes (the caps are set on their own), with their SQL types.
 SAVED_WALLET_COLUMNS = {
     c: "BIGINT" for c in (

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from switchboard.billing.accounts import (
-    BURN_ORDER, ENTRY_COLUMNS, RECEIVABLES, REVENUE, SAVED_WALLET_COLUMNS, WALLET, WALLET_COLUMNS, Leg,
+    BURN_ORDER, ENTRY_COLUMNS, LOCK_WALLETS, RECEIVABLES, REVENUE, SAVED_WALLET_COLUMNS, WALLET, WALLET_COLUMNS, Leg,
     entry_rows, now_ms, saved_wallet,
 )
 from switchboard.billing.limits import CapRefusal, check_caps, raise_alerts
@@ -38,9 +38,6 @@ from switchboard.store.schema import usage_records
 if TYPE_CHECKING:
     from switchboard.billing.ledger import Ledger
 
-_LOCK_WALLETS = (
-    f"SELECT {', '.join(WALLET_COLUMNS)} FROM wallets WHERE user_id IN ({{users}}) ORDER BY user_id FOR UPDATE"
-)
 _HOLDS_BY_REQUEST = "SELECT user_id, request_id, id FROM holds WHERE user_id IN ({users}) AND request_id IN ({requests})"
 _HOLDS_BY_ID = "SELECT id, user_id, status, amount_ucr, request_id, charged_ucr FROM holds WHERE id IN ({holds})"
 _LIVE_GRANTS = (
@@ -144,12 +141,11 @@ class _Batch:
         self.entries: list[dict[str, Any]] = []
         self.usage: list[dict[str, Any]] = []
         self.inserting: list[Any] = []  # cursors of hold inserts: their ids, read at the end
-        self.placing: dict[tuple[int, str], _NewHold] = {}
 
         holding = [op for op in ops if isinstance(op, HoldOp)]
         settling = [op for op in ops if isinstance(op, SettleOp)]
         # All sent before any answer is awaited: one round trip on PostgreSQL (pipeline mode).
-        lock = rawsql.execute(conn, *rawsql.select_in(_LOCK_WALLETS, users=sorted({op.user_id for op in ops})))
+        lock = rawsql.execute(conn, *rawsql.select_in(LOCK_WALLETS, users=sorted({op.user_id for op in ops})))
         by_request = holds = grants = None
         if holding:
             by_request = rawsql.execute(conn, *rawsql.select_in(
@@ -190,7 +186,7 @@ class _Batch:
                 return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount, cap=refusal)
         wallet["held_ucr"] += amount
         self.changed[op.user_id] = at
-        new = self.requested[(op.user_id, op.request_id)] = self.placing[(op.user_id, op.request_id)] = _NewHold()
+        new = self.requested[(op.user_id, op.request_id)] = _NewHold()
         self.new_holds.append({
             "user_id": op.user_id, "request_id": op.request_id, "amount_ucr": amount, "status": "active",
             "model": op.model, "created_ms": at, "expires_ms": at + self.ledger.hold_timeout_ms,
@@ -256,10 +252,7 @@ class _Batch:
         wallet = self.wallets.get(user_id)
         if wallet is None:
             raise LookupError(f"user {user_id} has no wallet")
-        expiry = wallet["next_expiry_ms"]
-        if (expiry is not None and expiry <= at) or at >= wallet["period_end_ms"]:
-            self.flush()
-            self.ledger._bring_up_to_date(self.conn, wallet, at)  # noqa: SLF001 - the ledger's own rule
+        if self.ledger._bring_up_to_date(self.conn, wallet, at, before=self.flush):  # noqa: SLF001 - the ledger's own rule
             self.grants.pop(user_id, None)
         return wallet
 
@@ -295,7 +288,9 @@ class _Batch:
         """The results, once the new holds' ids are back."""
         for cursor in self.inserting:
             for hold_id, user_id, request_id in cursor.fetchall():
-                self.placing[(user_id, request_id)].id = int(hold_id)
+                new = self.requested[(user_id, request_id)]
+                assert isinstance(new, _NewHold)
+                new.id = int(hold_id)
             cursor.close()
         return [r.result() if isinstance(r, _Placed) else r for r in results]
 

@@ -24,6 +24,7 @@ Invariants (checked by `verify`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,8 @@ from sqlalchemy import Connection, and_, func, insert, select, update
 
 from switchboard.billing import holds as hot_path
 from switchboard.billing.accounts import (
-    BREAKAGE, PROMOTIONS, RECEIVABLES, REFUNDS, SALES, USER_ACCOUNTS, WALLET, WALLET_COLUMNS, now_ms, record,
-    save_wallet,
+    BREAKAGE, LOCK_WALLETS, PROMOTIONS, RECEIVABLES, REFUNDS, SALES, USER_ACCOUNTS, WALLET, WALLET_COLUMNS, now_ms,
+    record, save_wallet,
 )
 from switchboard.billing.holds import HoldOp, HoldResult, SettleOp, SettleResult
 from switchboard.billing.periods import period_bounds
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 # Raw SQL where it runs inside a hold or settlement (expiry, a new period): see store.rawsql.
-_LOCK_WALLET = f"SELECT {', '.join(WALLET_COLUMNS)} FROM wallets WHERE user_id = :uid FOR UPDATE"
 _EXPIRED_GRANTS = "SELECT id, remaining_ucr FROM grants WHERE user_id = :uid AND remaining_ucr > 0 AND expires_ms <= :at"
 _SET_REMAINING = "UPDATE grants SET remaining_ucr = :remaining WHERE id = :gid"
 _NEXT_EXPIRY = (
@@ -108,28 +108,30 @@ class Ledger:
 
     def _lock(self, conn: Connection, user_id: int, at: int) -> dict[str, Any]:
         """Lock the wallet row and bring it up to date (see `_bring_up_to_date`)."""
-        row = rawsql.fetch_one(conn, _LOCK_WALLET, {"uid": user_id})
+        row = rawsql.fetch_one(conn, *rawsql.select_in(LOCK_WALLETS, users=[user_id]))
         if row is None:
             raise LookupError(f"user {user_id} has no wallet")
         wallet = dict(zip(WALLET_COLUMNS, row))
         self._bring_up_to_date(conn, wallet, at)
         return wallet
 
-    def _bring_up_to_date(self, conn: Connection, wallet: dict[str, Any], at: int) -> bool:
-        """Expire grants past their time, start a new period when one is due. True when
-        anything changed (what was read with the lock may then be stale)."""
-        changed = False
-        if wallet["next_expiry_ms"] is not None and wallet["next_expiry_ms"] <= at:
+    def _bring_up_to_date(
+        self, conn: Connection, wallet: dict[str, Any], at: int, before: Callable[[], None] | None = None,
+    ) -> bool:
+        """Expire grants past their time, start a new period when one is due. `before` runs
+        first when there is anything to do (a batch sends its pending writes: billing.holds).
+        True when anything changed (the user's grants read earlier may then be stale)."""
+        expire = wallet["next_expiry_ms"] is not None and wallet["next_expiry_ms"] <= at
+        roll = at >= wallet["period_end_ms"]
+        if not (expire or roll):
+            return False
+        if before is not None:
+            before()
+        if expire:
             self._expire(conn, wallet, at)
-            changed = True
-        if at >= wallet["period_end_ms"]:
+        if roll:
             self._roll_period(conn, wallet, at)
-            changed = True
-        return changed
-
-    @staticmethod
-    def _save(conn: Connection, wallet: dict[str, Any], at: int) -> None:
-        save_wallet(conn, wallet, at)
+        return True
 
     def _roll_period(self, conn: Connection, wallet: dict[str, Any], at: int) -> None:
         user_id = wallet["user_id"]
@@ -138,7 +140,7 @@ class Ledger:
         wallet["period_start_ms"], wallet["period_end_ms"] = start, end
         if not billed_by_stripe:  # those renew on invoice.paid
             self._grant_allowance(conn, user_id, plan, start, end, at, wallet)
-        self._save(conn, wallet, at)
+        save_wallet(conn, wallet, at)
 
     def _grant_allowance(
         self, conn: Connection, user_id: int, plan: str, start: int, end: int, at: int,
@@ -190,7 +192,7 @@ class Ledger:
             current = wallet["next_expiry_ms"]
             wallet["next_expiry_ms"] = expires_ms if current is None else min(current, expires_ms)
         if _wallet is None:
-            self._save(conn, wallet, at)
+            save_wallet(conn, wallet, at)
         return int(grant_id)
 
     def reverse_grant(
@@ -241,7 +243,7 @@ class Ledger:
         wallet["debt_ucr"] += to_debt
         if from_wallet == grant.remaining_ucr and grant.expires_ms is not None:
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
-        self._save(conn, wallet, at)
+        save_wallet(conn, wallet, at)
         return amount
 
     @staticmethod
@@ -262,7 +264,7 @@ class Ledger:
                                                  (BREAKAGE, remaining, grant_id, "grant expired")])
             wallet["balance_ucr"] -= remaining
         wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
-        self._save(conn, wallet, at)
+        save_wallet(conn, wallet, at)
 
     @staticmethod
     def _next_expiry(conn: Connection, user_id: int) -> int | None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from switchboard.billing.accounts import save_wallet
 from switchboard.billing.ledger import SALES, Ledger, now_ms
 from switchboard.billing.periods import period_bounds
 from switchboard.core.config import Settings
@@ -219,7 +220,7 @@ def period_paid(
             conn, user_id, amount, kind="allowance", reason=f"{plan} allowance", source_ref=f"allowance:{user_id}:{start_ms}",
             expires_ms=_allowance_expiry(settings, plan, start_ms, end_ms), at_ms=at, funded_by=SALES, _wallet=wallet,
         )
-    ledger._save(conn, wallet, at)  # noqa: SLF001
+    save_wallet(conn, wallet, at)
     return grant_id
 
 
@@ -265,7 +266,7 @@ def change_plan(
                 source_ref=f"upgrade:{user_id}:{start}:{new_plan}", expires_ms=_allowance_expiry(settings, new_plan, start, end),
                 at_ms=at, funded_by=SALES, _wallet=wallet,
             )
-    ledger._save(conn, wallet, at)  # noqa: SLF001
+    save_wallet(conn, wallet, at)
     return UPGRADED
 
 

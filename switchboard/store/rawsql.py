@@ -148,8 +148,8 @@ def pipeline(conn: Connection) -> Iterator[None]:
     """On PostgreSQL, psycopg's pipeline mode: writes inside go out without waiting for their
     round trip, and a read waits only for what was sent before it. Only this module's
     functions may run inside (SQLAlchemy's result handling cannot; `guard_pipeline` makes
-    trying an error). Inside a pipeline already (a whole batch, see store.runner): no new
-    one, since leaving a nested pipeline waits for everything sent. Elsewhere: no effect."""
+    trying an error). Inside a pipeline already: no new one, since leaving a nested pipeline
+    waits for everything sent. Elsewhere: no effect."""
     driver = conn.connection.driver_connection
     if conn.dialect.name == "postgresql" and not in_pipeline(driver):
         with driver.pipeline():  # type: ignore[union-attr]
