@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 _converted: dict[tuple[str, str], str] = {}
 _FOR_UPDATE = re.compile(r" FOR UPDATE( OF \w+)?")
@@ -156,6 +157,33 @@ def pipeline(conn: Connection) -> Iterator[None]:
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def pipelined_transaction(conn: Connection) -> Iterator[None]:
+    """Inside a SQLAlchemy transaction that has sent nothing yet: on PostgreSQL, run the block
+    in pipeline mode with BEGIN sent together with its first statements and COMMIT together
+    with its last. Left to itself, psycopg sends BEGIN and waits for it before the first
+    statement, and COMMIT after the last, two round trips of a batch's four (store.runner).
+    The driver is in autocommit mode meanwhile, so that it sends no BEGIN of its own; the
+    enclosing SQLAlchemy transaction then finds nothing left to commit or roll back.
+    Elsewhere (SQLite, a transaction already begun): just the block."""
+    driver = conn.connection.driver_connection
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is None or pgconn.transaction_status != _IDLE or in_pipeline(driver):
+        yield
+        return
+    driver.autocommit = True  # type: ignore[union-attr]
+    try:
+        with driver.pipeline():  # type: ignore[union-attr]
+            _writer(conn).execute("BEGIN", prepare=False)
+            yield
+            _writer(conn).execute("COMMIT", prepare=False)
+    finally:
+        if not driver.closed:  # type: ignore[union-attr]
+            if pgconn.transaction_status != _IDLE:  # failed part-way: roll back what was begun
+                driver.rollback()  # type: ignore[union-attr]
+            driver.autocommit = False  # type: ignore[union-attr]
 
 
 def guard_pipeline(engine: Engine) -> None:

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from switchboard.store import rawsql
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -46,7 +48,8 @@ _RETRIES = 8
 class BatchedWork(abc.ABC):
     """Work that runs together with the rest of its kind in a batch: `together()` is a function
     of (connection, list of such work) that does what calling each in turn would do and
-    returns their results in order. Units whose `together()` are equal go to one call."""
+    returns their results in order. Units whose `together()` are equal go to one call. Raw
+    SQL only (store.rawsql): it runs in PostgreSQL's pipeline mode."""
 
     __slots__ = ()
 
@@ -183,7 +186,7 @@ class TransactionRunner:
         batch.sort(key=lambda u: u.order_key)  # one lock order for every process
         results: list[Any] = []
         try:
-            with self._transaction(conn):
+            with self._transaction(conn, batched=all(isinstance(u.work, BatchedWork) for u in batch)):
                 for together, run in itertools.groupby(batch, key=_Unit.together):
                     if together is None:
                         results.extend(unit.work(conn) for unit in run)
@@ -209,7 +212,7 @@ class TransactionRunner:
         delay = 0.005
         for attempt in range(_RETRIES):
             try:
-                with self._transaction(conn) as c:
+                with self._transaction(conn, batched=isinstance(unit.work, BatchedWork)) as c:
                     return unit.work(c)
             except (OperationalError, DBAPIError) as exc:
                 if attempt == _RETRIES - 1 or not _is_transient(exc):
@@ -219,14 +222,16 @@ class TransactionRunner:
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
-    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
-        """A transaction on `conn` (a writer thread's), else on a connection from the pool."""
-        if conn is None:
-            with self.engine.begin() as pooled:
-                yield pooled
-        else:
-            with conn.begin():
-                yield conn
+    def _transaction(self, conn: Connection | None, *, batched: bool = False) -> Iterator[Connection]:
+        """A transaction on `conn` (a writer thread's), else on a connection from the pool.
+        `batched`: only BatchedWork runs in it, raw SQL (store.rawsql) that may be pipelined
+        with the transaction's BEGIN and COMMIT (`rawsql.pipelined_transaction`)."""
+        with contextlib.ExitStack() as stack:
+            c = conn if conn is not None else stack.enter_context(self.engine.connect())
+            stack.enter_context(c.begin())
+            if batched:
+                stack.enter_context(rawsql.pipelined_transaction(c))
+            yield c
 
     @staticmethod
     def _finish(unit: _Unit, result: Any, error: BaseException | None) -> None:

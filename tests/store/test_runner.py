@@ -60,6 +60,40 @@ def test_batch_isolates_a_failing_unit(engine: Engine) -> None:
         assert ledger.verify(conn) == []
 
 
+def test_a_failing_operation_fails_alone_in_a_batch_of_operations(engine: Engine) -> None:
+    """A batch of nothing but ledger operations runs in one transaction that sends BEGIN and
+    COMMIT with its statements (PostgreSQL). One that fails in Python (no wallet) or on the
+    server (a second usage record for one request) rolls it back; the others are re-run one by
+    one and commit, and the writer's connection goes on working."""
+    ledger = _CountingLedger()
+    runner = TransactionRunner(engine)
+    uid = runner.run_sync(lambda c: create_user(c, ledger, "ops@example.com", "free")).id
+    first, second = (runner.run_sync(HoldOp(ledger, uid, f"h{i}", C, "m")).hold_id for i in range(2))
+    usage = {"request_id": "same", "endpoint": "test", "model": "m", "provider": "p", "stream": False,
+             "outcome": "ok", "prompt_tokens": 1, "cached_prompt_tokens": 0, "cache_write_tokens": 0,
+             "completion_tokens": 1, "reasoning_tokens": 0, "latency_ms": 1.0, "cost_usd": "0"}
+    gate = threading.Event()
+    runner.submit(lambda c: gate.wait(5))
+    runner.start()
+    holds = [runner.submit(HoldOp(ledger, uid, f"b{i}", C, "m"), order_key=uid) for i in range(10)]
+    settled = runner.submit(SettleOp(ledger, uid, first, C, usage), order_key=uid)
+    duplicate = runner.submit(SettleOp(ledger, uid, second, C, usage), order_key=uid)
+    nobody = runner.submit(HoldOp(ledger, uid + 1000, "x", C, "m"), order_key=uid + 1000)
+    gate.set()
+    assert all(f.result(10).ok for f in holds)
+    assert settled.result(10).charged_ucr == C
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        duplicate.result(10)
+    with pytest.raises(LookupError, match="no wallet"):
+        nobody.result(10)
+    assert runner.submit(HoldOp(ledger, uid, "later", C, "m"), order_key=uid).result(10).ok
+    runner.stop()
+    assert ledger.calls[2] == 13  # after the two run alone: the batch in one call, then one by one
+    with engine.connect() as conn:
+        assert ledger.balance(conn, uid).held_ucr == 12 * C  # second, b0..b9, later
+        assert ledger.verify(conn) == []
+
+
 def test_sqlalchemy_statement_in_pipeline_mode_is_refused(engine: Engine) -> None:
     """SQLAlchemy would silently see no rows in psycopg's pipeline mode: it is an error."""
     if engine.dialect.name != "postgresql":
@@ -81,7 +115,8 @@ def test_writer_survives_a_lost_database_connection(engine: Engine) -> None:
     backend = runner.submit(lambda c: rawsql.fetch_one(c, "SELECT pg_backend_pid()", {})[0]).result(10)
     with engine.connect() as admin:
         admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "after-drop", C, "m"), order_key=uid)
+    # As the gateway submits it: an operation, run in a transaction pipelined with BEGIN and COMMIT.
+    held = runner.submit(HoldOp(ledger, uid, "after-drop", C, "m"), order_key=uid)
     assert held.result(10).ok
     runner.stop()
     with engine.connect() as conn:
