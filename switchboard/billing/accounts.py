@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 
 from switchboard.core.ids import new_id
 from switchboard.store import rawsql
+from switchboard.store.schema import ledger_entries, wallets
 
 # Accounts. Per user: WALLET, RECEIVABLES. System-wide: the rest.
 WALLET, RECEIVABLES = "wallet", "receivables"
@@ -32,13 +33,11 @@ WALLET_COLUMNS = (
 LOCK_WALLETS = (
     f"SELECT {', '.join(WALLET_COLUMNS)} FROM wallets WHERE user_id IN ({{users}}) ORDER BY user_id FOR UPDATE"
 )
-# What saving a wallet writes (the caps are set on their own), with their SQL types.
-SAVED_WALLET_COLUMNS = {
-    c: "BIGINT" for c in (
-        "balance_ucr", "held_ucr", "debt_ucr", "next_expiry_ms", "period_start_ms", "period_end_ms",
-        "period_allowance_ucr", "alert_level", "updated_ms",
-    )
-}
+# What saving a wallet writes (the caps are set on their own).
+SAVED_WALLET_COLUMNS = (
+    "balance_ucr", "held_ucr", "debt_ucr", "next_expiry_ms", "period_start_ms", "period_end_ms",
+    "period_allowance_ucr", "alert_level", "updated_ms",
+)
 # Burn order: soonest expiry first (allowance before never-expiring top-ups), then oldest.
 BURN_ORDER = "expires_ms IS NULL, expires_ms, id"
 
@@ -66,13 +65,13 @@ def record(
 ) -> None:
     """Write one transaction's entries now."""
     rows = entry_rows(user_id, kind, at, legs, hold_id=hold_id, request_id=request_id)
-    rawsql.write(conn, *rawsql.insert_rows("ledger_entries", ENTRY_COLUMNS, rows))
+    rawsql.insert_many(conn, ledger_entries, ENTRY_COLUMNS, rows)
 
 
 def saved_wallet(wallet: dict[str, Any], at: int) -> dict[str, Any]:
-    """The row that saving `wallet` at `at` writes (for rawsql.update_rows)."""
+    """The row that saving `wallet` at `at` writes (for rawsql.update_many)."""
     return {**wallet, "updated_ms": at}
 
 
 def save_wallet(conn: Connection, wallet: dict[str, Any], at: int) -> None:
-    rawsql.write(conn, *rawsql.update_rows("wallets", "user_id", SAVED_WALLET_COLUMNS, [saved_wallet(wallet, at)]))
+    rawsql.update_many(conn, wallets, "user_id", SAVED_WALLET_COLUMNS, [saved_wallet(wallet, at)])

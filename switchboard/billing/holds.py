@@ -33,7 +33,7 @@ from switchboard.billing.accounts import (
 from switchboard.billing.limits import CapRefusal, check_caps, raise_alerts
 from switchboard.store import rawsql
 from switchboard.store.runner import BatchedWork
-from switchboard.store.schema import usage_records
+from switchboard.store.schema import grants, holds, ledger_entries, usage_records, wallets
 
 if TYPE_CHECKING:
     from switchboard.billing.ledger import Ledger
@@ -45,8 +45,8 @@ _LIVE_GRANTS = (
     f"ORDER BY user_id, {BURN_ORDER}"
 )
 _HOLD_COLUMNS = ("user_id", "request_id", "amount_ucr", "status", "model", "created_ms", "expires_ms")
-_RESOLVED_COLUMNS = {"status": "VARCHAR(10)", "resolved_ms": "BIGINT", "charged_ucr": "BIGINT"}
-_BURNED_COLUMNS = {"remaining_ucr": "BIGINT"}
+_RESOLVED_COLUMNS = ("status", "resolved_ms", "charged_ucr")
+_BURNED_COLUMNS = ("remaining_ucr",)
 USAGE_COLUMNS = tuple(c.name for c in usage_records.columns if c.name != "id")
 
 
@@ -146,22 +146,22 @@ class _Batch:
         settling = [op for op in ops if isinstance(op, SettleOp)]
         # All sent before any answer is awaited: one round trip on PostgreSQL (pipeline mode).
         lock = rawsql.execute(conn, *rawsql.select_in(LOCK_WALLETS, users=sorted({op.user_id for op in ops})))
-        by_request = holds = grants = None
+        by_request = by_id = live = None
         if holding:
             by_request = rawsql.execute(conn, *rawsql.select_in(
                 _HOLDS_BY_REQUEST, users=sorted({op.user_id for op in holding}),
                 requests=sorted({op.request_id for op in holding}),
             ))
         if settling:
-            holds = rawsql.execute(conn, *rawsql.select_in(_HOLDS_BY_ID, holds=sorted({op.hold_id for op in settling})))
-            grants = rawsql.execute(conn, *rawsql.select_in(_LIVE_GRANTS, users=sorted({op.user_id for op in settling})))
+            by_id = rawsql.execute(conn, *rawsql.select_in(_HOLDS_BY_ID, holds=sorted({op.hold_id for op in settling})))
+            live = rawsql.execute(conn, *rawsql.select_in(_LIVE_GRANTS, users=sorted({op.user_id for op in settling})))
         self.wallets: dict[int, dict[str, Any]] = {row[0]: dict(zip(WALLET_COLUMNS, row)) for row in _rows(lock)}
         self.requested: dict[tuple[int, str], int | _NewHold] = {(u, r): h for u, r, h in _rows(by_request)}
         # hold id -> [user id, status, amount, request id, charged]
-        self.holds: dict[int, list[Any]] = {row[0]: list(row[1:]) for row in _rows(holds)}
+        self.holds: dict[int, list[Any]] = {row[0]: list(row[1:]) for row in _rows(by_id)}
         # user id -> live grants [id, remaining, expires] in burn order
         self.grants: dict[int, list[list[Any]]] = {op.user_id: [] for op in settling}
-        for user_id, *grant in _rows(grants):
+        for user_id, *grant in _rows(live):
             self.grants[user_id].append(grant)
 
     # -- the operations ---------------------------------------------------------------------
@@ -267,21 +267,20 @@ class _Batch:
     def flush(self) -> None:
         """Send the pending writes (on PostgreSQL without waiting for them)."""
         conn = self.conn
-        for rows in rawsql.chunks(_HOLD_COLUMNS, self.new_holds):
-            statement = rawsql.insert_rows("holds", _HOLD_COLUMNS, rows, returning="id, user_id, request_id")
-            self.inserting.append(rawsql.execute(conn, *statement))
+        if self.new_holds:
+            self.inserting += rawsql.insert_many(conn, holds, _HOLD_COLUMNS, self.new_holds, returning="id, user_id, request_id")
         self.new_holds = []
-        wallets = [saved_wallet(self.wallets[user_id], at) for user_id, at in self.changed.items()]
+        saved = [saved_wallet(self.wallets[user_id], at) for user_id, at in self.changed.items()]
         for table, key, columns, rows in (
-            ("grants", "id", _BURNED_COLUMNS, list(self.burned.values())),
-            ("holds", "id", _RESOLVED_COLUMNS, list(self.resolved.values())),
-            ("wallets", "user_id", SAVED_WALLET_COLUMNS, wallets),
+            (grants, "id", _BURNED_COLUMNS, list(self.burned.values())),
+            (holds, "id", _RESOLVED_COLUMNS, list(self.resolved.values())),
+            (wallets, "user_id", SAVED_WALLET_COLUMNS, saved),
         ):
-            for chunk in rawsql.chunks(tuple(columns), rows):
-                rawsql.write(conn, *rawsql.update_rows(table, key, columns, chunk))
-        for table, columns, rows in (("ledger_entries", ENTRY_COLUMNS, self.entries), ("usage_records", USAGE_COLUMNS, self.usage)):
-            for chunk in rawsql.chunks(columns, rows):
-                rawsql.write(conn, *rawsql.insert_rows(table, columns, chunk))
+            if rows:
+                rawsql.update_many(conn, table, key, columns, rows)
+        for table, columns, rows in ((ledger_entries, ENTRY_COLUMNS, self.entries), (usage_records, USAGE_COLUMNS, self.usage)):
+            if rows:
+                rawsql.insert_many(conn, table, columns, rows)
         self.burned, self.resolved, self.changed, self.entries, self.usage = {}, {}, {}, [], []
 
     def finish(self, results: list[HoldResult | SettleResult | _Placed]) -> list[HoldResult | SettleResult]:
