@@ -38,7 +38,11 @@ from switchboard.store.schema import grants, holds, ledger_entries, usage_record
 if TYPE_CHECKING:
     from switchboard.billing.ledger import Ledger
 
-_HOLDS_BY_REQUEST = "SELECT user_id, request_id, id FROM holds WHERE user_id IN ({users}) AND request_id IN ({requests})"
+# One exact lookup in the unique index per (user, request) (rawsql.select_each), whatever
+# PostgreSQL knows of the user: with lists of users and of requests, or (user, request) IN
+# (...), a user it had no statistics for yet (new, or busy since the last ANALYZE) got a plan
+# that read all of that user's holds.
+_HOLD_BY_REQUEST = "SELECT user_id, request_id, id FROM holds WHERE user_id = :uid AND request_id = :rid"
 _HOLDS_BY_ID = "SELECT id, user_id, status, amount_ucr, request_id, charged_ucr FROM holds WHERE id IN ({holds})"
 _LIVE_GRANTS = (
     "SELECT user_id, id, remaining_ucr, expires_ms FROM grants WHERE user_id IN ({users}) AND remaining_ucr > 0 "
@@ -148,10 +152,9 @@ class _Batch:
         lock = rawsql.execute(conn, *rawsql.select_in(LOCK_WALLETS, users=sorted({op.user_id for op in ops})))
         by_request = by_id = live = None
         if holding:
-            by_request = rawsql.execute(conn, *rawsql.select_in(
-                _HOLDS_BY_REQUEST, users=sorted({op.user_id for op in holding}),
-                requests=sorted({op.request_id for op in holding}),
-            ))
+            by_request = rawsql.execute(conn, *rawsql.select_each(_HOLD_BY_REQUEST, [
+                {"uid": uid, "rid": rid} for uid, rid in sorted({(op.user_id, op.request_id) for op in holding})
+            ]))
         if settling:
             by_id = rawsql.execute(conn, *rawsql.select_in(_HOLDS_BY_ID, holds=sorted({op.hold_id for op in settling})))
             live = rawsql.execute(conn, *rawsql.select_in(_LIVE_GRANTS, users=sorted({op.user_id for op in settling})))
