@@ -48,7 +48,7 @@ _LIVE_GRANTS = (
     "SELECT user_id, id, remaining_ucr, expires_ms FROM grants WHERE user_id IN ({users}) AND remaining_ucr > 0 "
     f"ORDER BY user_id, {BURN_ORDER}"
 )
-_HOLD_COLUMNS = ("user_id", "request_id", "amount_ucr", "status", "model", "created_ms", "expires_ms")
+_HOLD_COLUMNS = ("id", "user_id", "request_id", "amount_ucr", "status", "model", "created_ms", "expires_ms")
 _RESOLVED_COLUMNS = ("status", "resolved_ms", "charged_ucr")
 _BURNED_COLUMNS = ("remaining_ucr",)
 USAGE_COLUMNS = tuple(c.name for c in usage_records.columns if c.name != "id")
@@ -110,27 +110,7 @@ def apply(ledger: Ledger, conn: Connection, ops: list[HoldOp | SettleOp]) -> lis
         batch = _Batch(ledger, conn, ops)
         results = [batch.hold(op) if isinstance(op, HoldOp) else batch.settle(op) for op in ops]
         batch.flush()
-        return batch.finish(results)
-
-
-@dataclass(slots=True)
-class _NewHold:
-    """A hold placed in this batch: its id comes back from the insert at the end."""
-
-    id: int | None = None
-
-
-@dataclass(slots=True)
-class _Placed:
-    """A hold result waiting for its hold's id."""
-
-    hold: _NewHold
-    available_ucr: int
-    needed_ucr: int
-    duplicate: bool = False
-
-    def result(self) -> HoldResult:
-        return HoldResult(not self.duplicate, self.hold.id, self.available_ucr, self.needed_ucr, duplicate=self.duplicate)
+        return results
 
 
 class _Batch:
@@ -144,14 +124,14 @@ class _Batch:
         self.burned: dict[int, dict[str, Any]] = {}  # grant id -> its new remainder
         self.entries: list[dict[str, Any]] = []
         self.usage: list[dict[str, Any]] = []
-        self.inserting: list[Any] = []  # cursors of hold inserts: their ids, read at the end
 
         holding = [op for op in ops if isinstance(op, HoldOp)]
         settling = [op for op in ops if isinstance(op, SettleOp)]
         # All sent before any answer is awaited: one round trip on PostgreSQL (pipeline mode).
         lock = rawsql.execute(conn, *rawsql.select_in(LOCK_WALLETS, users=sorted({op.user_id for op in ops})))
-        by_request = by_id = live = None
+        by_request = reserved = by_id = live = None
         if holding:
+            reserved = rawsql.execute(conn, *rawsql.reserve_ids(conn, holds, len(holding)))
             by_request = rawsql.execute(conn, *rawsql.select_each(_HOLD_BY_REQUEST, [
                 {"uid": uid, "rid": rid} for uid, rid in sorted({(op.user_id, op.request_id) for op in holding})
             ]))
@@ -159,7 +139,10 @@ class _Batch:
             by_id = rawsql.execute(conn, *rawsql.select_in(_HOLDS_BY_ID, holds=sorted({op.hold_id for op in settling})))
             live = rawsql.execute(conn, *rawsql.select_in(_LIVE_GRANTS, users=sorted({op.user_id for op in settling})))
         self.wallets: dict[int, dict[str, Any]] = {row[0]: dict(zip(WALLET_COLUMNS, row)) for row in _rows(lock)}
-        self.requested: dict[tuple[int, str], int | _NewHold] = {(u, r): h for u, r, h in _rows(by_request)}
+        self.requested: dict[tuple[int, str], int] = {(u, r): h for u, r, h in _rows(by_request)}
+        # Ids for the holds this batch may place, taken with the reads: no insert waits to
+        # return one (rawsql.reserve_ids).
+        self.free_ids = iter([row[0] for row in _rows(reserved)])
         # hold id -> [user id, status, amount, request id, charged]
         self.holds: dict[int, list[Any]] = {row[0]: list(row[1:]) for row in _rows(by_id)}
         # user id -> live grants [id, remaining, expires] in burn order
@@ -168,13 +151,11 @@ class _Batch:
             self.grants[user_id].append(grant)
 
     # -- the operations ---------------------------------------------------------------------
-    def hold(self, op: HoldOp) -> HoldResult | _Placed:
+    def hold(self, op: HoldOp) -> HoldResult:
         at = op.at_ms if op.at_ms is not None else now_ms()
         wallet = self._wallet(op.user_id, at)
         available = wallet["balance_ucr"] - wallet["held_ucr"]
         existing = self.requested.get((op.user_id, op.request_id))
-        if isinstance(existing, _NewHold):
-            return _Placed(existing, max(0, available), op.amount_ucr, duplicate=True)
         if existing is not None:
             return HoldResult(False, existing, max(0, available), op.amount_ucr, duplicate=True)
         amount = op.amount_ucr
@@ -189,12 +170,13 @@ class _Batch:
                 return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount, cap=refusal)
         wallet["held_ucr"] += amount
         self.changed[op.user_id] = at
-        new = self.requested[(op.user_id, op.request_id)] = _NewHold()
+        hold_id = self.requested[(op.user_id, op.request_id)] = next(self.free_ids)
         self.new_holds.append({
+            "id": hold_id,
             "user_id": op.user_id, "request_id": op.request_id, "amount_ucr": amount, "status": "active",
             "model": op.model, "created_ms": at, "expires_ms": at + self.ledger.hold_timeout_ms,
         })
-        return _Placed(new, available - amount, amount)
+        return HoldResult(True, hold_id, available - amount, amount)
 
     def settle(self, op: SettleOp) -> SettleResult:
         """Exactly once per hold; a charge above the hold is still charged in full."""
@@ -271,7 +253,7 @@ class _Batch:
         """Send the pending writes (on PostgreSQL without waiting for them)."""
         conn = self.conn
         if self.new_holds:
-            self.inserting += rawsql.insert_many(conn, holds, _HOLD_COLUMNS, self.new_holds, returning="id, user_id, request_id")
+            rawsql.insert_many(conn, holds, _HOLD_COLUMNS, self.new_holds)
         self.new_holds = []
         saved = [saved_wallet(self.wallets[user_id], at) for user_id, at in self.changed.items()]
         for table, key, columns, rows in (
@@ -285,17 +267,6 @@ class _Batch:
             if rows:
                 rawsql.insert_many(conn, table, columns, rows)
         self.burned, self.resolved, self.changed, self.entries, self.usage = {}, {}, {}, [], []
-
-    def finish(self, results: list[HoldResult | SettleResult | _Placed]) -> list[HoldResult | SettleResult]:
-        """The results, once the new holds' ids are back."""
-        for cursor in self.inserting:
-            for hold_id, user_id, request_id in cursor.fetchall():
-                new = self.requested[(user_id, request_id)]
-                assert isinstance(new, _NewHold)
-                new.id = int(hold_id)
-            cursor.close()
-        return [r.result() if isinstance(r, _Placed) else r for r in results]
-
 
 def _rows(cursor: Any) -> list[Any]:
     if cursor is None:

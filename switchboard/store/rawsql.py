@@ -104,28 +104,18 @@ _PG = postgresql.dialect()
 # array parameter per column, unnested: fixed SQL text whatever the number of rows, so psycopg
 # parses it once (it re-parses a statement of more than 50 parameters on every execution,
 # measured at a sixth of the ledger writer's time) and the server can keep it prepared.
-def insert_many(
-    conn: Connection, table: Table, columns: tuple[str, ...], rows: list[dict[str, Any]], returning: str = "",
-) -> list[Any]:
-    """INSERT `rows` in as few statements as the database allows. With `returning`, the
-    cursors whose rows are the RETURNING clause's (fetch them before the transaction ends)."""
+def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """INSERT `rows` in as few statements as the database allows."""
     head = f"INSERT INTO {table.name} ({', '.join(columns)}) "
-    tail = f" RETURNING {returning}" if returning else ""
-    statements: list[Statement] = []
     if conn.dialect.name == "postgresql":
-        text = _cached(("insert", table.name, columns, returning), lambda: head + "SELECT * FROM unnest(" + ", ".join(
-            f"CAST(:{c} AS {_pg_type(table, c)}[])" for c in columns) + ")" + tail)
-        statements.append((text, {c: [row[c] for row in rows] for c in columns}))
-    else:
-        for chunk in _chunks(columns, rows):
-            text = _cached(("insert", table.name, columns, returning, len(chunk)), lambda n=len(chunk): head + "VALUES " + ", ".join(
-                "(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(n)) + tail)
-            statements.append((text, _params(columns, chunk)))
-    if returning:
-        return [execute(conn, *statement) for statement in statements]
-    for statement in statements:
-        write(conn, *statement)
-    return []
+        text = _cached(("insert", table.name, columns), lambda: head + "SELECT * FROM unnest(" + ", ".join(
+            f"CAST(:{c} AS {_pg_type(table, c)}[])" for c in columns) + ")")
+        write(conn, text, {c: [row[c] for row in rows] for c in columns})
+        return
+    for chunk in _chunks(columns, rows):
+        text = _cached(("insert", table.name, columns, len(chunk)), lambda n=len(chunk): head + "VALUES " + ", ".join(
+            "(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(n)))
+        write(conn, text, _params(columns, chunk))
 
 
 def update_many(conn: Connection, table: Table, key: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
@@ -150,6 +140,20 @@ def update_many(conn: Connection, table: Table, key: str, columns: tuple[str, ..
             + " FROM (VALUES " + ", ".join("(" + ", ".join(f":{c}_{i}" for c in every) + ")" for i in range(n))
             + f") AS v WHERE {table.name}.{key} = v.column1"))
         write(conn, text, _params(every, chunk))
+
+
+def reserve_ids(conn: Connection, table: Table, count: int) -> Statement:
+    """A query of `count` new ids for `table`'s rows, to insert with them: on PostgreSQL from
+    the id's sequence (unused ones are a gap, as after any rollback); on SQLite the ones after
+    the largest, which no one else can take first (a writer holds the database's lock)."""
+    if conn.dialect.name == "postgresql":
+        text = _cached(("ids", table.name, "pg"), lambda: (
+            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :count)"))
+    else:
+        text = _cached(("ids", table.name), lambda: (
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < :count) "
+            f"SELECT (SELECT COALESCE(MAX(id), 0) FROM {table.name}) + i FROM k"))
+    return text, {"count": count}
 
 
 def select_in(sql: str, **lists: list[Any]) -> Statement:
