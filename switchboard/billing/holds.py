@@ -252,21 +252,22 @@ class _Batch:
     def flush(self) -> None:
         """Send the pending writes (on PostgreSQL without waiting for them)."""
         conn = self.conn
-        if self.new_holds:
-            rawsql.insert_many(conn, holds, _HOLD_COLUMNS, self.new_holds)
-        self.new_holds = []
+        for table, columns, rows in (
+            (holds, _HOLD_COLUMNS, self.new_holds), (ledger_entries, ENTRY_COLUMNS, self.entries),
+            (usage_records, USAGE_COLUMNS, self.usage),
+        ):
+            if rows:
+                rawsql.insert_many(conn, table, columns, rows)
         saved = [saved_wallet(self.wallets[user_id], at) for user_id, at in self.changed.items()]
-        for table, key, columns, rows in (
+        for table, key, columns, updated in (
             (grants, "id", _BURNED_COLUMNS, list(self.burned.values())),
             (holds, "id", _RESOLVED_COLUMNS, list(self.resolved.values())),
             (wallets, "user_id", SAVED_WALLET_COLUMNS, saved),
         ):
-            if rows:
-                rawsql.update_many(conn, table, key, columns, rows)
-        for table, columns, rows in ((ledger_entries, ENTRY_COLUMNS, self.entries), (usage_records, USAGE_COLUMNS, self.usage)):
-            if rows:
-                rawsql.insert_many(conn, table, columns, rows)
-        self.burned, self.resolved, self.changed, self.entries, self.usage = {}, {}, {}, [], []
+            if updated:
+                rawsql.update_many(conn, table, key, columns, updated)
+        self.new_holds, self.entries, self.usage, self.burned, self.resolved, self.changed = [], [], [], {}, {}, {}
+
 
 def _rows(cursor: Any) -> list[Any]:
     if cursor is None:

@@ -6,7 +6,8 @@ SQLAlchemy Core each costs ~20 us of Python even when prebuilt; on the driver's 
 hot-path statements use this; everything else uses SQLAlchemy.
 
 SQL is written once with `:name` parameters (sqlite3's named style) and rewritten to
-`%(name)s` for psycopg. Statements must be portable between SQLite and PostgreSQL.
+`%(name)s` for psycopg. Statements must be portable between SQLite and PostgreSQL; the shapes
+for many rows at once (insert_many, update_many, reserve_ids) are built here for each.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ _PG = postgresql.dialect()
 # Many rows in one statement. SQLite: VALUES lists, a parameter per value. PostgreSQL: one
 # array parameter per column, unnested: fixed SQL text whatever the number of rows, so psycopg
 # parses it once (it re-parses a statement of more than 50 parameters on every execution,
-# measured at a sixth of the ledger writer's time) and the server can keep it prepared.
+# measured at a sixth of the ledger writer's time) and the server can keep an insert prepared.
 def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """INSERT `rows` in as few statements as the database allows."""
     head = f"INSERT INTO {table.name} ({', '.join(columns)}) "
