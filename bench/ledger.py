@@ -1,6 +1,6 @@
 """Ledger benchmark: hold + settle pairs per second through the group-commit runner.
 
-    .venv/bin/python -m bench.ledger [--database-url URL] [--pairs 3000] [--concurrency 32] [--users 1] [--writers 1]
+    .venv/bin/python -m bench.ledger [--database-url URL] [--pairs 3000] [--concurrency 32] [--users 1] [--writers 1] [--no-relay]
 
 Each pair is what one API request costs the ledger: a hold (check and reserve) and a settlement
 (charge, release, usage record). Default database: a fresh SQLite file; with a PostgreSQL URL,
@@ -33,14 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=1, help="wallets the pairs take turns over")
-    parser.add_argument("--writers", type=int, default=1, help="writer threads (TransactionRunner writers)")
+    parser.add_argument("--writers", type=int, default=1, help="writers (TransactionRunner writers)")
+    parser.add_argument("--no-relay", action="store_true",
+                        help="one thread per writer on PostgreSQL too (TransactionRunner relay=False)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.database_url) as database_url:
         url = database_url or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         engine = make_engine(url)
         upgrade(engine)
         ledger = Ledger({"bench": 10**15})
-        runner = TransactionRunner(engine, writers=args.writers)
+        runner = TransactionRunner(engine, writers=args.writers, relay=False if args.no_relay else None)
         runner.start()
         stamp = time.time_ns()
         user_ids = [
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{kind}: sequential {sequential_ms:.3f} ms per hold+settle; "
           f"concurrency {args.concurrency}: {args.pairs / wall:.0f} pairs/s, {cpu / args.pairs * 1e6:.0f} us CPU per pair, "
           f"{(runner.units - units0) / max(runner.batches - batches0, 1):.1f} units per commit "
-          f"({args.users} users, {args.writers} writer threads); ledger verified")
+          f"({args.users} users, {args.writers} writers{', relay' if runner.relay else ''}); ledger verified")
 
 
 if __name__ == "__main__":

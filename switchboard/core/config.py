@@ -216,9 +216,12 @@ class Settings(BaseSettings):
     default_model: str | None = None  # what "auto" (or no model) resolves to; None = cheapest
     default_max_output_tokens: int = Field(default=8192, gt=0)  # the output cap when a request sets none
     hold_timeout_s: int = Field(default=900, gt=0)
-    # Ledger writer threads (store.runner). One batches best; more overlap their round trips,
-    # which pays where PostgreSQL is far away (SQLite has one write lock: keep 1).
+    # Ledger writers (store.runner), each a thread with its connection (two with the relay).
+    # One batches best (SQLite has one write lock: keep 1).
     ledger_writers: int = Field(default=1, ge=1, le=64)
+    # PostgreSQL: each writer reads and works out its next batch while the last one commits
+    # (store.runner's relay: two threads, two connections). No effect on SQLite.
+    ledger_relay: bool = True
     sweep_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     local_model: LocalModelConfig = Field(default_factory=LocalModelConfig)

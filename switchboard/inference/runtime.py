@@ -39,7 +39,8 @@ class Runtime:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.resolved_database_url)
-        self.runner = TransactionRunner(self.engine, writers=settings.ledger_writers)
+        self.runner = TransactionRunner(self.engine, writers=settings.ledger_writers,
+                                        relay=None if settings.ledger_relay else False)
         self.ledger = make_ledger(settings)
         self._provider_configs = provider_configs = effective_providers(settings)
         self.providers: dict[str, Provider] = build_providers(settings, provider_configs)

@@ -222,14 +222,16 @@ def pipeline(conn: Connection) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def pipelined_transaction(conn: Connection) -> Iterator[None]:
+def pipelined_transaction(conn: Connection, committing: Callable[[], None] | None = None) -> Iterator[None]:
     """Inside a SQLAlchemy transaction that has sent nothing yet: on PostgreSQL, run the block
     in pipeline mode with BEGIN sent together with its first statements and COMMIT together
     with its last. Left to itself, psycopg sends BEGIN and waits for it before the first
     statement, and COMMIT after the last, two round trips of a batch's four (store.runner).
     The driver is in autocommit mode meanwhile, so that it sends no BEGIN of its own; the
     enclosing SQLAlchemy transaction then finds nothing left to commit or roll back.
-    Elsewhere (SQLite, a transaction already begun): just the block."""
+    `committing` is called once the COMMIT is queued, before its answer is awaited (the
+    runner's relay starts the next batch then). Elsewhere (SQLite, a transaction already
+    begun): just the block."""
     driver = conn.connection.driver_connection
     pgconn = getattr(driver, "pgconn", None)
     if pgconn is None or pgconn.transaction_status != _IDLE or in_pipeline(driver):
@@ -241,6 +243,8 @@ def pipelined_transaction(conn: Connection) -> Iterator[None]:
             _writer(conn).execute("BEGIN", prepare=False)
             yield
             _writer(conn).execute("COMMIT", prepare=False)
+            if committing is not None:  # psycopg sends the queued COMMIT right after, on the sync
+                committing()
     finally:
         if not driver.closed:  # type: ignore[union-attr]
             if pgconn.transaction_status != _IDLE:  # failed part-way: roll back what was begun

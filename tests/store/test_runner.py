@@ -4,7 +4,11 @@ isolation, and the pipeline guard (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, select, text
@@ -12,6 +16,8 @@ from sqlalchemy import Connection, Engine, select, text
 from switchboard.accounts.users import create_user
 from switchboard.billing.ledger import HoldOp, HoldResult, Ledger, SettleOp, SettleResult
 from switchboard.store import rawsql
+from switchboard.store.db import make_engine
+from switchboard.store.migrate import upgrade
 from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import users
 
@@ -145,3 +151,123 @@ def test_several_writer_threads_keep_every_wallet_exact(engine: Engine) -> None:
     with engine.connect() as conn:
         assert ledger.verify(conn) == []
         assert all(ledger.balance(conn, uid).balance_ucr == 80 * C for uid in uids)  # 20 credits each
+
+
+# -- the relay (PostgreSQL): the next batch is read and worked out while one commits -------
+
+_SLOW_OR_FAILING_COMMIT = (
+    "CREATE SEQUENCE commit_failures",
+    """CREATE FUNCTION slow_or_failing_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.request_id LIKE 'slow%%' OR NEW.request_id LIKE 'fail%%' THEN
+        PERFORM pg_sleep(0.6);
+    END IF;
+    IF NEW.request_id LIKE 'fail%%' AND nextval('commit_failures') = 1 THEN
+        RAISE EXCEPTION 'commit refused once';
+    END IF;
+    RETURN NULL;
+END $$""",
+    """CREATE CONSTRAINT TRIGGER slow_or_failing_commit AFTER INSERT ON holds
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_or_failing_commit()""",
+)
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    """PostgreSQL where a hold whose request id starts with 'slow' takes 0.6 s to commit, and
+    the first one starting with 'fail' takes 0.6 s and then fails to commit (a deferred
+    trigger, run at COMMIT)."""
+    eng = make_engine(postgres_url)
+    upgrade(eng)
+    with eng.begin() as conn:
+        for statement in _SLOW_OR_FAILING_COMMIT:
+            conn.exec_driver_sql(statement)
+    yield eng
+    eng.dispose()
+
+
+def _two_users(runner: TransactionRunner, ledger: Ledger) -> tuple[int, int]:
+    return tuple(runner.run_sync(lambda c, e=e: create_user(c, ledger, e, "free")).id  # type: ignore[return-value]
+                 for e in ("first@example.com", "second@example.com"))
+
+
+def _committing(engine: Engine, request_id: str) -> None:
+    """Wait until a writer is in the COMMIT of the hold for `request_id` (in its trigger)."""
+    deadline = time.monotonic() + 5
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")).scalar():
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"the hold {request_id} never reached its commit")
+
+
+@dataclass(slots=True)
+class _HoldThenWait(HoldOp):
+    """A hold whose batch, once worked out, says so (`reached`) and waits for `until` before
+    its COMMIT is sent: so that the test can queue work to be waiting at that moment."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    until: threading.Event = field(default_factory=threading.Event)
+
+    def together(self) -> Callable[[Connection, list[Any]], list[Any]]:
+        def run(conn: Connection, ops: list[Any]) -> list[Any]:
+            results = self.ledger.apply(conn, ops)
+            self.reached.set()
+            assert self.until.wait(5)
+            return results
+        return run
+
+
+def test_relay_runs_the_next_batch_while_one_commits(pg_engine: Engine) -> None:
+    """While one user's batch waits for its COMMIT, another user's hold that was waiting is
+    placed and answered; the same user's next hold waits for that commit and sees the credits
+    it held."""
+    ledger = Ledger({"free": 100 * C})
+    runner = TransactionRunner(pg_engine)
+    assert runner.relay
+    first, second = _two_users(runner, ledger)
+    runner.start()
+    slow = _HoldThenWait(ledger, first, "slow", 10 * C, "m")
+    slowly = runner.submit(slow, order_key=first)
+    assert slow.reached.wait(5)
+    other = runner.submit(HoldOp(ledger, second, "other", 10 * C, "m"), order_key=second)
+    slow.until.set()
+    _committing(pg_engine, "slow")
+    assert other.result(0.5).ok and not slowly.done()  # answered before the slow commit ended
+    after = runner.submit(HoldOp(ledger, first, "after", 10 * C, "m"), order_key=first)
+    assert slowly.result(5).ok
+    assert after.result(5).available_ucr == 80 * C  # it saw the slow hold's 10 credits
+    runner.stop()
+    with pg_engine.connect() as conn:
+        assert ledger.verify(conn) == []
+        assert ledger.balance(conn, first).held_ucr == 20 * C
+
+
+def test_relay_reruns_a_batch_whose_commit_failed(pg_engine: Engine) -> None:
+    """A batch whose COMMIT fails after the next batch has gone ahead is run again, one unit at
+    a time: its holds land after the other's, and no credit is held twice or lost."""
+    ledger = Ledger({"free": 100 * C})
+    runner = TransactionRunner(pg_engine)
+    first, second = _two_users(runner, ledger)
+    entered, gate = threading.Event(), threading.Event()
+    runner.start()
+    runner.submit(lambda c: entered.set() or gate.wait(5))  # so that the next two make one batch
+    assert entered.wait(5)
+    fail = _HoldThenWait(ledger, first, "fail", 10 * C, "m")
+    failing = runner.submit(fail, order_key=first)
+    companion = runner.submit(HoldOp(ledger, first, "companion", 5 * C, "m"), order_key=first)
+    gate.set()
+    assert fail.reached.wait(5)
+    other = runner.submit(HoldOp(ledger, second, "other", 10 * C, "m"), order_key=second)
+    fail.until.set()
+    _committing(pg_engine, "fail")
+    assert other.result(0.5).ok and not failing.done()
+    held = failing.result(5)  # refused at COMMIT once, then placed by the re-run
+    assert held.ok and not held.duplicate and held.available_ucr == 90 * C
+    assert companion.result(5).available_ucr == 85 * C
+    runner.stop()
+    with pg_engine.connect() as conn:
+        assert ledger.verify(conn) == []
+        assert [ledger.balance(conn, uid).held_ucr for uid in (first, second)] == [15 * C, 10 * C]
+        assert conn.execute(text("SELECT count(*) FROM holds")).scalar() == 3
