@@ -117,7 +117,8 @@ ledger_entries = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("txn_id", String(40), nullable=False, index=True),
     Column("account", String(32), nullable=False),
-    Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
+    # No index of its own: ix_ledger_entries_user_account_created leads with it (migration 0005).
+    Column("user_id", ForeignKey("users.id"), nullable=False),
     Column("kind", String(16), nullable=False),  # grant | charge | expiry | refund
     Column("amount_ucr", BigInteger, nullable=False),  # signed
     Column("grant_id", ForeignKey("grants.id")),
