@@ -27,6 +27,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.cpu import cpu_s, postgres_backends, with_children
 from bench.databases import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,45 +84,6 @@ def _writer_load(server_log: str, gateway_s: float) -> dict[str, Any] | None:
     return {"busy_s": max(busy), "gateway_s": round(gateway_s, 1), "busy_fraction": round(max(busy) / gateway_s, 3),
             "per_process_busy_s": busy, "units_per_commit": round(units / max(commits, 1), 1),
             "unit_answered_ms": answered, "unit_queued_ms": queued}
-
-
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds (user + system) the processes used so far (Linux /proc)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) * _TICK_S
-    return total
-
-
-def _server_pids(server_pid: int) -> list[int]:
-    """The server process and its children (the workers of `serve --workers N`)."""
-    pids = [server_pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == server_pid:
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return pids
-
-
-def _postgres_pids(database_url: str | None) -> list[int]:
-    """The PostgreSQL backends serving the benchmark's database (none for SQLite)."""
-    if not database_url:
-        return []
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND pid <> pg_backend_pid()").fetchall()
-    return [row[0] for row in rows]
 
 
 def _load(url: str, key: str, model: str, concurrency: int, duration: float, stream: bool) -> dict[str, Any]:
@@ -185,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             gateway_s = 0.0
             for c in levels:
                 direct = _load(f"http://127.0.0.1:{mock_port}/v1", "x", "mock-model", c, args.duration, args.stream)
-                pids, pg_pids = _server_pids(server.pid), _postgres_pids(database_url)
-                cpu0, pg_cpu0 = _cpu_s(pids), _cpu_s(pg_pids)
+                pids, pg_pids = with_children(server.pid), postgres_backends(database_url)
+                cpu0, pg_cpu0 = cpu_s(pids), cpu_s(pg_pids)
                 started = time.perf_counter()
                 metered = _load(f"http://127.0.0.1:{gw_port}/v1", key, "mock-small", c, args.duration, args.stream)
                 elapsed = time.perf_counter() - started
@@ -195,11 +157,11 @@ def main(argv: list[str] | None = None) -> None:
                 # server's processes and its PostgreSQL backends used over the run (warm-up
                 # included), over the requests answered in that time at the measured rate.
                 # Backends that connected during the run count from their start.
-                pg_pids = sorted(set(pg_pids) | set(_postgres_pids(database_url)))
+                pg_pids = sorted(set(pg_pids) | set(postgres_backends(database_url)))
                 requests = max(metered["ok_rps"] * elapsed, 1.0)
-                metered["server_cpu_us_per_request"] = round((_cpu_s(pids) - cpu0) / requests * 1e6)
+                metered["server_cpu_us_per_request"] = round((cpu_s(pids) - cpu0) / requests * 1e6)
                 if pg_pids:
-                    metered["postgres_cpu_us_per_request"] = round((_cpu_s(pg_pids) - pg_cpu0) / requests * 1e6)
+                    metered["postgres_cpu_us_per_request"] = round((cpu_s(pg_pids) - pg_cpu0) / requests * 1e6)
                 results["runs"].append({"concurrency": c, "direct": direct, "gateway": metered})
             usage = subprocess.run(sb + ["usage", emails[0], "--json", "--limit", "1"], env=env, cwd=ROOT,
                                    capture_output=True, text=True).stdout

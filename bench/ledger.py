@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.cpu import cpu_s, postgres_backends
 from bench.databases import fresh_database
 from switchboard.accounts.users import create_user
 from switchboard.billing.ledger import HoldOp, Ledger, SettleOp
@@ -65,17 +66,20 @@ def main(argv: list[str] | None = None) -> None:
             one(10**9 + i)
         sequential_ms = (time.perf_counter() - t0) / sequential_n * 1000
         batches0, units0 = runner.batches, runner.units
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        backends = postgres_backends(database_url)  # the writer's connections, open by now
+        t0, cpu0, pg_cpu0 = time.perf_counter(), time.process_time(), cpu_s(backends)
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(one, range(args.pairs)))
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        wall, cpu, pg_cpu = time.perf_counter() - t0, time.process_time() - cpu0, cpu_s(backends) - pg_cpu0
         with engine.connect() as conn:
             assert ledger.verify(conn) == []
         runner.stop()
         engine.dispose()
     kind = url.split(":")[0]
+    postgres = f" (PostgreSQL {pg_cpu / args.pairs * 1e6:.0f} us)" if backends else ""
     print(f"{kind}: sequential {sequential_ms:.3f} ms per hold+settle; "
-          f"concurrency {args.concurrency}: {args.pairs / wall:.0f} pairs/s, {cpu / args.pairs * 1e6:.0f} us CPU per pair, "
+          f"concurrency {args.concurrency}: {args.pairs / wall:.0f} pairs/s, "
+          f"{cpu / args.pairs * 1e6:.0f} us CPU per pair{postgres}, "
           f"{(runner.units - units0) / max(runner.batches - batches0, 1):.1f} units per commit "
           f"({args.users} users, {args.writers} writers{', relay' if runner.relay else ''}); ledger verified")
 
