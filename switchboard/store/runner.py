@@ -209,17 +209,7 @@ class TransactionRunner:
                 if turn.then is not None:
                     turn.then.set()
                 return
-            batch = [first]
-            stopping = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    unit = lane.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if unit is None:
-                    stopping = True
-                    break
-                batch.append(unit)
+            batch, stopping = _with_waiting(first, lane.queue)
             taken = time.perf_counter()
             turn.batches += 1
             turn.units += len(batch)
@@ -317,6 +307,21 @@ class TransactionRunner:
             unit.future.set_exception(error)
         else:
             unit.future.set_result(result)
+
+
+def _with_waiting(first: _Unit, waiting: queue.SimpleQueue[_Unit | None]) -> tuple[list[_Unit], bool]:
+    """`first` and the units queued behind it (up to MAX_BATCH), and whether a stop (None)
+    came among them."""
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            unit = waiting.get_nowait()
+        except queue.Empty:
+            break
+        if unit is None:
+            return batch, True
+        batch.append(unit)
+    return batch, False
 
 
 def _is_transient(exc: DBAPIError) -> bool:
