@@ -86,7 +86,7 @@ class _Turn:
     other thread when that batch's COMMIT is sent, if work is already waiting; otherwise it
     keeps it (waking the other thread for nothing would cost a thread switch per batch)."""
     mine: threading.Event = field(default_factory=threading.Event)
-    then: threading.Event | None = None  # the other thread's turn; None: no relay
+    then: threading.Event = field(default_factory=threading.Event)  # the other thread's turn (no relay: mine)
     batches: int = 0  # batches taken: transactions (or single units run alone)
     units: int = 0
     busy_s: float = 0.0  # time from taking a batch to its COMMIT (with the turn held)
@@ -120,12 +120,11 @@ class TransactionRunner:
         self.engine = engine
         self.relay = engine.dialect.name == "postgresql" if relay is None else relay
         self._lanes = [_Lane(queue.SimpleQueue()) for _ in range(max(1, writers))]
-        self._threads_per_lane = 2 if self.relay else 1
         self._threads = []
         for i, lane in enumerate(self._lanes):
-            turns = lane.turns = [_Turn() for _ in range(self._threads_per_lane)]
+            turns = lane.turns = [_Turn() for _ in range(2 if self.relay else 1)]
             for r, turn in enumerate(turns):
-                turn.then = turns[(r + 1) % len(turns)].mine if self.relay else None
+                turn.then = turns[(r + 1) % len(turns)].mine
                 self._threads.append(threading.Thread(
                     target=self._loop, args=(lane, turn), name=f"{name}-{i}" + ("ab"[r] if self.relay else ""),
                     daemon=True))
@@ -152,7 +151,7 @@ class TransactionRunner:
         if self._started and not self._stopped:
             self._stopped = True
             for lane in self._lanes:
-                for _ in range(self._threads_per_lane):  # a thread stops at the first it takes
+                for _ in lane.turns:  # a thread stops at the first it takes
                     lane.queue.put(None)
             for thread in self._threads:
                 thread.join(timeout)
@@ -206,8 +205,7 @@ class TransactionRunner:
             turn.mine.clear()
             first = lane.queue.get()
             if first is None:  # stop; the other thread then takes its own None
-                if turn.then is not None:
-                    turn.then.set()
+                turn.then.set()
                 return
             batch, stopping = _with_waiting(first, lane.queue)
             taken = time.perf_counter()
@@ -218,7 +216,7 @@ class TransactionRunner:
 
             def committing() -> None:
                 nonlocal handed_over
-                if turn.then is not None and not handed_over and not lane.queue.empty():
+                if turn.then is not turn.mine and not handed_over and not lane.queue.empty():
                     handed_over = True
                     turn.busy_s += time.perf_counter() - taken
                     turn.then.set()
@@ -230,7 +228,7 @@ class TransactionRunner:
                 turn.answered_s += sum(answered - unit.queued for unit in batch)
                 if not handed_over:
                     turn.busy_s += answered - taken
-                    (turn.then if stopping and turn.then is not None else turn.mine).set()
+                    (turn.then if stopping else turn.mine).set()
             if stopping:
                 return
 

@@ -192,7 +192,8 @@ def _two_users(runner: TransactionRunner, ledger: Ledger) -> tuple[int, int]:
 
 
 def _committing(engine: Engine, request_id: str) -> None:
-    """Wait until a writer is in the COMMIT of the hold for `request_id` (in its trigger)."""
+    """Wait until a writer is in a slow COMMIT (the trigger's sleep), that of `request_id`'s
+    batch: the only hold of the test that sleeps."""
     deadline = time.monotonic() + 5
     with engine.connect() as conn:
         while time.monotonic() < deadline:
