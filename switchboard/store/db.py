@@ -37,6 +37,9 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         return engine
     engine = create_engine(driver_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     rawsql.guard_pipeline(engine)
+    from switchboard.store.pg_text import nul_free_text  # imports psycopg: only where PostgreSQL is used
+
+    nul_free_text(engine)  # text with NUL stored, not refused
     return engine
 
 
