@@ -34,7 +34,7 @@ from switchboard.api.state import AppState
 from switchboard.core.errors import (
     AuthenticationFailed,
     ContextTooLong,
-    RateLimited,
+    ServiceUnavailable,
     SwitchboardError,
     UpstreamError,
     UpstreamTimeout,
@@ -59,15 +59,15 @@ _OVERLOADED_UPSTREAM = frozenset({429, 503, 529})
 
 def error_parts(exc: SwitchboardError) -> tuple[int, str, str, dict[str, str]]:
     """(status, Anthropic error type, message, extra headers) for a Switchboard error."""
-    headers: dict[str, str] = {}
+    headers = dict(exc.headers())  # Retry-After of a rate limit or an outage
     status, message = exc.status, exc.message
     if isinstance(exc, ContextTooLong):
         # Anthropic answers an over-long prompt with a 400 whose message starts "prompt is too
         # long"; clients (Claude Code's auto-compaction among them) look for exactly that.
         return 400, "invalid_request_error", f"prompt is too long: {message}", headers
-    if isinstance(exc, RateLimited):
-        headers["retry-after"] = retry_after_header(exc.retry_after_s)
-    elif isinstance(exc, UpstreamTimeout):
+    if isinstance(exc, ServiceUnavailable):  # every model that could serve it is unavailable
+        return 503, "overloaded_error", message, headers
+    if isinstance(exc, UpstreamTimeout):
         status = 504
     elif isinstance(exc, UpstreamError):
         if exc.upstream_status in _OVERLOADED_UPSTREAM:

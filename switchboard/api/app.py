@@ -19,7 +19,7 @@ from switchboard.api import billing
 from switchboard.api.ratelimit import TokenBuckets
 from switchboard.api.state import AppState
 from switchboard.core.config import Settings, load_settings
-from switchboard.core.errors import InvalidRequest, RateLimited, SwitchboardError, retry_after_header
+from switchboard.core.errors import InvalidRequest, SwitchboardError
 from switchboard.inference.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,8 @@ def _error(status: int, message: str, type_: str, code: str | None = None, heade
 
 async def _switchboard_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, SwitchboardError)
-    headers = None
-    if isinstance(exc, RateLimited):
-        headers = {"retry-after": retry_after_header(exc.retry_after_s)}
-    return Response(orjson.dumps(exc.to_openai()), status_code=exc.status, media_type="application/json", headers=headers)
+    return Response(orjson.dumps(exc.to_openai()), status_code=exc.status, media_type="application/json",
+                    headers=exc.headers() or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -153,6 +153,10 @@ class ResilienceConfig(BaseModel):
     max_retry_after_s: float = Field(default=5.0, ge=0)
     breaker_failures: int = Field(default=5, ge=0)  # 0 disables the breaker
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    # The breaker opens for everyone only when its `breaker_failures` faults (within the window,
+    # with no success between) come from this many distinct users; fewer trip only their own.
+    breaker_min_users: int = Field(default=3, ge=1)
+    breaker_window_s: float = Field(default=60.0, gt=0)
 
 
 Tier = Literal["small", "mid", "flagship"]

@@ -17,6 +17,10 @@ class SwitchboardError(Exception):
         if code is not None:
             self.code = code
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error (Retry-After, for those that have one)."""
+        return {}
+
     def to_openai(self) -> dict[str, object]:
         return {
             "error": {
@@ -97,6 +101,9 @@ class RateLimited(SwitchboardError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": retry_after_header(self.retry_after_s)}
+
 
 class UpstreamError(SwitchboardError):
     """The provider failed (bad status, malformed reply, connection lost)."""
@@ -124,6 +131,22 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class ServiceUnavailable(UpstreamError):
+    """Every model that could serve the request is unavailable right now (its provider's
+    circuit breaker is open): an outage, not a fault of the request. Retry after `retry_after_s`."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retryable=False, retry_after_s=max(1.0, retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        assert self.retry_after_s is not None
+        return {"retry-after": retry_after_header(self.retry_after_s)}
+
+
 class NotFound(SwitchboardError):
     status = 404
     type = "invalid_request_error"
@@ -136,3 +159,11 @@ class DuplicateRequest(SwitchboardError):
     status = 409
     type = "invalid_request_error"
     code = "duplicate_request_id"
+
+
+class IdempotencyKeyReused(SwitchboardError):
+    """The Idempotency-Key was first used with a different request (body or endpoint)."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"

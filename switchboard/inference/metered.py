@@ -26,13 +26,14 @@ from switchboard.core.errors import (
     DuplicateRequest,
     InsufficientCredits,
     InvalidRequest,
+    ServiceUnavailable,
     SpendingCapReached,
     SwitchboardError,
     UpstreamError,
 )
 from switchboard.core.money import UCR_PER_CREDIT, usd_text, usd_to_ucr
 from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
-from switchboard.inference.resilience import CircuitBreaker, RetryPolicy
+from switchboard.inference.resilience import BreakerPolicy, CircuitBreaker, RetryPolicy, UserHealth
 from switchboard.providers.base import Provider
 from switchboard.router.router import RouteDecision, Router
 from switchboard.store.runner import TransactionRunner
@@ -80,9 +81,12 @@ class Inference:
         retry_policy: RetryPolicy | None = None,
         breaker_failures: int = 5,
         breaker_cooldown_s: float = 30.0,
+        breaker_min_users: int = 3,
+        breaker_window_s: float = 60.0,
     ) -> None:
         self.retry_policy = retry_policy or RetryPolicy()
-        self.breakers = {name: CircuitBreaker(breaker_failures, breaker_cooldown_s) for name in providers}
+        policy = BreakerPolicy(breaker_failures, breaker_min_users, breaker_window_s, breaker_cooldown_s)
+        self.breakers = {name: CircuitBreaker(policy) for name in providers}
         self._rng = random.Random()
         self._latency: dict[str, float] = {}
         self.router = router
@@ -124,7 +128,7 @@ class Inference:
     ) -> "MeteredCall":
         started = time.perf_counter()
         request.account_id = user_id
-        decision = self.router.decide(request, plan=plan, health=self)
+        decision = self.router.decide(request, plan=plan, health=UserHealth(self.breakers, user_id, self.latency_ms))
         plans = self._plan_chain(decision.chain, request)
         held, hold_ucr = await self._hold(plans, request, user_id, request_id)
         if not held.ok and not held.duplicate and decision.degrade:
@@ -295,10 +299,12 @@ class MeteredCall:
             breaker = inference.breakers[spec.provider]
             attempt = 0
             while True:
-                if not breaker.allow():
-                    last_error = UpstreamError(
-                        f"provider {spec.provider} is failing and is skipped for {breaker.retry_in_s():.0f} s",
-                        upstream_status=503,
+                if not breaker.allow(self.user_id):
+                    wait = breaker.retry_in_s(self.user_id)
+                    last_error = ServiceUnavailable(
+                        f"The model `{spec.name}` is unavailable right now: its provider `{spec.provider}` is "
+                        f"skipped because {breaker.reason(self.user_id)}. Retry in {max(1, round(wait))} s.",
+                        retry_after_s=wait,
                     )
                     self.attempts.append({"model": spec.name, "outcome": "skipped", "error": "circuit open"})
                     break
@@ -321,8 +327,7 @@ class MeteredCall:
                             continue
                         yield event
                 except UpstreamError as exc:
-                    if _provider_fault(exc):
-                        breaker.record_failure()
+                    breaker.record_failure(self.user_id, provider_fault=_provider_fault(exc))
                     self.attempts.append({"model": spec.name, "outcome": "error", "error": exc.message})
                     if self._first_at is not None or not exc.retryable:
                         raise
@@ -338,7 +343,7 @@ class MeteredCall:
                 except Exception as exc:  # a provider bug must still reach the client as a clean error
                     log.exception("provider %s raised unexpectedly", spec.provider)
                     raise UpstreamError(f"provider {spec.provider} failed: {type(exc).__name__}", retryable=False) from exc
-                breaker.record_success()
+                breaker.record_success(self.user_id)
                 self.attempts.append({"model": spec.name, "outcome": "ok"})
                 return
         assert last_error is not None

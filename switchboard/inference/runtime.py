@@ -63,6 +63,8 @@ class Runtime:
             ),
             breaker_failures=settings.resilience.breaker_failures,
             breaker_cooldown_s=settings.resilience.breaker_cooldown_s,
+            breaker_min_users=settings.resilience.breaker_min_users,
+            breaker_window_s=settings.resilience.breaker_window_s,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import RoutingConfig, Settings
-from switchboard.core.errors import InvalidRequest, ModelNotFound
+from switchboard.core.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from switchboard.core.types import ChatRequest
 from switchboard.router.tasks import classify, last_user_text
 
@@ -36,6 +36,7 @@ _RANK = {t: i for i, t in enumerate(TIERS)}
 class Health(Protocol):
     def available(self, provider: str) -> bool: ...
     def latency_ms(self, model: str) -> float | None: ...
+    def retry_in_s(self, provider: str) -> float: ...  # when an unavailable provider may be tried again
 
 
 class AllHealthy:
@@ -46,6 +47,9 @@ class AllHealthy:
 
     def latency_ms(self, model: str) -> float | None:
         return None
+
+    def retry_in_s(self, provider: str) -> float:
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,7 @@ class Router:
             need = cap
         considered: list[dict[str, Any]] = []
         eligible: list[ModelSpec] = []
+        unavailable: list[ModelSpec] = []  # could serve the request, but their provider is failing
         cap_rank = _RANK[cap]
         for spec in self._ranked:
             tier = self.tiers[spec.name]
@@ -170,10 +175,13 @@ class Router:
                 reason = "context window too small"
             elif not health.available(spec.provider):
                 reason = "provider circuit open"
+                unavailable.append(spec)
             considered.append({"model": spec.name, "tier": tier, "usd_per_mtok": self._price_text[spec.name],
                                "eligible": reason is None, **({"why_not": reason} if reason else {})})
             if reason is None:
                 eligible.append(spec)
+        if not eligible and unavailable:
+            raise _outage(unavailable, health)
         if not eligible:
             raise InvalidRequest(
                 "No model in the catalog can serve this request"
@@ -243,6 +251,17 @@ class Router:
         span = (1 - threshold) / steps  # steps >= 1: one name has returned above
         index = 1 + int((difficulty - threshold) / span) if span > 0 else steps
         return names[min(index, steps)]
+
+
+def _outage(unavailable: list[ModelSpec], health: Health) -> ServiceUnavailable:
+    """Models could serve the request, but none of them can run now: a 503 saying when to retry,
+    not a 400 (the request itself is fine)."""
+    names = ", ".join(spec.name for spec in unavailable[:5]) + (", ..." if len(unavailable) > 5 else "")
+    retry = min(health.retry_in_s(spec.provider) for spec in unavailable)
+    return ServiceUnavailable(
+        f"The models that can serve this request ({names}) are unavailable right now: their providers "
+        f"are failing. Retry in {max(1, math.ceil(retry))} s.", retry_after_s=retry,
+    )
 
 
 def _quick_tokens(request: ChatRequest) -> int:

@@ -115,7 +115,7 @@ def test_circuit_breaker_skips_a_failing_provider(tmp_path: Path, fake: FakeOpen
     server, key = _serve(tmp_path, settings)
     with server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
-        # "cheap" (provider primary) fails twice: its breaker opens.
+        # "cheap" (provider primary) fails twice for this user: skipped for this user's requests.
         fake.enqueue(Behaviour(status=500), Behaviour(text="b1"), Behaviour(status=500), Behaviour(text="b2"))
         for _ in range(2):
             client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=5)
@@ -124,9 +124,10 @@ def test_circuit_breaker_skips_a_failing_provider(tmp_path: Path, fake: FakeOpen
             model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=5)
         assert answer.headers["x-switchboard-model"] == "sturdy"
         assert [r.json["model"] for r in fake.chat_requests()[calls:]] == ["fake-model-2"]  # primary not called
-        with pytest.raises(openai.APIStatusError) as err:  # asked by name, the open circuit is a 502
+        with pytest.raises(openai.APIStatusError) as err:  # asked by name, the open circuit is a 503
             client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}], max_tokens=5)
-        assert err.value.status_code == 502 and "skipped" in err.value.message
+        assert err.value.status_code == 503 and "skipped" in err.value.message
+        assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
         balance = httpx.get(server.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
         assert balance["held_credits"] == 0
 

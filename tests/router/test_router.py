@@ -8,7 +8,7 @@ import pytest
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import RoutingConfig
-from switchboard.core.errors import InvalidRequest, ModelNotFound
+from switchboard.core.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from switchboard.core.types import ChatMessage, ChatRequest, ImagePart, TextPart, ToolSpec
 from switchboard.router.router import Router
 from switchboard.router.tasks import classify
@@ -47,6 +47,9 @@ class Health:
 
     def latency_ms(self, model: str) -> float | None:
         return self.latency.get(model)
+
+    def retry_in_s(self, provider: str) -> float:
+        return 42.0 if provider in self.down else 0.0
 
 
 @pytest.mark.parametrize("text, task", [
@@ -102,6 +105,22 @@ def test_open_circuit_and_latency() -> None:
     fast = router(prefer_faster_within=0.5).decide(
         ask("fix my python code"), plan="pro", health=Health(latency={"mid": 900.0, "mid-b": 120.0}))
     assert fast.model.name == "mid-b"  # 20% dearer, 7x faster
+
+
+def test_models_that_could_serve_but_are_down_are_an_outage_not_a_bad_request() -> None:
+    everyone_down = Health(down={"a", "b", "c", "local"})
+    with pytest.raises(ServiceUnavailable) as err:
+        router().decide(ask("remind me"), plan="pro", health=everyone_down)
+    assert err.value.status == 503 and err.value.retry_after_s == 42.0
+    assert err.value.headers() == {"retry-after": "42"} and "unavailable right now" in err.value.message
+    # What no model can do at all (the only one up lacks tools) stays a 400.
+    only_local = Health(down={"a", "b", "c"})
+    with pytest.raises(ServiceUnavailable):  # models with tools exist, but are down
+        router().decide(ask("x", tools=[ToolSpec("w", None, {})]), plan="pro", health=only_local)
+    with pytest.raises(InvalidRequest) as bad:
+        Router({"local": CATALOG["local"]}, RoutingConfig(), lambda t: 0.0).decide(
+            ask("x", tools=[ToolSpec("w", None, {})]), health=Health(down={"local"}))
+    assert bad.value.status == 400
 
 
 def test_decisions_are_deterministic_and_explained() -> None:
