@@ -99,30 +99,50 @@ EXPORT_COLUMNS = (
 )
 
 
-def export_rows(conn: Connection, user_id: int | None, batch: int = 1000) -> Iterator[dict[str, Any]]:
-    """Every usage record, oldest first, streamed in batches (the operator's export can be large)."""
+def export_page(conn: Connection, user_id: int | None, after_id: int, batch: int) -> list[dict[str, Any]]:
+    """Up to `batch` usage records with ids above `after_id`, oldest first: one page of an
+    export, found by key (the (user_id, id) index), so that every page costs the same however
+    far into the export it is."""
     u = usage_records.c
     columns = [getattr(u, c) for c in EXPORT_COLUMNS] + [u.user_id]
+    query = select(*columns).where(u.id > after_id).order_by(u.id).limit(batch)
+    if user_id is not None:
+        query = query.where(u.user_id == user_id)
+    # Plain str keys: column names are a str subclass, which orjson refuses as keys.
+    return [{str(k): v for k, v in row._asdict().items()} for row in conn.execute(query).all()]
+
+
+def export_rows(conn: Connection, user_id: int | None, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every usage record, oldest first, streamed in pages (the operator's export can be large)."""
     last = 0
-    while True:
-        query = select(*columns).where(u.id > last).order_by(u.id).limit(batch)
-        if user_id is not None:
-            query = query.where(u.user_id == user_id)
-        # Plain str keys: column names are a str subclass, which orjson refuses as keys.
-        rows = [{str(k): v for k, v in row._asdict().items()} for row in conn.execute(query).all()]
-        if not rows:
-            return
+    while rows := export_page(conn, user_id, last, batch):
         yield from rows
         last = rows[-1]["id"]
 
 
-def to_csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[str]:
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would take for a formula, with a quote in front so that it
+    is shown as text (a client-chosen request id such as `=HYPERLINK(...)`). Numbers are left
+    alone: their own minus sign is data."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def to_csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...], header: bool = True) -> Iterator[str]:
+    """CSV text, a line at a time (the header first unless `header` is False); formula-like text
+    cells are neutralised (`csv_safe`)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    yield buffer.getvalue()
+    writer = csv.writer(buffer)
+    if header:
+        writer.writerow(columns)
+        yield buffer.getvalue()
     for row in rows:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow(row)
+        writer.writerow([csv_safe(row.get(c)) for c in columns])
         yield buffer.getvalue()

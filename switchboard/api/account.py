@@ -1,4 +1,4 @@
-"""GET /v1/models, /v1/balance, /v1/usage and /healthz."""
+"""GET /v1/models, /v1/balance, /v1/usage, /v1/usage/summary and /healthz (the export: api.exports)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.accounts.usage import EXPORT_COLUMNS, export_rows, list_usage, summarize, to_csv
+from switchboard.accounts.usage import list_usage, summarize
 from switchboard.api.auth import authenticate
+from switchboard.api.params import ChoiceQuery, IntQuery
 from switchboard.billing.ledger import now_ms
 from switchboard.billing.periods import DAY_MS
 from switchboard.api.state import AppState
-from switchboard.core.errors import InvalidRequest
 from switchboard.core.money import UCR_PER_CREDIT, credits_per_1k_tokens, format_credits, ucr_to_credits_float
 from switchboard.store.db import read
 
@@ -68,32 +68,17 @@ async def balance(request: Request) -> Response:
     })
 
 
-def _choice_param(request: Request, name: str, choices: tuple[str, str]) -> str:
-    """A query parameter that must be one of two values; the first is the default."""
-    value = request.query_params.get(name, choices[0])
-    if value not in choices:
-        raise InvalidRequest(f"'{name}' must be '{choices[0]}' or '{choices[1]}'", param=name)
-    return value
-
-
-def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"'{name}' must be between {lo} and {hi}", param=name)
-    return value
+LIMIT = IntQuery("limit", 20, 1, 1000, "How many records, newest first.")
+BEFORE = IntQuery("before", None, 1, 2**62, "Only records with ids below this (`next_before` of the previous page).")
+BY = ChoiceQuery("by", ("day", "model"), "Totals per UTC day or per model.")
+DAYS = IntQuery("days", 30, 1, 3660, "How many days back.")
 
 
 async def usage(request: Request) -> Response:
     state: AppState = request.app.state.sb
     principal = await authenticate(request, state.keys)
-    limit = _int_param(request, "limit", 20, 1, 1000)
-    before = _int_param(request, "before", None, 1, 2**62)
+    limit = LIMIT.parse(request)
+    before = BEFORE.parse(request)
     assert limit is not None
     engine = state.runtime.engine
 
@@ -109,30 +94,14 @@ async def usage_summary(request: Request) -> Response:
     """GET /v1/usage/summary?by=day|model&days=30: the caller's totals per day or per model."""
     state: AppState = request.app.state.sb
     principal = await authenticate(request, state.keys)
-    by = _choice_param(request, "by", ("day", "model"))
-    days = _int_param(request, "days", 30, 1, 3660)
+    by = BY.parse(request)
+    days = DAYS.parse(request)
     assert days is not None
     since = now_ms() - days * DAY_MS
     engine = state.runtime.engine
 
     data = await asyncio.to_thread(read, engine, lambda conn: summarize(conn, principal.user_id, by, since))
     return json_response({"object": "list", "by": by, "days": days, "data": data})
-
-
-async def usage_export(request: Request) -> Response:
-    """GET /v1/usage/export?format=csv|json: every usage record of the caller, oldest first."""
-    state: AppState = request.app.state.sb
-    principal = await authenticate(request, state.keys)
-    fmt = _choice_param(request, "format", ("csv", "json"))
-    engine = state.runtime.engine
-
-    rows = await asyncio.to_thread(read, engine, lambda conn: list(export_rows(conn, principal.user_id)))
-    for row in rows:
-        row.pop("user_id", None)
-    if fmt == "json":
-        return json_response({"object": "list", "data": rows})
-    return Response("".join(to_csv(rows, EXPORT_COLUMNS)), media_type="text/csv",
-                    headers={"content-disposition": 'attachment; filename="usage.csv"'})
 
 
 async def healthz(request: Request) -> Response:

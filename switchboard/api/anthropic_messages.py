@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from switchboard.accounts.keys import KeyCache, Principal
@@ -221,6 +221,8 @@ async def messages(request: Request) -> Response:
         )
     except SwitchboardError as exc:
         return error_response(exc, request_id)
+    except ClientDisconnect:  # gone: one line (api.access_log)
+        raise
     except Exception:
         log.exception("unhandled error in /v1/messages")
         return Response(

@@ -14,15 +14,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.accounts.keys import KeyCache
-from switchboard.api import account, anthropic_messages, chat
-from switchboard.api import billing
-from switchboard.api.ratelimit import TokenBuckets
+from switchboard.api import access_log
+from switchboard.api.access_log import AccessLog
+from switchboard.api.body_limit import BodyLimit
+from switchboard.api.exports import ExportSlots
+from switchboard.api.openapi import openapi_schema
+from switchboard.api.ratelimit import FailureLimiter, TokenBuckets
+from switchboard.api.routes import ENDPOINTS
 from switchboard.api.state import AppState
 from switchboard.core.config import Settings, load_settings
 from switchboard.core.errors import InvalidRequest, SwitchboardError
 from switchboard.inference.runtime import Runtime
 
 log = logging.getLogger(__name__)
+TITLE = "Switchboard"
+SUMMARY = "OpenAI-compatible inference, metered and charged in credits."
+VERSION = "0.1.0"
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict[str, str] | None = None) -> Response:
@@ -54,43 +61,39 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    limits = settings.limits
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         await runtime.start()
-        limits = settings.rate_limit
-        app.state.sb = AppState(runtime, KeyCache(runtime.engine), TokenBuckets(limits.requests_per_minute, limits.burst))
+        rate = settings.rate_limit
+        keys = KeyCache(runtime.engine)
+        app.state.sb = AppState(runtime, keys, TokenBuckets(rate.requests_per_minute, rate.burst),
+                                ExportSlots(limits.exports_per_process, limits.exports_per_user))
         try:
             yield
         finally:
+            keys.close()
             await runtime.stop()
 
-    app = FastAPI(
-        title="Switchboard",
-        summary="OpenAI-compatible inference, metered and charged in credits.",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title=TITLE, summary=SUMMARY, version=VERSION, lifespan=lifespan)
     app.add_exception_handler(SwitchboardError, _switchboard_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    # Plain Starlette routes: handlers parse their own input (see api.chat for why).
-    app.router.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    app.router.add_route("/v1/messages", anthropic_messages.messages, methods=["POST"])
-    app.router.add_route("/v1/models", account.list_models, methods=["GET"])
-    app.router.add_route("/v1/balance", account.balance, methods=["GET"])
-    app.router.add_route("/v1/usage", account.usage, methods=["GET"])
-    app.router.add_route("/v1/usage/summary", account.usage_summary, methods=["GET"])
-    app.router.add_route("/v1/usage/export", account.usage_export, methods=["GET"])
-    app.router.add_route("/healthz", account.healthz, methods=["GET"])
-    app.router.add_route("/v1/billing/checkout", billing.checkout, methods=["POST"])
-    app.router.add_route("/v1/billing/subscription", billing.subscription, methods=["GET"])
-    app.router.add_route("/v1/billing/cancel", billing.cancel, methods=["POST"])
-    app.router.add_route("/v1/billing/plan", billing.change_plan, methods=["POST"])
-    app.router.add_route("/v1/billing/statement", billing.statement, methods=["GET"])
-    app.router.add_route("/webhooks/stripe", billing.stripe_webhook, methods=["POST"])
+    # The last added is the outermost: the access log sees every answer, the body limit's 413s included.
+    app.add_middleware(
+        BodyLimit, default=limits.body_bytes,
+        limits={"/v1/chat/completions": limits.inference_body_bytes, "/v1/messages": limits.inference_body_bytes,
+                "/webhooks/stripe": limits.webhook_body_bytes},
+    )
+    app.add_middleware(AccessLog, enabled=settings.access_log, auth_failures=FailureLimiter(limits.auth_failures_per_minute))
+    # Plain Starlette routes: handlers parse their own input (see api.routes for why).
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.path, endpoint.handler, methods=[endpoint.method])
+    schema = openapi_schema(TITLE, VERSION, SUMMARY)
+    app.openapi = lambda: schema  # type: ignore[method-assign]
     return app
 
 
@@ -98,6 +101,7 @@ def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` (several workers each build their own app)."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    access_log.configure(settings.access_log)
     return create_app(settings)
 
 

@@ -6,7 +6,8 @@ import asyncio
 
 from starlette.requests import Request
 
-from switchboard.accounts.keys import KeyCache, Principal, hash_key
+from switchboard.accounts.keys import KeyCache, Principal, hash_key, plausible_key
+from switchboard.api.access_log import current
 from switchboard.core.errors import AuthenticationFailed
 
 
@@ -30,11 +31,26 @@ def parse_bearer(header: str) -> str | None:
 
 
 async def principal_for(keys: KeyCache, key: str) -> Principal | None:
-    """The key's user: from the in-process cache, else looked up off the event loop."""
-    digest = hash_key(key)  # once per request: the cache and the lookup both take the digest
-    hit, principal = keys.cached(digest)
-    if not hit:
-        principal = await asyncio.to_thread(keys.get, digest)
+    """The key's user: from the in-process cache, else looked up on the cache's own threads.
+
+    A failure is cheap: a key of the wrong shape is never looked up, an unknown one is looked
+    up once (then remembered), and a client address that has failed too often lately is
+    answered 429 for any key not already known (`FailureLimiter`), before any lookup."""
+    info = current()
+    digest = hash_key(key) if plausible_key(key) else None  # once: the cache and the lookup take it
+    hit, principal = keys.cached(digest) if digest is not None else (False, None)
+    if principal is None:
+        limiter, client = (info.auth_failures, info.client) if info is not None else (None, "")
+        if limiter is not None:
+            limiter.check(client)
+        if digest is not None and not hit:
+            principal = await asyncio.get_running_loop().run_in_executor(keys.executor, keys.get, digest)
+        if principal is None:
+            if limiter is not None:
+                limiter.failed(client)
+            return None
+    if info is not None:
+        info.user_id = principal.user_id
     return principal
 
 

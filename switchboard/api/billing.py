@@ -11,13 +11,13 @@ from starlette.responses import Response
 
 from switchboard.api.account import json_response
 from switchboard.api.auth import authenticate
+from switchboard.api.params import MonthQuery
 from switchboard.api.state import AppState
 from switchboard.billing import plan_changes
 from switchboard.billing import subscriptions as subs
 from switchboard.billing.checkout import StripeGateway
 from switchboard.billing.payments import BadSignature, handle_event, verify_event
 from switchboard.billing.plan_changes import Write
-from switchboard.billing.statements import month_bounds
 from switchboard.billing.statements import statement as monthly_statement
 from switchboard.core.errors import InvalidRequest
 from switchboard.inference.runtime import Runtime
@@ -25,6 +25,7 @@ from switchboard.store.db import read
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000
+MONTH = MonthQuery("month", "The month, YYYY-MM (default: this month, UTC).")
 
 
 async def _json_body(request: Request) -> dict:  # type: ignore[type-arg]
@@ -106,11 +107,7 @@ async def statement(request: Request) -> Response:
     `switchboard ledger statement`."""
     state: AppState = request.app.state.sb
     principal = await authenticate(request, state.keys)
-    month = request.query_params.get("month")
-    try:
-        month_bounds(month)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="month") from None
+    month = MONTH.parse(request)
     st = await asyncio.to_thread(read, state.runtime.engine, lambda conn: monthly_statement(conn, principal.user_id, month))
     return json_response(st.as_json())
 

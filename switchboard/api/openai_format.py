@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from switchboard.api.access_log import note_metering
 from switchboard.core.types import Usage
 from switchboard.core.money import format_credits, ucr_to_credits_float, usd_text
 from switchboard.inference.metered import Metering
@@ -22,7 +23,9 @@ def usage_json(usage: Usage) -> dict[str, Any]:
 
 
 def metering_json(m: Metering) -> dict[str, Any]:
-    """Switchboard's own figures for one request (beside OpenAI's `usage`)."""
+    """Switchboard's own figures for one request (beside OpenAI's `usage`). Every response that
+    reports a metering, in either API's format, builds it here: the access log takes its figures."""
+    note_metering(m)
     return {
         "request_id": m.request_id,
         "model": m.model,

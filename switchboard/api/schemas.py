@@ -157,3 +157,45 @@ def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest(f"the request body is not valid JSON: {first.get('msg')}")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     return InvalidRequest(f"Invalid value for '{where}': {message}" if where else message, param=where or None)
+
+
+# -- the other bodies and the error shapes, for the OpenAPI schema (api.openapi) ---------------
+
+
+class CheckoutBody(_Edge):
+    """POST /v1/billing/checkout: exactly one of `plan` and `pack`."""
+
+    plan: str | None = Field(default=None, description="A paid plan to subscribe to: plus, pro, ...")
+    pack: str | None = Field(default=None, description="A top-up pack to buy once: 600, 2000, 5000, 10000")
+
+
+class PlanChangeBody(_Edge):
+    """POST /v1/billing/plan."""
+
+    plan: str = Field(description="The plan to move to; free cancels at the end of the paid period")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: every error of every endpoint but /v1/messages."""
+
+    error: ErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Anthropic's error shape, for /v1/messages."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+    request_id: str | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from switchboard.accounts.keys import KeyCache
+from switchboard.api.exports import ExportSlots
 from switchboard.api.ratelimit import TokenBuckets
 from switchboard.inference.runtime import Runtime
 
@@ -14,3 +15,4 @@ class AppState:
     runtime: Runtime
     keys: KeyCache
     limits: TokenBuckets
+    exports: ExportSlots

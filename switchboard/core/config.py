@@ -205,6 +205,20 @@ class RateLimitConfig(BaseModel):
     burst: int = Field(default=60, ge=0)
 
 
+class LimitsConfig(BaseModel):
+    """Bounds that keep one client from slowing the others (docs/api.md, "Limits")."""
+
+    # Request bodies, refused (413 request_too_large) from their Content-Length or as they are read.
+    inference_body_bytes: int = Field(default=32 * 1024 * 1024, ge=16 * 1024 * 1024)  # chat and messages (images)
+    webhook_body_bytes: int = Field(default=1_000_000, ge=1024)
+    body_bytes: int = Field(default=1_000_000, ge=1024)  # every other endpoint
+    # Usage exports streaming at once (429 beyond).
+    exports_per_process: int = Field(default=4, ge=1)
+    exports_per_user: int = Field(default=1, ge=1)
+    # Failed authentications a minute per client address before 429; 0 disables.
+    auth_failures_per_minute: int = Field(default=30, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHBOARD_",
@@ -236,6 +250,8 @@ class Settings(BaseSettings):
     topup_expiry_days: int = Field(default=365, gt=0)
     stripe: StripeConfig = Field(default_factory=StripeConfig)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    access_log: bool = True  # one JSON line per request on stdout (docs/api.md, "Access log")
     # Offer the shipped vendor models (router/catalog.toml) for every vendor with a key.
     shipped_catalog: bool = True
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)

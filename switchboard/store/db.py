@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     if is_sqlite(url):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(path))
         engine = create_engine(url, poolclass=NullPool if path == ":memory:" else None, pool_size=pool_size)
         _configure_sqlite(engine)
         return engine
@@ -41,6 +42,20 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
 
     nul_free_text(engine)  # text with NUL stored, not refused
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create the database's directory (0700) and file (0600) for its owner alone, before SQLite
+    opens it: SQLite creates a missing file 0644, and gives the -wal and -shm files the mode of
+    the database file. An existing directory or file keeps the mode its operator gave it."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)  # whatever the umask
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+    except FileExistsError:
+        return
+    path.chmod(0o600)
 
 
 def _configure_sqlite(engine: Engine) -> None:

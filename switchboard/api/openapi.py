@@ -1,0 +1,86 @@
+"""The OpenAPI 3.1 schema served at /openapi.json, built from api.routes' table.
+
+FastAPI describes only the routes it builds itself; Switchboard's are plain Starlette routes
+(see api.routes), so the schema is put together here: each endpoint's query parameters (from the
+objects that parse them), its body (the pydantic model it validates against, as JSON Schema),
+its success media types, and its errors (OpenAI's shape, or Anthropic's for /v1/messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from switchboard.api.routes import ENDPOINTS, Endpoint
+from switchboard.api.schemas import AnthropicErrorResponse, ErrorResponse
+
+_REF = "#/components/schemas/{model}"
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "bearer": [{"bearer": []}],
+    "bearer or x-api-key": [{"bearer": []}, {"x-api-key": []}],
+    "stripe signature": [],
+    "none": [],
+}
+_SUCCESS_SCHEMAS: dict[str, dict[str, Any]] = {
+    "application/json": {"type": "object"},
+    "text/csv": {"type": "string"},
+    # Each event's data: a JSON object (a chunk, an event, an error), or `[DONE]`.
+    "text/event-stream": {"description": "Server-sent events, as the vendor's API streams them"},
+}
+
+
+def openapi_schema(title: str, version: str, summary: str) -> dict[str, Any]:
+    models: list[type[BaseModel]] = [ErrorResponse, AnthropicErrorResponse]
+    models += [e.body for e in ENDPOINTS if e.body is not None]
+    refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+    ref = {model: refs[(model, "validation")] for model in models}
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, ref)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "summary": summary},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: Authorization: Bearer sb-..."},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "Anthropic's header"},
+            },
+        },
+    }
+
+
+def _operation(e: Endpoint, ref: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
+    error_model = AnthropicErrorResponse if e.errors == "anthropic" else ErrorResponse
+    error = {"content": {"application/json": {"schema": ref[error_model]}}}
+    op: dict[str, Any] = {
+        "summary": e.summary,
+        "operationId": e.method.lower() + e.path.replace("/", "_"),
+        "tags": [e.tag],
+        "security": _SECURITY[e.auth],
+        "parameters": [p.openapi() for p in e.params],
+        "responses": {
+            "200": {"description": "Success",
+                    "content": {media: {"schema": _SUCCESS_SCHEMAS[media]} for media in e.answers}},
+            "413": {"description": "The request body is over this endpoint's limit (request_too_large)", **error},
+            "429": {"description": "Too many requests; Retry-After says when to retry", **error},
+            "default": {"description": f"An error, in {'Anthropic' if e.errors == 'anthropic' else 'OpenAI'}'s shape", **error},
+        },
+    }
+    if e.idempotency_key:
+        op["parameters"].append({
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "description": "Your id for the request: a retry with the same key is never charged twice",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+        })
+    if e.auth == "stripe signature":
+        op["parameters"].append({"name": "Stripe-Signature", "in": "header", "required": False,
+                                 "description": "t=TIMESTAMP,v1=HMAC, as Stripe signs", "schema": {"type": "string"}})
+    if e.body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[e.body]}}}
+    elif e.any_json_body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    return op

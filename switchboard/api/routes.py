@@ -1,0 +1,72 @@
+"""Every endpoint, once: the app adds its routes from this table and the OpenAPI schema
+(api.openapi) describes it, so the published schema lists exactly what is served.
+
+The handlers are plain Starlette functions that parse their own input (the hot path stays free
+of FastAPI's dependency injection); what they accept is declared here: query parameters are the
+very objects that parse them (api.params), bodies the pydantic models they validate against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from switchboard.api import account, anthropic_messages, billing, chat, exports
+from switchboard.api.anthropic_schemas import MessagesBody
+from switchboard.api.params import ChoiceQuery, IntQuery, MonthQuery
+from switchboard.api.schemas import ChatCompletionBody, CheckoutBody, PlanChangeBody
+
+Auth = Literal["bearer", "bearer or x-api-key", "stripe signature", "none"]
+JSON = ("application/json",)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Callable[[Request], Awaitable[Response]]
+    summary: str
+    tag: str
+    auth: Auth = "bearer"
+    params: tuple[IntQuery | ChoiceQuery | MonthQuery, ...] = ()
+    body: type[BaseModel] | None = None
+    any_json_body: bool = False  # a JSON object the handler reads itself (Stripe's events)
+    idempotency_key: bool = False
+    answers: tuple[str, ...] = JSON  # the media types of a success
+    errors: Literal["openai", "anthropic"] = "openai"
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("POST", "/v1/chat/completions", chat.chat_completions,
+             "OpenAI's Chat Completions: a chat.completion object, or chat.completion.chunk events with stream: true",
+             "inference", body=ChatCompletionBody, idempotency_key=True, answers=("application/json", "text/event-stream")),
+    Endpoint("POST", "/v1/messages", anthropic_messages.messages,
+             "Anthropic's Messages API: a Message object, or Anthropic's event stream with stream: true",
+             "inference", auth="bearer or x-api-key", body=MessagesBody, idempotency_key=True,
+             answers=("application/json", "text/event-stream"), errors="anthropic"),
+    Endpoint("GET", "/v1/models", account.list_models, "The model catalog with context windows and prices", "account"),
+    Endpoint("GET", "/v1/balance", account.balance, "Credits available, held and owed", "account"),
+    Endpoint("GET", "/v1/usage", account.usage, "Usage records, newest first, a page at a time", "account",
+             params=(account.LIMIT, account.BEFORE)),
+    Endpoint("GET", "/v1/usage/summary", account.usage_summary, "Totals per day or per model", "account",
+             params=(account.BY, account.DAYS)),
+    Endpoint("GET", "/v1/usage/export", exports.usage_export,
+             "Every usage record, oldest first, streamed as CSV or JSON (one at a time per user)", "account",
+             params=(exports.FORMAT,), answers=("text/csv", "application/json")),
+    Endpoint("GET", "/healthz", account.healthz, "200 when the database answers, else 503", "operations", auth="none"),
+    Endpoint("POST", "/v1/billing/checkout", billing.checkout, "A Stripe Checkout Session for a plan or a pack", "billing",
+             body=CheckoutBody),
+    Endpoint("GET", "/v1/billing/subscription", billing.subscription, "The plan in force and the paid subscription", "billing"),
+    Endpoint("POST", "/v1/billing/cancel", billing.cancel, "Cancel the subscription at the end of the paid period", "billing"),
+    Endpoint("POST", "/v1/billing/plan", billing.change_plan,
+             "Upgrade now, downgrade at the period end, or cancel with plan: free", "billing", body=PlanChangeBody),
+    Endpoint("GET", "/v1/billing/statement", billing.statement, "A month's opening balance, movements and closing balance",
+             "billing", params=(billing.MONTH,)),
+    Endpoint("POST", "/webhooks/stripe", billing.stripe_webhook, "Stripe's events, signed with the webhook secret",
+             "billing", auth="stripe signature", any_json_body=True),
+)
