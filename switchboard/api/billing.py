@@ -113,7 +113,9 @@ async def statement(request: Request) -> Response:
 
 
 async def stripe_webhook(request: Request) -> Response:
-    """POST /webhooks/stripe: 400 unless signed by Stripe; 200 once handled (or seen before)."""
+    """POST /webhooks/stripe: 400 unless signed by Stripe and shaped like an event; otherwise
+    200 once recorded, with its status: processed, duplicate, pending (applied when what it
+    waits for arrives) or parked (cannot be applied: `switchboard payments pending`)."""
     state: AppState = request.app.state.sb
     runtime = state.runtime
     raw = await request.body()

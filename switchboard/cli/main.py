@@ -46,6 +46,8 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(caps_app, name="caps")
 subscription_app = typer.Typer(help="Paid subscriptions (Stripe).", no_args_is_help=True)
 app.add_typer(subscription_app, name="subscription")
+payments_app = typer.Typer(help="Stripe events not applied yet: pending and parked.", no_args_is_help=True)
+app.add_typer(payments_app, name="payments")
 
 out = Console()
 err = Console(stderr=True)
@@ -239,6 +241,58 @@ def subscription_change(
         return
     pending = f", {data['pending_plan']} from the next period" if data.get("pending_plan") else ""
     out.print(f"{user.email}: {data['change']}; plan in force {in_force}{pending}", soft_wrap=True)
+
+
+@payments_app.command("pending")
+def payments_pending(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    limit: int = typer.Option(200, min=1, help="Show at most this many."),
+) -> None:
+    """Stripe events not applied yet, and why.
+
+    Parked ones first: they wait for an operator (fix what the reason names, then `payments
+    retry`). Then pending ones, which are retried automatically."""
+    from switchboard.billing import event_queue
+
+    store = _Store(_settings())
+    events, counts = store.read(lambda conn: (event_queue.not_applied(conn, limit), event_queue.counts(conn)))
+    if as_json:
+        sys.stdout.write(json.dumps({"counts": counts, "events": [e.as_json() for e in events]}) + "\n")
+        return
+    if not events:
+        out.print("no pending or parked Stripe events")
+        return
+    table = Table(title=f"Stripe events not applied: {counts['parked']} parked, {counts['pending']} pending")
+    for column in ("id", "event", "user", "status", "reason"):
+        table.add_column(column, overflow="fold")
+    utc = lambda ms: datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: E731
+    for e in events:
+        status = f"{e.status} after {e.attempts} {'try' if e.attempts == 1 else 'tries'}"
+        if e.next_attempt_ms is not None:
+            status += f"; next {utc(e.next_attempt_ms)}"
+        table.add_row(str(e.id), f"{e.event_id}\n{e.type}\nreceived {utc(e.received_ms)}", str(e.user_id or "-"), status,
+                      e.reason or "")
+    out.print(table)
+
+
+@payments_app.command("retry")
+def payments_retry(
+    events: list[str] = typer.Argument(..., help="Ids from `payments pending` (or Stripe event ids, evt_...)."),
+) -> None:
+    """Apply pending or parked events now; exit 1 if one is not found (or applied already)."""
+    from switchboard.billing.payments import retry
+
+    store = _Store(_settings())
+    missing = False
+    for ref in events:
+        outcome = store.write(lambda conn: retry(conn, store.ledger, store.settings, ref))
+        if outcome is None:
+            err.print(f"[red]error:[/red] no pending or parked event {ref}")
+            missing = True
+        else:
+            out.print(f"{ref}: {outcome.status}: {outcome.detail}", soft_wrap=True)
+    if missing:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Tables for subscriptions and payments (migration 0003), on the shared `schema.metadata`.
+"""Tables for subscriptions and payments (migrations 0003 and 0008), on the shared `schema.metadata`.
 
 Kept beside `store.schema` (not in it) so the payment work stays in its own files; the tables
 are registered on the same MetaData, so Alembic and `metadata.create_all` see them once this
@@ -7,7 +7,7 @@ module is imported (`store.schema` users that need them import it).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table, Text
 
 from switchboard.store.schema import Id, metadata
 
@@ -30,8 +30,11 @@ subscriptions = Table(
     Column("updated_ms", BigInteger, nullable=False),
 )
 
-# Every verified webhook event, once: the idempotency record. processed_ms NULL = pending (it
-# could not be matched yet, e.g. a refund before its purchase; retried after later events).
+# Every verified webhook event, once: the idempotency record, and the queue of events not
+# applied yet (billing.event_queue). `status`: processed | pending (waiting for something a
+# later event or action brings: retried at `next_attempt_ms`, with backoff, and at once when
+# an event mentioning what it waits for is applied) | parked (cannot be applied as it is:
+# malformed, or retried too often; the operator sees it in `switchboard payments pending`).
 payment_events = Table(
     "payment_events",
     metadata,
@@ -42,9 +45,22 @@ payment_events = Table(
     Column("received_ms", BigInteger, nullable=False),
     Column("processed_ms", BigInteger),
     Column("user_id", ForeignKey("users.id")),
-    Column("outcome", Text),  # what handling did, for operators
-    Column("payload", Text),  # kept while pending, to be handled later
-    Index("ix_payment_events_pending", "processed_ms"),
+    Column("outcome", Text),  # what handling did, or why it could not, for operators
+    Column("payload", Text),  # kept until applied, to be handled later
+    Column("status", String(16), nullable=False, server_default="processed"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_ms", BigInteger),  # pending only
+    Index("ix_payment_events_due", "status", "next_attempt_ms"),
+)
+
+# What a pending or parked event waits for: the Stripe ids (payment intent, charge, invoice,
+# subscription, customer) whose arrival may make it applicable.
+payment_event_waits = Table(
+    "payment_event_waits",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_row_id", ForeignKey("payment_events.id"), nullable=False, index=True),
+    Column("ref", String(100), nullable=False, index=True),
 )
 
 # Which grants a payment bought (payment intent, invoice, charge or checkout session id), so a

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 
 from switchboard.billing.checkout import checkout_params
 from switchboard.billing.payments import BadSignature, verify_event
+from switchboard.billing.stripe_events import user_id_of
 from switchboard.core.config import StripeConfig
 from switchboard.core.errors import InvalidRequest
 from switchboard.store.billing_schema import payment_events
@@ -40,10 +41,12 @@ def test_pack_purchase_grants_once_even_when_delivered_twice(world: World) -> No
     assert world.check()["sales"] == -2000 * C
 
 
-def test_unpaid_session_grants_nothing_and_unknown_user_is_ignored(world: World) -> None:
+def test_unpaid_session_grants_nothing_and_a_paid_one_of_no_known_user_is_parked(world: World) -> None:
     uid = world.user()
     assert world.send(fs.event("checkout.session.completed", fs.pack_session(uid, "600", paid=False))).status == "processed"
-    assert world.send(fs.event("checkout.session.completed", fs.pack_session(9999, "600"))).status == "processed"
+    # Money received for no one (or for a pack no longer sold) is the operator's to sort out.
+    assert world.send(fs.event("checkout.session.completed", fs.pack_session(9999, "600"))).status == "parked"
+    assert world.send(fs.event("checkout.session.completed", fs.pack_session(uid, "7"))).status == "parked"
     assert world.available(uid) == 100 * C
     world.check()
 
@@ -175,3 +178,10 @@ def test_renewal_exactly_once_even_twice_and_concurrently(world: World, engine: 
     assert allowances == [(6000 * C,)]
     assert world.available(uid) == (100 + 6000) * C
     world.check()
+
+
+def test_metadata_user_ids_are_ascii_digits_within_the_id_range() -> None:
+    assert user_id_of("42") == 42 and user_id_of(str(2**63 - 1)) == 2**63 - 1
+    # "١" (Arabic-Indic one) and "１" (fullwidth) pass str.isdigit() and int() reads them.
+    for bad in ("\u0661", "\u0664\u0662", "\uff11", "+1", " 1", "1 ", "1_0", "0", "-1", str(2**63), "1" * 30, "", None, 42):
+        assert user_id_of(bad) is None, bad

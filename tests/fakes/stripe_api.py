@@ -257,9 +257,10 @@ def plan_session(user_id: int, plan: str, customer: str, subscription: str) -> d
 
 def invoice(user_id: int, plan: str, customer: str, subscription: str, start_s: int, end_s: int, *,
             billing_reason: str = "subscription_cycle", invoice_id: str | None = None,
-            payment_intent: str | None = None) -> dict[str, Any]:
-    """An invoice in the 2025 ("basil") shape: subscription under `parent`."""
-    md = {"user_id": str(user_id), "kind": "plan", "plan": plan}
+            payment_intent: str | None = None, metadata: bool = True) -> dict[str, Any]:
+    """An invoice in the 2025 ("basil") shape: subscription under `parent`. Without `metadata`
+    it names no user (as for a subscription created outside Switchboard's Checkout)."""
+    md = {"user_id": str(user_id), "kind": "plan", "plan": plan} if metadata else {}
     return {
         "id": invoice_id or new_id("in"), "object": "invoice", "customer": customer, "billing_reason": billing_reason,
         "status": "paid", "amount_paid": 1499,
