@@ -28,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from switchboard.accounts.keys import KeyCache, Principal
 from switchboard.api.auth import parse_bearer, principal_for
 from switchboard.api.anthropic_schemas import parse_messages_body
-from switchboard.api.chat import request_id_of
+from switchboard.api.idempotency import Attempt, idempotency_key_of
 from switchboard.api.openai_format import metering_headers, metering_json
 from switchboard.api.state import AppState
 from switchboard.core.errors import (
@@ -189,12 +189,22 @@ def message_json(
 
 async def messages(request: Request) -> Response:
     request_id: str | None = None
+    attempt: Attempt | None = None
+    state: AppState = request.app.state.sb
     try:
-        state: AppState = request.app.state.sb
         principal = await authenticate(request, state.keys)
         state.limits.check(principal.user_id)
-        body = parse_messages_body(await request.body())
-        request_id = request_id_of(request)
+        raw = await request.body()
+        body = parse_messages_body(raw)
+        key = idempotency_key_of(request)
+        if key is None:
+            request_id = new_id()
+        else:
+            request_id = key
+            claimed = await state.idempotency.claim(principal.user_id, key, "messages", raw, body.stream)
+            if isinstance(claimed, Response):  # the stored answer of the first request with this key
+                return claimed
+            attempt, request_id = claimed, claimed.request_id
         call = await state.runtime.inference.begin(
             body.to_request(), user_id=principal.user_id, request_id=request_id, endpoint="messages",
             stream=body.stream, api_key_id=principal.api_key_id, plan=principal.plan,
@@ -202,14 +212,19 @@ async def messages(request: Request) -> Response:
         message_id = "msg_" + new_id()
         if not body.stream:
             text, tool_calls, metering = await call.run_to_end()
-            return Response(
+            response = Response(
                 orjson.dumps(message_json(message_id, text, tool_calls, call.finish_reason, metering)),
                 media_type="application/json",
                 headers={**metering_headers(metering), "request-id": request_id},
             )
+            if attempt is not None:
+                await state.idempotency.complete(attempt, response)
+            return response
         events = call.events()
         first = await _first_event(call, events)
         stream = _stream(call, events, first, message_id)
+        if attempt is not None:
+            stream = state.idempotency.then_done(stream, attempt)
         # Start the generator here (it yields message_start at once): a started generator is
         # closed, and so settles, even if the response is abandoned before it is iterated.
         head = await anext(stream)
@@ -220,10 +235,14 @@ async def messages(request: Request) -> Response:
                      "request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     except SwitchboardError as exc:
+        if attempt is not None:
+            state.idempotency.release(attempt)  # nothing was answered: the key may be retried
         return error_response(exc, request_id)
-    except ClientDisconnect:  # gone: one line (api.access_log)
-        raise
-    except Exception:
+    except BaseException as exc:
+        if attempt is not None:
+            state.idempotency.release(attempt)
+        if not isinstance(exc, Exception) or isinstance(exc, ClientDisconnect):  # gone: one line (api.access_log)
+            raise
         log.exception("unhandled error in /v1/messages")
         return Response(
             orjson.dumps(error_json("api_error", "The server had an error while processing your request.", request_id)),

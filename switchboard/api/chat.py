@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from switchboard.accounts.keys import Principal
 from switchboard.api.auth import authenticate
+from switchboard.api.idempotency import Attempt, idempotency_key_of
 from switchboard.api.openai_format import (
     DONE,
     ChunkWriter,
@@ -19,33 +21,36 @@ from switchboard.api.openai_format import (
     sse_error,
     usage_json,
 )
-from switchboard.api.schemas import parse_chat_body
+from switchboard.api.schemas import ChatCompletionBody, parse_chat_body
 from switchboard.api.state import AppState
-from switchboard.core.errors import InvalidRequest, SwitchboardError
+from switchboard.core.errors import SwitchboardError
 from switchboard.core.ids import new_id
 from switchboard.core.types import TextDelta, ToolCallDelta
 from switchboard.inference.metered import MeteredCall
-
-_REQUEST_ID_HEADERS = ("idempotency-key", "x-request-id")
-
-
-def request_id_of(request: Request) -> str:
-    """The client's idempotency key when it sent one (a retry is then never charged twice)."""
-    for header in _REQUEST_ID_HEADERS:
-        value = request.headers.get(header)
-        if value:
-            if len(value) > 100 or not value.isprintable():
-                raise InvalidRequest(f"{header} must be at most 100 printable characters", param=header)
-            return value
-    return new_id()
 
 
 async def chat_completions(request: Request) -> Response:
     state: AppState = request.app.state.sb
     principal = await authenticate(request, state.keys)
     state.limits.check(principal.user_id)
-    body = parse_chat_body(await request.body())
-    request_id = request_id_of(request)
+    raw = await request.body()
+    body = parse_chat_body(raw)
+    key = idempotency_key_of(request)
+    if key is None:
+        return await _complete(state, principal, body, new_id(), None)
+    attempt = await state.idempotency.claim(principal.user_id, key, "chat.completions", raw, body.stream)
+    if isinstance(attempt, Response):  # the stored answer of the first request with this key
+        return attempt
+    try:
+        return await _complete(state, principal, body, attempt.request_id, attempt)
+    except BaseException:
+        state.idempotency.release(attempt)  # nothing was answered: the key may be retried
+        raise
+
+
+async def _complete(
+    state: AppState, principal: Principal, body: ChatCompletionBody, request_id: str, attempt: Attempt | None
+) -> Response:
     call = await state.runtime.inference.begin(
         body.to_request(), user_id=principal.user_id, request_id=request_id, endpoint="chat.completions",
         stream=body.stream, api_key_id=principal.api_key_id, plan=principal.plan,
@@ -54,14 +59,18 @@ async def chat_completions(request: Request) -> Response:
     created = int(time.time())
     if not body.stream:
         text, tool_calls, metering = await call.run_to_end()
-        return Response(
+        response = Response(
             completion_json(completion_id, created, text, tool_calls, call.finish_reason, metering),
             media_type="application/json",
             headers={**metering_headers(metering), "x-switchboard-route": call.decision.header()},
         )
+        if attempt is not None:
+            await state.idempotency.complete(attempt, response)
+        return response
     writer = ChunkWriter(completion_id, created, call.model.name)
+    events = _stream(call, writer, body.include_usage)
     return StreamingResponse(
-        _stream(call, writer, body.include_usage),
+        events if attempt is None else state.idempotency.then_done(events, attempt),
         media_type="text/event-stream",
         headers={"x-switchboard-model": call.model.name, "x-switchboard-request-id": request_id,
                  "x-switchboard-route": call.decision.header(),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from switchboard.accounts.keys import KeyCache
 from switchboard.api.exports import ExportSlots
+from switchboard.api.idempotency import Idempotency
 from switchboard.api.ratelimit import TokenBuckets
 from switchboard.inference.runtime import Runtime
 
@@ -16,3 +17,10 @@ class AppState:
     keys: KeyCache
     limits: TokenBuckets
     exports: ExportSlots
+    # Built from the runtime: loads (or, the first time, creates) the master key at start-up.
+    idempotency: Idempotency = field(init=False)
+
+    def __post_init__(self) -> None:
+        runtime = self.runtime
+        self.idempotency = Idempotency(runtime.settings, runtime.engine, runtime.runner)
+        self.idempotency.purge_soon()  # records that expired while no server ran

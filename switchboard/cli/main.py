@@ -17,6 +17,7 @@ from rich.table import Table
 from switchboard.accounts import keys as keys_mod
 from switchboard.accounts import users as users_mod
 from switchboard.accounts.usage import list_usage
+from switchboard.cli.crypto import crypto_app
 from switchboard.core.config import VENDOR_KEY_ENV, Settings, load_settings
 from switchboard.core.errors import SwitchboardError
 from switchboard.core.money import credits_per_1k_tokens, credits_to_ucr, format_credits, ucr_to_credits_float, usd_text
@@ -46,6 +47,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(caps_app, name="caps")
 subscription_app = typer.Typer(help="Paid subscriptions (Stripe).", no_args_is_help=True)
 app.add_typer(subscription_app, name="subscription")
+app.add_typer(crypto_app, name="crypto")
 payments_app = typer.Typer(help="Stripe events not applied yet: pending and parked.", no_args_is_help=True)
 app.add_typer(payments_app, name="payments")
 

@@ -219,6 +219,28 @@ class LimitsConfig(BaseModel):
     auth_failures_per_minute: int = Field(default=30, ge=0)
 
 
+class CryptoConfig(BaseModel):
+    """Envelope encryption of user content at rest (switchboard.crypto, docs/security.md).
+
+    The master key is read from the environment variable named by `master_key_env` (base64 of
+    32 bytes) at start-up, never stored here; without it, from `key_file` (default
+    DATA_DIR/master.key), created 0600 on first start. Keys being rotated out are listed in
+    `previous_master_keys_env` (comma-separated base64) until `switchboard crypto rotate-master`
+    has re-wrapped every data key."""
+
+    master_key_env: str = "SWITCHBOARD_MASTER_KEY"
+    previous_master_keys_env: str = "SWITCHBOARD_MASTER_KEY_PREVIOUS"
+    key_file: Path | None = None
+    data_key_cache_size: int = Field(default=10_000, ge=1)  # unwrapped data keys kept in memory
+
+
+class IdempotencyConfig(BaseModel):
+    """Replaying a completed request retried with the same Idempotency-Key (api.idempotency)."""
+
+    ttl_s: int = Field(default=86_400, ge=60)  # how long a completed response is replayed
+    purge_interval_s: float = Field(default=600.0, gt=0)  # how often expired records are deleted
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHBOARD_",
@@ -257,6 +279,8 @@ class Settings(BaseSettings):
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    crypto: CryptoConfig = Field(default_factory=CryptoConfig)
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -175,4 +176,40 @@ notifications = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     UniqueConstraint("user_id", "kind", "threshold_pct", "period_start_ms", name="uq_notifications_once"),
     Index("ix_notifications_pending", "delivered_ms", "id"),
+)
+
+# Envelope encryption (switchboard.crypto): each user's data key, wrapped (AES-256-GCM) by the
+# master key named by `master_key_id`. Rotating the master key re-wraps these rows only.
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False, unique=True),
+    Column("wrapped_key", LargeBinary, nullable=False),  # nonce + AES-GCM(master, data key)
+    Column("master_key_id", String(32), nullable=False, index=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("rewrapped_ms", BigInteger),
+)
+
+# Idempotency-Key records (api.idempotency), per user: the first request's fingerprint, its
+# state, and for a completed non-streaming request its response, encrypted under the user's
+# data key. Replayed until `expires_ms` (24 h after completion), then purged.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("idem_key", String(100), nullable=False),
+    Column("endpoint", String(50), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # SHA-256 of the canonical request body
+    Column("stream", Boolean, nullable=False),
+    Column("status", String(10), nullable=False),  # running | done | failed
+    Column("attempt", Integer, nullable=False),  # 1, then +1 for each run after a failure
+    Column("request_id", String(100), nullable=False),  # the ledger's request id of the attempt
+    Column("response", LargeBinary),  # encrypted (status, headers, body) of a done non-stream
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    UniqueConstraint("user_id", "idem_key", name="uq_idempotency_keys_user_key"),
+    Index("ix_idempotency_keys_expires", "expires_ms"),
 )

@@ -374,8 +374,10 @@ def test_idempotency_key_is_never_charged_twice(gateway: Gateway) -> None:
     kwargs: dict[str, Any] = dict(model="fake-small", max_tokens=5, messages=OK_MESSAGES, extra_headers={"Idempotency-Key": "anthropic-1"})
     first = c.messages.with_raw_response.create(**kwargs)
     assert first.headers["x-switchboard-request-id"] == "anthropic-1"
-    with pytest.raises(anthropic.ConflictError) as err:
-        c.messages.create(**kwargs)
+    again = c.messages.with_raw_response.create(**kwargs)  # replayed (tests/api/test_idempotency.py)
+    assert again.headers["idempotent-replayed"] == "true" and again.parse().id == first.parse().id
+    with pytest.raises(anthropic.UnprocessableEntityError) as err:
+        c.messages.create(**{**kwargs, "max_tokens": 6})
     assert err.value.body["error"]["type"] == "invalid_request_error" and err.value.body["request_id"] == "anthropic-1"  # type: ignore[index]
     assert len(usage_records(gateway)) == 1
 

@@ -1,0 +1,181 @@
+"""Envelope encryption of user content: AES-256-GCM under a data key per user.
+
+    ciphertext = 0x01 | data key id (8 bytes, big-endian) | nonce (12 bytes) | AES-GCM(data, tag)
+
+Each user's data key is random, made on first use, and stored in `data_keys` wrapped by the
+master key (`crypto.master`); unwrapped keys are kept in memory, up to a bound. The associated
+data of every ciphertext is its header plus a `Binding` (user, table, row, field): a value
+copied to another row, field or user's record does not decrypt, and neither does one altered
+by a single bit. Rotating the master key re-wraps the data keys (`KeyRing.rewrap`); no
+ciphertext is touched.
+
+One module for all user content at rest: idempotent replays now, the assistant's
+conversations and memories next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, Engine, func, select, update
+
+from switchboard.crypto.master import KEY_BYTES, NONCE_BYTES, CryptoError, DecryptionFailed, MasterKeys
+from switchboard.store.conflict import insert_or_ignore
+from switchboard.store.schema import data_keys
+
+VERSION = 1
+_HEADER = struct.Struct(">BQ")  # version, data key id
+_CONTEXT = b"switchboard/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Where a ciphertext belongs; part of its associated data."""
+
+    user_id: int
+    table: str
+    row: int | str
+    field: str
+
+    def aad(self, header: bytes) -> bytes:
+        return b"\x00".join((_CONTEXT, header, str(self.user_id).encode(), self.table.encode(),
+                             str(self.row).encode(), self.field.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class _DataKey:
+    id: int
+    user_id: int
+    aead: AESGCM
+
+
+class KeyRing:
+    """Encrypts and decrypts user content. Thread-safe; database work only on a cache miss
+    (the user's first use in this process), in a short transaction of its own that is committed
+    before the key is used, so that nothing is ever encrypted under a key that was not saved."""
+
+    def __init__(self, engine: Engine, master: MasterKeys, *, cache_size: int = 10_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.master = master
+        self.cache_size = cache_size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._by_id: OrderedDict[int, _DataKey] = OrderedDict()  # least recently used first
+        self._by_user: dict[int, int] = {}
+
+    # -- data keys --------------------------------------------------------------------------
+    def _cached(self, user_id: int) -> _DataKey | None:
+        with self._lock:
+            dek_id = self._by_user.get(user_id)
+            if dek_id is None:
+                return None
+            self._by_id.move_to_end(dek_id)
+            return self._by_id[dek_id]
+
+    def _remember(self, key: _DataKey) -> _DataKey:
+        with self._lock:
+            self._by_id[key.id] = key
+            self._by_id.move_to_end(key.id)
+            self._by_user[key.user_id] = key.id
+            while len(self._by_id) > self.cache_size:
+                _, old = self._by_id.popitem(last=False)
+                if self._by_user.get(old.user_id) == old.id:
+                    del self._by_user[old.user_id]
+        return key
+
+    def cached(self, user_id: int) -> bool:
+        """Whether `user_id`'s data key is in memory (encrypting then does no I/O)."""
+        return self._cached(user_id) is not None
+
+    def data_key(self, user_id: int) -> _DataKey:
+        """The user's data key, made and saved on first use."""
+        key = self._cached(user_id)
+        if key is not None:
+            return key
+        with self.engine.begin() as conn:
+            row = conn.execute(select(data_keys.c.id, data_keys.c.wrapped_key, data_keys.c.master_key_id)
+                               .where(data_keys.c.user_id == user_id)).first()
+            if row is None:
+                kid, wrapped = self.master.wrap(os.urandom(KEY_BYTES), user_id)
+                insert_or_ignore(conn, data_keys, dict(user_id=user_id, wrapped_key=wrapped, master_key_id=kid,
+                                                       created_ms=int(self._clock() * 1000)), on=["user_id"])
+                row = conn.execute(select(data_keys.c.id, data_keys.c.wrapped_key, data_keys.c.master_key_id)
+                                   .where(data_keys.c.user_id == user_id)).one()
+        plain = self.master.unwrap(row.master_key_id, bytes(row.wrapped_key), user_id)
+        return self._remember(_DataKey(int(row.id), user_id, AESGCM(plain)))
+
+    async def prepare(self, user_id: int) -> None:
+        """Load (or make) the user's data key off the event loop if it is not in memory yet."""
+        if not self.cached(user_id):
+            await asyncio.to_thread(self.data_key, user_id)
+
+    # -- values -----------------------------------------------------------------------------
+    def encrypt(self, binding: Binding, plaintext: bytes) -> bytes:
+        key = self.data_key(binding.user_id)
+        header = _HEADER.pack(VERSION, key.id)
+        nonce = os.urandom(NONCE_BYTES)
+        return header + nonce + key.aead.encrypt(nonce, plaintext, binding.aad(header))
+
+    def decrypt(self, binding: Binding, blob: bytes) -> bytes:
+        blob = bytes(blob)
+        if len(blob) < _HEADER.size + NONCE_BYTES + 16:
+            raise DecryptionFailed("ciphertext too short")
+        header = blob[:_HEADER.size]
+        version, dek_id = _HEADER.unpack(header)
+        if version != VERSION:
+            raise DecryptionFailed(f"unknown ciphertext version {version}")
+        key = self.data_key(binding.user_id)
+        if key.id != dek_id:  # written under another user's key (or a key this user no longer has)
+            raise DecryptionFailed(f"ciphertext is not under the data key of user {binding.user_id}")
+        nonce = blob[_HEADER.size:_HEADER.size + NONCE_BYTES]
+        try:
+            return key.aead.decrypt(nonce, blob[_HEADER.size + NONCE_BYTES:], binding.aad(header))
+        except InvalidTag:
+            raise DecryptionFailed(f"ciphertext for {binding.table}.{binding.field} of row {binding.row} "
+                                   f"does not authenticate (altered, or moved from elsewhere)") from None
+
+    # -- master key rotation ----------------------------------------------------------------
+    def rewrap(self, *, batch: int = 500) -> int:
+        """Re-wrap every data key not under the current master key with it; the number re-wrapped.
+        Each data key is read, unwrapped with its old master key and written back in one
+        transaction, guarded by its old key id, so a concurrent run does no harm."""
+        current = self.master.current.id
+        done = 0
+        last_id = 0
+        while True:
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    select(data_keys.c.id, data_keys.c.user_id, data_keys.c.wrapped_key, data_keys.c.master_key_id)
+                    .where(data_keys.c.master_key_id != current, data_keys.c.id > last_id)
+                    .order_by(data_keys.c.id).limit(batch)
+                ).all()
+                if not rows:
+                    return done
+                now = int(self._clock() * 1000)
+                for row in rows:
+                    plain = self.master.unwrap(row.master_key_id, bytes(row.wrapped_key), int(row.user_id))
+                    kid, wrapped = self.master.wrap(plain, int(row.user_id))
+                    result = conn.execute(update(data_keys).where(data_keys.c.id == row.id,
+                                                                  data_keys.c.master_key_id == row.master_key_id)
+                                          .values(wrapped_key=wrapped, master_key_id=kid, rewrapped_ms=now))
+                    done += result.rowcount
+                last_id = rows[-1].id
+
+
+def master_key_usage(conn: Connection) -> dict[str, int]:
+    """How many data keys each master key id wraps."""
+    rows = conn.execute(select(data_keys.c.master_key_id, func.count()).group_by(data_keys.c.master_key_id)).all()
+    return {kid: int(n) for kid, n in rows}
+
+
+__all__ = ["Binding", "CryptoError", "DecryptionFailed", "KeyRing", "master_key_usage"]
