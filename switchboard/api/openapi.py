@@ -73,7 +73,9 @@ def _operation(e: Endpoint, ref: dict[type[BaseModel], dict[str, Any]]) -> dict[
     if e.idempotency_key:
         op["parameters"].append({
             "name": "Idempotency-Key", "in": "header", "required": False,
-            "description": "Your id for the request: a retry with the same key is never charged twice",
+            "description": ("Your id for the request: a retry with the same key within 24 hours gets the first "
+                            "response again (Idempotent-Replayed: true), never a second charge; another body is "
+                            "422, a request still running or a stream 409"),
             "schema": {"type": "string", "minLength": 1, "maxLength": 100},
         })
     if e.auth == "stripe signature":
