@@ -48,7 +48,7 @@ _LIVE_GRANTS = (
     "SELECT user_id, id, remaining_ucr, expires_ms FROM grants WHERE user_id IN ({users}) AND remaining_ucr > 0 "
     f"ORDER BY user_id, {BURN_ORDER}"
 )
-_HOLD_COLUMNS = ("id", "user_id", "request_id", "amount_ucr", "status", "model", "created_ms", "expires_ms")
+_HOLD_COLUMNS = ("id", "user_id", "request_id", "amount_ucr", "status", "model", "created_ms", "expires_ms", "process_id")
 _RESOLVED_COLUMNS = ("status", "resolved_ms", "charged_ucr")
 _BURNED_COLUMNS = ("remaining_ucr",)
 USAGE_COLUMNS = tuple(c.name for c in usage_records.columns if c.name != "id")
@@ -91,6 +91,7 @@ class HoldOp(_LedgerOp):
     model: str
     min_amount_ucr: int | None = None
     at_ms: int | None = None
+    process_id: int | None = None  # the server process serving it (inference.heartbeat)
 
 
 @dataclass(slots=True)
@@ -175,6 +176,7 @@ class _Batch:
             "id": hold_id,
             "user_id": op.user_id, "request_id": op.request_id, "amount_ucr": amount, "status": "active",
             "model": op.model, "created_ms": at, "expires_ms": at + self.ledger.hold_timeout_ms,
+            "process_id": op.process_id,
         })
         return HoldResult(True, hold_id, available - amount, amount)
 

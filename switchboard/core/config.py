@@ -263,6 +263,17 @@ class Settings(BaseSettings):
     # (store.runner's relay: two threads, two connections). No effect on SQLite.
     ledger_relay: bool = True
     sweep_interval_s: float = Field(default=30.0, gt=0)
+    # Holds belong to a server process (inference.heartbeat). Each process writes a heartbeat
+    # every `heartbeat_interval_s`; one whose heartbeat is older than `heartbeat_lapse_s` (by the
+    # database's clock) is dead, and any other process resolves its holds, charged for what its
+    # streams had delivered as recorded every `progress_interval_s` (at most that much of a
+    # stream goes unrecorded). A restart on the same host resolves them at once.
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_lapse_s: float = Field(default=30.0, gt=0)
+    progress_interval_s: float = Field(default=2.0, gt=0)
+    # The host name this process registers under (default: the machine's). Processes of one
+    # host tell each other's death from the pid without waiting for the heartbeat to lapse.
+    process_host: str | None = Field(default=None, min_length=1, max_length=255)
     log_level: str = "info"
     local_model: LocalModelConfig = Field(default_factory=LocalModelConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)
@@ -322,6 +333,12 @@ class Settings(BaseSettings):
         for model in self.models:
             if model.provider not in known:
                 raise ValueError(f"model {model.name!r} names unknown provider {model.provider!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> "Settings":
+        if self.heartbeat_lapse_s < 3 * self.heartbeat_interval_s:
+            raise ValueError("heartbeat_lapse_s must be at least 3 heartbeat intervals (heartbeat_interval_s)")
         return self
 
     @property

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -95,6 +96,10 @@ class Inference:
         self.runner = runner
         self.usd_per_credit = usd_per_credit
         self.default_max_output_tokens = default_max_output_tokens
+        # Holds belong to a process (inference.heartbeat): its id, stamped on every hold, and
+        # the streams in flight, whose delivery it records every few seconds.
+        self.process_id: int | None = None
+        self.streams: weakref.WeakValueDictionary[int, MeteredCall] = weakref.WeakValueDictionary()
 
     def provider_for(self, spec: ModelSpec) -> Provider:
         return self.providers[spec.provider]
@@ -154,10 +159,13 @@ class Inference:
         assert held.hold_id is not None
         if held.needed_ucr < hold_ucr:
             plans = [(spec, p, self._affordable_output(spec, p, m, held.needed_ucr)) for spec, p, m in plans]
-        return MeteredCall(
+        call = MeteredCall(
             self, request, plans, decision, user_id=user_id, request_id=request_id, hold_id=held.hold_id,
             endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started,
         )
+        if stream:
+            self.streams[held.hold_id] = call
+        return call
 
     def _plan_chain(self, chain: tuple[ModelSpec, ...], request: ChatRequest) -> list[tuple[ModelSpec, int, int]]:
         """(model, prompt tokens, max output tokens) for each candidate that can serve the request."""
@@ -202,7 +210,8 @@ class Inference:
             )
         first = plans[0][0].name
         future = self.runner.submit(
-            HoldOp(self.ledger, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr), order_key=user_id,
+            HoldOp(self.ledger, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr, process_id=self.process_id),
+            order_key=user_id,
         )
         try:
             return await asyncio.wrap_future(future), hold_ucr
@@ -281,6 +290,7 @@ class MeteredCall:
         self._first_at: float | None = None
         self._last_at: float | None = None
         self._settled = False
+        self._delivered: tuple[float | None, Usage, int] | None = None  # (output time, usage, charge)
         self.attempts: list[dict[str, Any]] = []
 
     @property
@@ -401,7 +411,19 @@ class MeteredCall:
         if self._settled:
             return False
         self._settled = True
+        self._inference.streams.pop(self.hold_id, None)
         return True
+
+    def delivered(self) -> tuple[Usage, int] | None:
+        """What settling now as cancelled would charge (usage, micro-credits); None while nothing
+        was produced. The process records it every few seconds (inference.heartbeat): should it
+        die, the hold is charged that. Worked out again only after new output."""
+        if self._first_at is None:
+            return None
+        if self._delivered is None or self._delivered[0] != self._last_at:
+            metering, _ = self._metering("cancelled")
+            self._delivered = (self._last_at, metering.usage, metering.charged_ucr)
+        return self._delivered[1], self._delivered[2]
 
     def _settlement(self, metering: Metering, row: dict[str, Any]) -> SettleOp:
         """The ledger work that charges `metering` and writes `row`, for the runner."""

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from switchboard.billing.ledger import Ledger
 from switchboard.billing.notify import LogNotifier, Notifier, WebhookNotifier, dispatch_forever
 from switchboard.core.config import Settings
+from switchboard.inference.heartbeat import Heartbeat
 from switchboard.inference.metered import Inference
 from switchboard.inference.resilience import RetryPolicy
 from switchboard.inference.sweeper import sweep_forever, sweep_once
@@ -66,6 +67,12 @@ class Runtime:
             breaker_min_users=settings.resilience.breaker_min_users,
             breaker_window_s=settings.resilience.breaker_window_s,
         )
+        self.heartbeat = Heartbeat(
+            engine=self.engine, runner=self.runner, ledger=self.ledger, catalog=self.catalog, inference=self.inference,
+            usd_per_credit=settings.usd_per_credit, interval_s=settings.heartbeat_interval_s,
+            lapse_s=settings.heartbeat_lapse_s, progress_interval_s=settings.progress_interval_s,
+            host=settings.process_host,
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._repricer: asyncio.Task[None] | None = None
@@ -73,14 +80,18 @@ class Runtime:
         self.notifier: Notifier = WebhookNotifier(cfg.webhook_url) if cfg.webhook_url else LogNotifier()
 
     async def start(self, *, sweep: bool = True) -> None:
+        """`sweep`: also resolve what other processes left (the server; not `switchboard chat`)."""
         self.runner.start()
+        # Registered before anything else, so that holds left by a killed predecessor on this
+        # host are resolved now, not after the providers' start (a model to load).
+        await self.heartbeat.start(resolving=sweep)
         for provider in self.providers.values():
             await provider.start()
         if sweep:
-            # First sweep at start-up: holds left by a killed predecessor are resolved now.
-            await asyncio.to_thread(sweep_once, self.runner, self.ledger, self.catalog)
+            usd_per_credit = self.settings.usd_per_credit
+            await asyncio.to_thread(sweep_once, self.runner, self.ledger, self.catalog, usd_per_credit)
             self._sweeper = asyncio.create_task(
-                sweep_forever(self.runner, self.ledger, self.catalog, self.settings.sweep_interval_s)
+                sweep_forever(self.runner, self.ledger, self.catalog, usd_per_credit, self.settings.sweep_interval_s)
             )
             cfg = self.settings.notifications
             self._dispatcher = asyncio.create_task(
@@ -107,6 +118,7 @@ class Runtime:
             log.info("prices of %s in force: re-priced the catalog", change.isoformat())
 
     async def stop(self) -> None:
+        await self.heartbeat.stop()
         for task in (self._sweeper, self._dispatcher, self._repricer):
             if task is not None:
                 task.cancel()
@@ -116,4 +128,5 @@ class Runtime:
             await provider.aclose()
         await asyncio.to_thread(self.runner.stop)
         log.info("%s", self.runner.summary())
+        await self.heartbeat.deregister()  # after the writer settled everything it could
         self.engine.dispose()

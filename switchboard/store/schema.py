@@ -105,8 +105,32 @@ holds = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Column("resolved_ms", BigInteger),
     Column("charged_ucr", BigInteger),
+    # The server process serving the request (processes.id; no foreign key: a process's row is
+    # deleted once its holds are resolved). A hold whose process died is resolved from what its
+    # stream had delivered, as last recorded (progress_*, every few seconds; inference.heartbeat).
+    Column("process_id", BigInteger),
+    Column("progress_prompt_tokens", Integer),
+    Column("progress_completion_tokens", Integer),
+    Column("progress_ucr", BigInteger),  # what a cancellation then would have charged
+    Column("progress_ms", BigInteger),
     UniqueConstraint("user_id", "request_id", name="uq_holds_user_request"),
     Index("ix_holds_status_expires", "status", "expires_ms"),
+)
+
+# Server processes that hold credits for requests in flight (inference.heartbeat). Each writes
+# its heartbeat every few seconds; one whose heartbeat lapsed, or that another process of the
+# same host can show is gone, is dead, and its holds are resolved. Times of heartbeats are the
+# database's clock, so that processes on hosts whose clocks disagree still agree on a lapse.
+processes = Table(
+    "processes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", String(100)),  # the OS's mark of this process's start (tells a reused pid apart)
+    Column("started_ms", BigInteger, nullable=False),
+    Column("heartbeat_ms", BigInteger, nullable=False),
+    Column("stopped_ms", BigInteger),  # stopped cleanly, or found dead
 )
 
 # Double entry: the entries of one transaction (txn_id) sum to zero. `account` is the user's
@@ -141,7 +165,7 @@ usage_records = Table(
     Column("model", String(200), nullable=False),
     Column("provider", String(100), nullable=False),
     Column("stream", Boolean, nullable=False),
-    Column("outcome", String(20), nullable=False),  # ok | cancelled | error | expired
+    Column("outcome", String(20), nullable=False),  # ok | cancelled | error | interrupted | expired
     Column("error", Text),
     Column("prompt_tokens", Integer, nullable=False),
     Column("cached_prompt_tokens", Integer, nullable=False),
