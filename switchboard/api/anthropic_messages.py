@@ -224,7 +224,7 @@ async def messages(request: Request) -> Response:
         first = await _first_event(call, events)
         stream = _stream(call, events, first, message_id)
         if attempt is not None:
-            stream = state.idempotency.then_done(stream, attempt)
+            stream = state.idempotency.then_done(stream, attempt, call)
         # Start the generator here (it yields message_start at once): a started generator is
         # closed, and so settles, even if the response is abandoned before it is iterated.
         head = await anext(stream)

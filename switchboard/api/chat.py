@@ -70,7 +70,7 @@ async def _complete(
     writer = ChunkWriter(completion_id, created, call.model.name)
     events = _stream(call, writer, body.include_usage)
     return StreamingResponse(
-        events if attempt is None else state.idempotency.then_done(events, attempt),
+        events if attempt is None else state.idempotency.then_done(events, attempt, call),
         media_type="text/event-stream",
         headers={"x-switchboard-model": call.model.name, "x-switchboard-request-id": request_id,
                  "x-switchboard-route": call.decision.header(),

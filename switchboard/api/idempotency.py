@@ -30,6 +30,7 @@ from starlette.responses import Response
 from switchboard.core.config import Settings
 from switchboard.core.errors import DuplicateRequest, IdempotencyKeyReused, InvalidRequest, SwitchboardError
 from switchboard.crypto import Binding, CryptoError, KeyRing, keyring_for
+from switchboard.inference.metered import MeteredCall
 from switchboard.store import idempotency as records
 from switchboard.store.runner import TransactionRunner
 
@@ -135,17 +136,21 @@ class Idempotency:
         except Exception:  # noqa: BLE001 - see the docstring
             log.exception("could not keep the response of request %s for replays", attempt.request_id)
 
-    async def then_done(self, events: AsyncIterator[bytes], attempt: Attempt) -> AsyncIterator[bytes]:
+    async def then_done(self, events: AsyncIterator[bytes], attempt: Attempt, call: MeteredCall) -> AsyncIterator[bytes]:
         """A stream's bytes; once it is sent (or cut off), its key's record is done: a stream is
-        never replayed, later uses of the key get 409."""
+        never replayed, later uses of the key get 409. Unless it failed before producing
+        anything (an error event as its only content, charged nothing): then the key may be retried."""
         try:
             async for chunk in events:
                 yield chunk
         finally:
-            now = _now_ms()
-            self.runner.submit_nowait(lambda conn: records.complete(
-                conn, row_id=attempt.row_id, attempt=attempt.attempt, response=None, now_ms=now, ttl_ms=self.ttl_ms),
-                order_key=attempt.user_id)
+            if call.delivered() is None and not any(a.get("outcome") == "ok" for a in call.attempts):
+                self.release(attempt)
+            else:
+                now = _now_ms()
+                self.runner.submit_nowait(lambda conn: records.complete(
+                    conn, row_id=attempt.row_id, attempt=attempt.attempt, response=None, now_ms=now,
+                    ttl_ms=self.ttl_ms), order_key=attempt.user_id)
 
     def release(self, attempt: Attempt) -> None:
         """The attempt failed with no answer, charging nothing: the key may be retried."""

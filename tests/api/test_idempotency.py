@@ -112,6 +112,25 @@ def test_a_failure_that_answered_nothing_can_be_retried_with_its_key(gateway: Ga
     assert sum(r["credits_charged"] for r in records) == pytest.approx(10 * 0.2 + 2 * 0.4)
 
 
+def test_a_stream_that_failed_before_any_output_can_be_retried(gateway: Gateway) -> None:
+    gateway.fake.configure(status=500)
+    c = client(gateway)
+    with pytest.raises(openai.APIError):  # the error arrives inside the stream (its headers were sent)
+        list(c.chat.completions.create(model="fake-small", messages=ASK, stream=True, **keyed("k-7")))
+    gateway.fake.configure(text="streamed at last")
+
+    def again() -> str | None:
+        try:
+            chunks = c.chat.completions.create(model="fake-small", messages=ASK, stream=True, **keyed("k-7"))
+            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        except openai.ConflictError:
+            return None
+
+    assert wait_for(again) == "streamed at last"
+    with pytest.raises(openai.ConflictError):  # now it is a stream that answered: never again
+        list(c.chat.completions.create(model="fake-small", messages=ASK, stream=True, **keyed("k-7")))
+
+
 def _try(c: openai.OpenAI, key: str) -> Any:
     try:
         return c.chat.completions.with_raw_response.create(model="fake-small", messages=ASK, **keyed(key))
