@@ -51,6 +51,7 @@ from switchboard.providers.http import (
     error_message,
     scrub,
 )
+from switchboard.providers.prompt_tokens import PromptCounter, anthropic_counter
 
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -96,6 +97,10 @@ class AnthropicProvider(HTTPProvider):
         super().__init__(config, DEFAULT_BASE_URL)
         # A configured base_url may or may not include the version segment.
         self._url = self.base_url + ("/messages" if self.base_url.endswith("/v1") else "/v1/messages")
+
+    def prompt_counter(self, model: ModelSpec) -> PromptCounter:
+        """Claude's tokenizer is not public: a generous stand-in, and its tool-use prompt."""
+        return anthropic_counter()
 
     # -- request -------------------------------------------------------------------------
 

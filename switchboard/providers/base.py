@@ -8,12 +8,13 @@ produced (the caller must not retry or fall back after the client has seen token
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from functools import lru_cache
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.types import ChatRequest, StreamEvent
+from switchboard.providers.prompt_tokens import PromptCounter, TokenCount, openai_compatible_counter
 
 
 class Provider(ABC):
@@ -26,15 +27,33 @@ class Provider(ABC):
     def stream(self, model: ModelSpec, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Run the request, yielding text/tool deltas, then a Finish and (if known) a UsageReport."""
 
+    def count_prompt(self, model: ModelSpec, request: ChatRequest) -> TokenCount:
+        """The prompt tokens the vendor will bill for this request: everything it reads (messages,
+        tools, response format, images; providers.prompt_tokens). `bound` is for the hold and the
+        context-window check, `estimate` is charged when the vendor reports no usage. Adapters
+        override it with their vendor's tokenizer and framing; one that only overrides
+        `count_prompt_tokens` (an exact count, as the local model's) gets that for both."""
+        n = self.count_prompt_tokens(model, request)
+        return TokenCount(n, n)
+
     def count_prompt_tokens(self, model: ModelSpec, request: ChatRequest) -> int:
-        """Prompt tokens this request will use. Adapters with the model's tokenizer count exactly;
-        the default is a deliberately generous estimate (UTF-8 bytes / 3 plus framing), so that
-        holds cover the real count; any excess the vendor reports is still charged (as debt)."""
+        """Prompt tokens this request will use, at least what the vendor will bill."""
         return estimate_prompt_tokens(request)
 
     def count_text_tokens(self, model: ModelSpec, text: str) -> int:
-        """Tokens in a piece of produced text, used when a stream ends without a usage report."""
-        return max(1, math.ceil(len(text.encode("utf-8")) / 4)) if text else 0
+        """Tokens in a piece of produced text (the best estimate): used to stop reading at
+        max_tokens and when a stream ends without a usage report."""
+        return _generic().text.estimate(text) if text else 0
+
+    def head_of_text(self, model: ModelSpec, text: str, tokens: int) -> str:
+        """The start of produced `text` that counts as at most `tokens` (`count_text_tokens`):
+        what is passed on when an upstream goes past max_tokens."""
+        return _generic().text.head(text, tokens)
+
+    def tokens_per_byte(self, model: ModelSpec) -> float:
+        """The most tokens `count_text_tokens` makes of one UTF-8 byte: below max_tokens / this
+        many bytes, produced text needs no counting."""
+        return _generic().text.per_byte
 
     async def start(self) -> None:
         """Open pools or load weights. Called once per process."""
@@ -43,16 +62,13 @@ class Provider(ABC):
         """Release pools and threads."""
 
 
+@lru_cache(maxsize=1)
+def _generic() -> PromptCounter:
+    """For a provider that knows nothing better: o200k scaled, OpenAI's framing (built on first
+    use: loading a tokenizer takes a few tenths of a second)."""
+    return openai_compatible_counter()
+
+
 def estimate_prompt_tokens(request: ChatRequest) -> int:
-    total = 3  # reply priming
-    for message in request.messages:
-        total += 4 + math.ceil(len(message.text().encode("utf-8")) / 3)
-        if message.tool_calls:
-            for call in message.tool_calls:
-                total += 4 + math.ceil(len((call.name + call.arguments).encode("utf-8")) / 3)
-        if isinstance(message.content, list):
-            total += 1000 * sum(1 for part in message.content if not hasattr(part, "text"))
-    if request.tools:
-        for tool in request.tools:
-            total += 8 + math.ceil(len(str(tool.parameters).encode("utf-8")) / 3)
-    return total
+    """A generous count of a request's prompt for a vendor we know nothing about."""
+    return _generic().count(request.model, request).bound

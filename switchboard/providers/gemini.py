@@ -61,6 +61,7 @@ from switchboard.core.types import (
 )
 from switchboard.providers.media import decode_data_url
 from switchboard.providers.http import HTTPProvider, SSEDecoder, describe, drain, error_message, scrub
+from switchboard.providers.prompt_tokens import PromptCounter, gemini_counter
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -118,6 +119,10 @@ class GeminiProvider(HTTPProvider):
         super().__init__(config, DEFAULT_BASE_URL)
         # Our generated call id -> the thoughtSignature Gemini sent with that call.
         self._signatures: OrderedDict[str, str] = OrderedDict()
+
+    def prompt_counter(self, model: ModelSpec) -> PromptCounter:
+        """Gemini's tokenizer is not shipped: a generous stand-in, and Gemini's image rule."""
+        return gemini_counter()
 
     def url_for(self, model: ModelSpec) -> str:
         name = model.upstream_name

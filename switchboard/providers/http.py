@@ -17,9 +17,13 @@ from typing import Any
 import aiohttp
 import orjson
 
+from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import ProviderConfig
 from switchboard.core.errors import UpstreamError, UpstreamTimeout
+from switchboard.core.types import ChatRequest
+from switchboard.providers import tokenizers
 from switchboard.providers.base import Provider
+from switchboard.providers.prompt_tokens import PromptCounter, TokenCount, openai_compatible_counter
 
 # Client errors the same request will hit again anywhere; everything else (5xx, 429, and
 # 401/403/404, which are our configuration's fault) may be retried or sent elsewhere.
@@ -85,10 +89,34 @@ class HTTPProvider(Provider):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
 
+    # -- counting tokens -----------------------------------------------------------------
+
+    def prompt_counter(self, model: ModelSpec) -> PromptCounter:
+        """This vendor's tokenizer (or stand-in) and framing for `model` (override per vendor;
+        the default suits a server whose tokenizer we do not know)."""
+        return openai_compatible_counter()
+
+    def count_prompt(self, model: ModelSpec, request: ChatRequest) -> TokenCount:
+        return self.prompt_counter(model).count(model.upstream_name, request)
+
+    def count_prompt_tokens(self, model: ModelSpec, request: ChatRequest) -> int:
+        return self.count_prompt(model, request).bound
+
+    def count_text_tokens(self, model: ModelSpec, text: str) -> int:
+        return self.prompt_counter(model).text.estimate(text) if text else 0
+
+    def head_of_text(self, model: ModelSpec, text: str, tokens: int) -> str:
+        return self.prompt_counter(model).text.head(text, tokens)
+
+    def tokens_per_byte(self, model: ModelSpec) -> float:
+        return self.prompt_counter(model).text.per_byte
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.session()
+        # Load the tokenizer now (a few tenths of a second), not in the first request.
+        await asyncio.to_thread(tokenizers.encoding, "o200k_base")
 
     async def aclose(self) -> None:
         session, self._session, self._loop = self._session, None, None

@@ -37,6 +37,8 @@ from switchboard.core.types import (
     UsageReport,
 )
 from switchboard.providers.http import HTTPProvider, SSEDecoder, drain, error_message, scrub
+from switchboard.providers.prompt_tokens import PromptCounter, openai_counter
+from switchboard.providers.tokenizers import openai_encoding_name
 
 
 # Vendors whose OpenAI-compatible endpoint has a well-known address; others need base_url.
@@ -63,6 +65,13 @@ class OpenAICompatProvider(HTTPProvider):
         self._url = self.base_url + "/chat/completions"
         # OpenAI itself rejects `max_tokens` for reasoning models; others only know max_tokens.
         self._max_tokens_field = "max_completion_tokens" if config.kind == "openai" else "max_tokens"
+
+    def prompt_counter(self, model: ModelSpec) -> PromptCounter:
+        """OpenAI's own models: its public tokenizer (exact). Other vendors and servers speaking
+        its format: a generous stand-in (HTTPProvider's)."""
+        if self.kind == "openai":
+            return openai_counter(openai_encoding_name(model.upstream_name))
+        return super().prompt_counter(model)
 
     # -- request -------------------------------------------------------------------------
 
