@@ -18,6 +18,10 @@ from switchboard.store.schema import ledger_entries, wallets
 # Accounts. Per user: WALLET, RECEIVABLES. System-wide: the rest.
 WALLET, RECEIVABLES = "wallet", "receivables"
 SALES, PROMOTIONS, REVENUE, BREAKAGE, REFUNDS = "sales", "promotions", "revenue", "breakage", "refunds"
+# Inference the operator paid for and did not charge (a vendor that billed more than the hold
+# covered, an answer that failed before it was delivered): funded by promotions, like any credit
+# the operator gives away, so that `revenue` stays what users were charged.
+OPERATOR_LOSSES = "operator_losses"
 USER_ACCOUNTS = (WALLET, RECEIVABLES)
 
 Leg = tuple[str, int, "int | None", "str | None"]  # account, amount, grant id, memo

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from switchboard.billing.accounts import (
-    BURN_ORDER, ENTRY_COLUMNS, LOCK_WALLETS, RECEIVABLES, REVENUE, SAVED_WALLET_COLUMNS, WALLET, WALLET_COLUMNS, Leg,
-    entry_rows, now_ms, saved_wallet,
+    BURN_ORDER, ENTRY_COLUMNS, LOCK_WALLETS, OPERATOR_LOSSES, PROMOTIONS, REVENUE, SAVED_WALLET_COLUMNS, WALLET,
+    WALLET_COLUMNS, Leg, entry_rows, now_ms, saved_wallet,
 )
 from switchboard.billing.limits import CapRefusal, check_caps, raise_alerts
 from switchboard.store import rawsql
@@ -69,6 +69,7 @@ class SettleResult:
     charged_ucr: int
     available_ucr: int
     already_resolved: bool = False
+    loss_ucr: int = 0  # booked to operator_losses: the cost not charged to the user
 
 
 @dataclass(slots=True)
@@ -96,13 +97,16 @@ class HoldOp(_LedgerOp):
 
 @dataclass(slots=True)
 class SettleOp(_LedgerOp):
-    """Charge a hold and write its usage record (see `Ledger.settle`)."""
+    """Charge a hold and write its usage record (see `Ledger.settle`): `charge_ucr` is the
+    request's cost to the user (never charged beyond the hold), `loss_ucr` what the vendor billed
+    on top that the user is not charged (an answer that failed before it was delivered)."""
 
     user_id: int
     hold_id: int
     charge_ucr: int
     usage: dict[str, Any] | None
     at_ms: int | None = None
+    loss_ucr: int = 0
 
 
 def apply(ledger: Ledger, conn: Connection, ops: list[HoldOp | SettleOp]) -> list[HoldResult | SettleResult]:
@@ -167,8 +171,16 @@ class _Batch:
         if wallet["daily_cap_ucr"] is not None or wallet["monthly_cap_ucr"] is not None:
             self.flush()  # the caps count settled holds, read from the database
             refusal = check_caps(self.conn, wallet, amount, at)
+            while refusal is not None and op.min_amount_ucr is not None:
+                # A request that may be shortened is, to what the tighter cap still allows.
+                room = refusal.cap_ucr - refusal.spent_ucr
+                if room < op.min_amount_ucr or room >= amount:
+                    break
+                amount = room
+                refusal = check_caps(self.conn, wallet, amount, at)
             if refusal is not None:
-                return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), amount, cap=refusal)
+                needed = amount if op.min_amount_ucr is None else op.min_amount_ucr
+                return HoldResult(False, None, max(0, refusal.cap_ucr - refusal.spent_ucr), needed, cap=refusal)
         wallet["held_ucr"] += amount
         self.changed[op.user_id] = at
         hold_id = self.requested[(op.user_id, op.request_id)] = next(self.free_ids)
@@ -181,7 +193,9 @@ class _Batch:
         return HoldResult(True, hold_id, available - amount, amount)
 
     def settle(self, op: SettleOp) -> SettleResult:
-        """Exactly once per hold; a charge above the hold is still charged in full."""
+        """Exactly once per hold. The user is charged at most the hold, and at most what their
+        grants hold (inference never makes debt: a grant can expire while a request runs); the
+        rest of the cost, and `loss_ucr`, is the operator's loss."""
         at = op.at_ms if op.at_ms is not None else now_ms()
         wallet = self._wallet(op.user_id, at)
         hold = self.holds.get(op.hold_id)
@@ -190,9 +204,16 @@ class _Batch:
         _, status, amount, request_id, charged = hold
         if status != "active":
             return SettleResult(charged or 0, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), True)
-        charge = op.charge_ucr
+        charge = max(0, min(op.charge_ucr, amount))
+        if charge > 0:
+            charge = min(charge, sum(grant[1] for grant in self._live_grants(op.user_id)))
+        loss = max(0, op.charge_ucr) - charge + max(0, op.loss_ucr)
         if charge > 0:
             self._charge(wallet, charge, op.hold_id, request_id, at)
+        if loss > 0:
+            self.entries.extend(entry_rows(op.user_id, "loss", at, [
+                (PROMOTIONS, -loss, None, None), (OPERATOR_LOSSES, loss, None, "inference cost not charged"),
+            ], hold_id=op.hold_id, request_id=request_id))
         hold[1], hold[4] = ("settled" if charge > 0 else "voided"), charge
         self.resolved[op.hold_id] = {"id": op.hold_id, "status": hold[1], "resolved_ms": at, "charged_ucr": charge}
         wallet["held_ucr"] -= amount
@@ -202,10 +223,10 @@ class _Batch:
         if op.usage is not None:
             row = {**op.usage, "user_id": op.user_id, "charged_ucr": charge, "created_ms": at}
             self.usage.append({c: row.get(c) for c in USAGE_COLUMNS})
-        return SettleResult(charge, max(0, wallet["balance_ucr"] - wallet["held_ucr"]))
+        return SettleResult(charge, max(0, wallet["balance_ucr"] - wallet["held_ucr"]), loss_ucr=loss)
 
     def _charge(self, wallet: dict[str, Any], amount: int, hold_id: int, request_id: str, at: int) -> None:
-        """Burn `amount` from the grants in burn order; what they cannot cover is debt."""
+        """Burn `amount` (at most what the grants hold: see `settle`) from the grants in burn order."""
         user_id = wallet["user_id"]
         live = self._live_grants(user_id)
         left = amount
@@ -222,9 +243,7 @@ class _Batch:
             left -= take
             depleted_expiry |= take == remaining and expires is not None
         live[:] = [grant for grant in live if grant[1] > 0]
-        if left > 0:  # more than the grants hold: owed by the user, never dropped
-            wallet["debt_ucr"] += left
-            legs.append((RECEIVABLES, -left, None, "usage beyond remaining credit"))
+        assert left == 0, "a charge is never more than the grants hold"
         legs.append((REVENUE, amount, None, None))
         self.entries.extend(entry_rows(user_id, "charge", at, legs, hold_id=hold_id, request_id=request_id))
         wallet["balance_ucr"] -= amount

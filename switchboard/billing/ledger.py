@@ -11,7 +11,12 @@ request does not abort a group-committed batch.
 Double entry: every change is one transaction (`txn_id`) of entries that sum to zero, between
 a user's `wallet` (credits held), the user's `receivables` (credits owed: usage beyond the
 balance) and the system accounts `sales` (credits paid for), `promotions` (credits given),
-`revenue` (credits spent on inference), `breakage` (credits expired) and `refunds`.
+`revenue` (credits spent on inference), `breakage` (credits expired) and `refunds`, and
+`operator_losses` (inference the operator paid for and did not charge, funded by `promotions`).
+
+A request is never charged more than its hold, nor more than the user's grants hold: inference
+never makes debt (receivables come only from refunds of credits already spent). What a vendor
+billed beyond that is booked to `operator_losses` (see billing.holds).
 
 Invariants (checked by `verify`):
   SUM(amount_ucr) of every transaction = 0                      (entries are immutable)
@@ -19,6 +24,7 @@ Invariants (checked by `verify`):
   SUM(wallet entries of the user) = SUM(grants.remaining_ucr)
   wallet.debt_ucr    = -SUM(receivables entries of the user)
   wallet.held_ucr    = SUM(active holds.amount_ucr)
+  holds.charged_ucr <= holds.amount_ucr                          (never charged beyond the hold)
   available          = balance - held                           (never reserved below zero)
 """
 
@@ -32,8 +38,8 @@ from sqlalchemy import Connection, and_, func, insert, select, update
 
 from switchboard.billing import holds as hot_path
 from switchboard.billing.accounts import (
-    BREAKAGE, LOCK_WALLETS, PROMOTIONS, RECEIVABLES, REFUNDS, SALES, USER_ACCOUNTS, WALLET, WALLET_COLUMNS, now_ms,
-    record, save_wallet,
+    BREAKAGE, LOCK_WALLETS, OPERATOR_LOSSES, PROMOTIONS, RECEIVABLES, REFUNDS, SALES, USER_ACCOUNTS, WALLET,
+    WALLET_COLUMNS, now_ms, record, save_wallet,
 )
 from switchboard.billing.holds import HoldOp, HoldResult, SettleOp, SettleResult
 from switchboard.billing.periods import period_bounds
@@ -41,7 +47,7 @@ from switchboard.store import rawsql
 from switchboard.store.schema import grants, holds, ledger_entries, wallets
 
 __all__ = [
-    "BREAKAGE", "PROMOTIONS", "RECEIVABLES", "REFUNDS", "SALES", "USER_ACCOUNTS", "WALLET",
+    "BREAKAGE", "OPERATOR_LOSSES", "PROMOTIONS", "RECEIVABLES", "REFUNDS", "SALES", "USER_ACCOUNTS", "WALLET",
     "Balance", "HoldOp", "HoldResult", "Ledger", "Mismatch", "SettleOp", "SettleResult", "now_ms",
 ]
 
@@ -287,15 +293,16 @@ class Ledger:
 
     def settle(
         self, conn: Connection, user_id: int, hold_id: int, charge_ucr: int, usage: dict[str, Any] | None,
-        at_ms: int | None = None,
+        at_ms: int | None = None, loss_ucr: int = 0,
     ) -> SettleResult:
         """Charge the actual cost, release the rest of the hold and write the usage record.
 
         Exactly once per hold: a second call changes nothing and reports `already_resolved`.
-        A charge above the hold is still charged in full; what the grants cannot cover is debt.
-        A zero charge voids the hold.
+        The charge is at most the hold and at most what the grants hold; the rest of it, and
+        `loss_ucr` (a cost the user is not charged at all), go to `operator_losses`. A zero
+        charge voids the hold.
         """
-        (result,) = self.apply(conn, [SettleOp(self, user_id, hold_id, charge_ucr, usage, at_ms)])
+        (result,) = self.apply(conn, [SettleOp(self, user_id, hold_id, charge_ucr, usage, at_ms, loss_ucr)])
         assert isinstance(result, SettleResult)
         return result
 
@@ -359,6 +366,14 @@ class Ledger:
         held_sums = dict(conn.execute(
             select(holds.c.user_id, func.sum(holds.c.amount_ucr)).where(holds.c.status == "active").group_by(holds.c.user_id)
         ).all())
+        over = conn.execute(
+            select(holds.c.user_id, holds.c.id, holds.c.amount_ucr, holds.c.charged_ucr)
+            .where(holds.c.status == "settled", holds.c.charged_ucr > holds.c.amount_ucr)
+        ).all()
+        mismatches.extend(
+            Mismatch(uid, f"hold {hold_id} charged beyond its amount", int(charged), int(amount))
+            for uid, hold_id, amount, charged in over
+        )
         for w in conn.execute(select(wallets)).mappings():
             uid = w["user_id"]
             wallet_sum, receivable_sum = sums.get((uid, WALLET), 0), sums.get((uid, RECEIVABLES), 0)
@@ -370,6 +385,14 @@ class Ledger:
             ]
             mismatches.extend(Mismatch(uid, what, cached, derived) for what, cached, derived in checks if cached != derived)
         return mismatches
+
+    def operator_losses(self, conn: Connection) -> tuple[int, int]:
+        """(credits, requests) of inference the operator paid for and did not charge."""
+        total, count = conn.execute(
+            select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0), func.count(ledger_entries.c.id))
+            .where(ledger_entries.c.account == OPERATOR_LOSSES)
+        ).one()
+        return int(total), int(count)
 
     def account_balances(self, conn: Connection) -> dict[str, int]:
         """Every account's balance (user accounts summed over users); they add up to zero."""

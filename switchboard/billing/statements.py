@@ -1,4 +1,6 @@
-"""Monthly statements: opening balance, grants, charges, expiries, refunds, closing balance."""
+"""Monthly statements: opening balance, grants, charges, expiries, refunds, closing balance, and
+what the user was not charged (inference the operator paid for: a vendor that billed beyond the
+hold, an answer that failed before it was delivered). That last line is not part of the balance."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select
 
-from switchboard.billing.ledger import USER_ACCOUNTS
+from switchboard.billing.ledger import OPERATOR_LOSSES, USER_ACCOUNTS
 from switchboard.core.money import ucr_to_credits_float
 from switchboard.store.schema import ledger_entries
 
@@ -40,11 +42,13 @@ class Statement:
     closing_ucr: int
     charges_count: int
     grant_lines: list[dict[str, Any]] = field(default_factory=list)
+    not_charged_ucr: int = 0  # inference cost the operator bore (operator_losses): never in the balance
 
     def rows(self) -> list[tuple[str, int]]:
-        """(label, micro-credits) in the order a statement reads."""
+        """(label, micro-credits) in the order a statement reads; "not charged" after the balance."""
         return [("opening balance", self.opening_ucr), ("grants", self.grants_ucr), ("charges", self.charges_ucr),
-                ("expiries", self.expiries_ucr), ("refunds", self.refunds_ucr), ("closing balance", self.closing_ucr)]
+                ("expiries", self.expiries_ucr), ("refunds", self.refunds_ucr), ("closing balance", self.closing_ucr),
+                ("not charged", self.not_charged_ucr)]
 
     def as_json(self) -> dict[str, Any]:
         """Each figure in credits and in micro-credits (exact), and the month's grants."""
@@ -78,11 +82,17 @@ def statement(conn: Connection, user_id: int, month: str | None = None) -> State
         .group_by(ledger_entries.c.txn_id)
         .order_by(func.min(ledger_entries.c.created_ms))
     ).all()
+    not_charged = conn.execute(
+        select(func.coalesce(func.sum(ledger_entries.c.amount_ucr), 0)).where(
+            ledger_entries.c.user_id == user_id, ledger_entries.c.account == OPERATOR_LOSSES,
+            ledger_entries.c.created_ms >= start, ledger_entries.c.created_ms < end,
+        )
+    ).scalar_one()
     get = lambda kind: by_kind.get(kind, (0, 0))[0]  # noqa: E731
     movement = sum(total for total, _ in by_kind.values())
     return Statement(
         month=label, opening_ucr=int(opening), grants_ucr=get("grant"), charges_ucr=get("charge"),
         expiries_ucr=get("expiry"), refunds_ucr=get("refund"), closing_ucr=int(opening) + movement,
-        charges_count=by_kind.get("charge", (0, 0))[1],
+        charges_count=by_kind.get("charge", (0, 0))[1], not_charged_ucr=int(not_charged),
         grant_lines=[{"at_ms": int(at), "amount_ucr": int(amount), "reason": memo or None} for _, at, amount, memo in lines],
     )

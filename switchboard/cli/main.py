@@ -507,7 +507,8 @@ def caps_set(
 def ledger_verify(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Recompute every balance from its entries; exit 1 naming each account that disagrees."""
     store = _Store(_settings())
-    mismatches, balances = store.read(lambda conn: (store.ledger.verify(conn), store.ledger.account_balances(conn)))
+    mismatches, balances, (lost_ucr, lost_requests) = store.read(lambda conn: (
+        store.ledger.verify(conn), store.ledger.account_balances(conn), store.ledger.operator_losses(conn)))
     emails = dict(store.read(lambda conn: conn.execute(select(users_table.c.id, users_table.c.email)).all()))
     problems = [
         {"account": f"wallet of {emails.get(m.user_id, m.user_id)}" if m.user_id else "ledger", "check": m.what,
@@ -518,7 +519,8 @@ def ledger_verify(as_json: bool = typer.Option(False, "--json", help="Machine-re
     if total != 0:
         problems.append({"account": "all accounts", "check": "the accounts do not sum to zero", "cached_ucr": total, "derived_ucr": 0})
     if as_json:
-        sys.stdout.write(json.dumps({"ok": not problems, "problems": problems, "accounts_ucr": balances}) + "\n")
+        sys.stdout.write(json.dumps({"ok": not problems, "problems": problems, "accounts_ucr": balances,
+                                     "operator_losses": {"ucr": lost_ucr, "requests": lost_requests}}) + "\n")
     else:
         table = Table(title="accounts (credits; they sum to zero)")
         table.add_column("account")
@@ -526,6 +528,8 @@ def ledger_verify(as_json: bool = typer.Option(False, "--json", help="Machine-re
         for account, ucr in sorted(balances.items()):
             table.add_row(account, format_credits(ucr))
         out.print(table)
+        out.print(f"operator losses: {format_credits(lost_ucr)} credits over {lost_requests} requests "
+                  "(inference cost not charged to users: beyond a hold, or not delivered)")
         for p in problems:
             err.print(f"[red]MISMATCH[/red] {p['account']}: {p['check']}: cached {format_credits(p['cached_ucr'])}, "
                       f"derived {format_credits(p['derived_ucr'])}")

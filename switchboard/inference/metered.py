@@ -18,7 +18,7 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from switchboard.billing.ledger import HoldOp, HoldResult, Ledger, SettleOp, SettleResult
 from switchboard.core.catalog import ModelSpec
@@ -36,6 +36,8 @@ from switchboard.core.money import UCR_PER_CREDIT, usd_text, usd_to_ucr
 from switchboard.core.types import ChatRequest, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage, UsageReport
 from switchboard.inference.resilience import BreakerPolicy, CircuitBreaker, RetryPolicy, UserHealth
 from switchboard.providers.base import Provider
+from switchboard.providers.prompt_tokens import is_heavy
+from switchboard.providers.tokenizers import utf8_len
 from switchboard.router.router import RouteDecision, Router
 from switchboard.store.runner import TransactionRunner
 
@@ -43,6 +45,15 @@ log = logging.getLogger(__name__)
 
 # The shortest answer worth running when the balance cannot cover a default-length one.
 MIN_AFFORDABLE_OUTPUT = 16
+
+
+class Plan(NamedTuple):
+    """One candidate model for a request, as counted for it."""
+
+    spec: ModelSpec
+    prompt_tokens: int  # at least what the vendor bills: the hold and the context window use it
+    max_out: int  # the output cap sent upstream and enforced while reading
+    prompt_estimate: int  # the best count: charged when the vendor reports no usage
 
 
 @dataclass(slots=True)
@@ -61,6 +72,7 @@ class Metering:
     decode_tokens_per_s: float | None
     latency_ms: float
     route: dict[str, Any] = field(default_factory=dict)
+    not_charged_ucr: int = 0  # the cost beyond what the user is charged: the operator's loss
 
 
 def _provider_fault(error: UpstreamError) -> bool:
@@ -104,21 +116,31 @@ class Inference:
     def provider_for(self, spec: ModelSpec) -> Provider:
         return self.providers[spec.provider]
 
-    def _plan_candidate(self, spec: ModelSpec, request: ChatRequest) -> tuple[int, int]:
-        """(prompt tokens, max output tokens) for this model, or ContextTooLong."""
-        prompt_tokens = self.provider_for(spec).count_prompt_tokens(spec, request)
-        room = spec.context_window - prompt_tokens
+    def _plan_candidate(self, spec: ModelSpec, request: ChatRequest) -> Plan:
+        """The plan for this model, or ContextTooLong. The prompt is everything the vendor bills
+        (messages, tools, response format, images: Provider.count_prompt), for the hold and the
+        context window alike."""
+        prompt = self.provider_for(spec).count_prompt(spec, request)
+        room = spec.context_window - prompt.bound
         if room <= 0:
             raise ContextTooLong(
                 f"This model's maximum context length is {spec.context_window} tokens. However, your "
-                f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+                f"messages, tools and response format resulted in {prompt.bound} tokens. Please reduce "
+                f"the length of the messages or tool definitions.",
                 param="messages",
             )
         limit = spec.max_output_tokens or room
         # Without max_tokens, the hold covers `default_max_output_tokens`, not the model's whole
         # output limit (up to a million tokens for some): one request must not reserve dollars.
         wanted = request.max_tokens if request.max_tokens is not None else self.default_max_output_tokens
-        return prompt_tokens, max(1, min(wanted, limit, room))
+        return Plan(spec, prompt.bound, max(1, min(wanted, limit, room)), min(prompt.estimate, prompt.bound))
+
+    async def _plan(self, chain: tuple[ModelSpec, ...], request: ChatRequest) -> list[Plan]:
+        """`_plan_chain`, on a worker thread when counting the request takes milliseconds (a long
+        prompt or large images), so that it never stalls the event loop."""
+        if is_heavy(request):
+            return await asyncio.to_thread(self._plan_chain, chain, request)
+        return self._plan_chain(chain, request)
 
     async def begin(
         self,
@@ -134,13 +156,13 @@ class Inference:
         started = time.perf_counter()
         request.account_id = user_id
         decision = self.router.decide(request, plan=plan, health=UserHealth(self.breakers, user_id, self.latency_ms))
-        plans = self._plan_chain(decision.chain, request)
+        plans = await self._plan(decision.chain, request)
         held, hold_ucr = await self._hold(plans, request, user_id, request_id)
         if not held.ok and not held.duplicate and decision.degrade:
             # Degrade before refusing: the best cheaper model the balance can cover.
             for spec in decision.degrade:
                 try:
-                    cheaper = self._plan_chain((spec,), request)
+                    cheaper = await self._plan((spec,), request)
                 except SwitchboardError:
                     continue
                 if self._worst_ucr(cheaper) <= held.available_ucr:
@@ -158,17 +180,18 @@ class Inference:
             raise InsufficientCredits(held.available_ucr, held.needed_ucr)
         assert held.hold_id is not None
         if held.needed_ucr < hold_ucr:
-            plans = [(spec, p, self._affordable_output(spec, p, m, held.needed_ucr)) for spec, p, m in plans]
+            plans = [p._replace(max_out=self._affordable_output(p.spec, p.prompt_tokens, p.max_out, held.needed_ucr))
+                     for p in plans]
         call = MeteredCall(
             self, request, plans, decision, user_id=user_id, request_id=request_id, hold_id=held.hold_id,
-            endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started,
+            endpoint=endpoint, stream=stream, api_key_id=api_key_id, started=started, hold_ucr=held.needed_ucr,
         )
         if stream:
             self.streams[held.hold_id] = call
         return call
 
-    def _plan_chain(self, chain: tuple[ModelSpec, ...], request: ChatRequest) -> list[tuple[ModelSpec, int, int]]:
-        """(model, prompt tokens, max output tokens) for each candidate that can serve the request."""
+    def _plan_chain(self, chain: tuple[ModelSpec, ...], request: ChatRequest) -> list[Plan]:
+        """The plan of each candidate that can serve the request."""
         needed = request.needed_abilities()
         usable = [spec for spec in chain if not spec.lacks(needed)] if needed else list(chain)
         if not usable:
@@ -178,26 +201,24 @@ class Inference:
                 f"The model `{first.name}` does not support {missing}. Choose a model that does "
                 f"(`GET /v1/models` lists each model's abilities).", param="model",
             )
-        plans: list[tuple[ModelSpec, int, int]] = []
+        plans: list[Plan] = []
         too_long: ContextTooLong | None = None
         for spec in usable:
             try:
-                prompt_tokens, max_out = self._plan_candidate(spec, request)
+                plans.append(self._plan_candidate(spec, request))
             except ContextTooLong as exc:
                 too_long = too_long or exc
-                continue
-            plans.append((spec, prompt_tokens, max_out))
         if not plans:
             assert too_long is not None
             raise too_long
         return plans
 
-    def _worst_ucr(self, plans: list[tuple[ModelSpec, int, int]]) -> int:
+    def _worst_ucr(self, plans: list[Plan]) -> int:
         """One hold covers every candidate of the chain: a fallback never needs a second hold."""
-        return max(usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m in plans)
+        return max(usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m, _ in plans)
 
     async def _hold(
-        self, plans: list[tuple[ModelSpec, int, int]], request: ChatRequest, user_id: int, request_id: str
+        self, plans: list[Plan], request: ChatRequest, user_id: int, request_id: str
     ) -> tuple[HoldResult, int]:
         hold_ucr = self._worst_ucr(plans)
         # A client that set no max_tokens gets what its balance affords (down to a short answer)
@@ -206,7 +227,7 @@ class Inference:
         if request.max_tokens is None:
             min_ucr = max(
                 usd_to_ucr(spec.worst_case_usd(p, min(m, MIN_AFFORDABLE_OUTPUT)), self.usd_per_credit)
-                for spec, p, m in plans
+                for spec, p, m, _ in plans
             )
         first = plans[0][0].name
         future = self.runner.submit(
@@ -260,7 +281,7 @@ class MeteredCall:
         self,
         inference: Inference,
         request: ChatRequest,
-        plans: list[tuple[ModelSpec, int, int]],
+        plans: list[Plan],
         decision: RouteDecision,
         *,
         user_id: int,
@@ -270,6 +291,7 @@ class MeteredCall:
         stream: bool,
         api_key_id: int | None,
         started: float,
+        hold_ucr: int,
     ) -> None:
         self._inference = inference
         self.request = request
@@ -282,7 +304,14 @@ class MeteredCall:
         self.stream = stream
         self.api_key_id = api_key_id
         self._started = started
-        self.spec, self.prompt_tokens, self.max_output_tokens = plans[0]
+        self.hold_ucr = hold_ucr  # what was held: the most this request is ever charged
+        self.spec, self.prompt_tokens, self.max_output_tokens, self.prompt_estimate = plans[0]
+        # Output read so far, to stop at max_tokens whatever the upstream does with it: its
+        # UTF-8 bytes, and its tokens once counting started (None: too few bytes to matter).
+        self._out_bytes = 0
+        self._out_tokens: int | None = None
+        self._per_byte = 1.0  # the most tokens a byte of output counts as (Provider.tokens_per_byte)
+        self._cut = False  # the upstream went past max_tokens: it was stopped there
         self.finish_reason: str = "stop"
         self._reported: Usage | None = None
         self._text: list[str] = []  # produced text, counted when the provider reports no usage
@@ -302,9 +331,11 @@ class MeteredCall:
         retry policy) and then falls back to the next candidate, all under the same hold."""
         inference = self._inference
         last_error: UpstreamError | None = None
-        for spec, prompt_tokens, max_out in self._plans:
+        for spec, prompt_tokens, max_out, prompt_estimate in self._plans:
             self.spec, self.prompt_tokens, self.max_output_tokens = spec, prompt_tokens, max_out
+            self.prompt_estimate = prompt_estimate
             self.request.max_tokens = max_out
+            self._per_byte = inference.provider_for(spec).tokens_per_byte(spec)
             provider = inference.provider_for(spec)
             breaker = inference.breakers[spec.provider]
             attempt = 0
@@ -319,15 +350,23 @@ class MeteredCall:
                     self.attempts.append({"model": spec.name, "outcome": "skipped", "error": "circuit open"})
                     break
                 attempt += 1
+                upstream = provider.stream(spec, self.request)
                 try:
-                    async for event in provider.stream(spec, self.request):
+                    async for event in upstream:
                         if isinstance(event, TextDelta):
                             if event.text:
                                 self._mark_output()
-                                self._text.append(event.text)
+                                text = self._within_max_tokens(provider, event.text)
+                                if text is not event.text:
+                                    event = TextDelta(text)
+                                self._text.append(text)
                         elif isinstance(event, ToolCallDelta):
                             self._mark_output()
-                            self._tool_text.append((event.name or "") + event.arguments)
+                            name = event.name or ""
+                            text = self._within_max_tokens(provider, name + event.arguments)
+                            if len(text) < len(name) + len(event.arguments):
+                                event = ToolCallDelta(event.index, event.id, event.name, text[len(name):])
+                            self._tool_text.append(text)
                         elif isinstance(event, Finish):
                             self.finish_reason = event.reason
                             if self._first_at is not None:  # decoding ran until here
@@ -336,6 +375,12 @@ class MeteredCall:
                             self._reported = event.usage
                             continue
                         yield event
+                        if self._cut:  # past max_tokens: stop reading, and say so as OpenAI does
+                            break
+                    if self._cut:
+                        self.finish_reason = "length"
+                        self._last_at = time.perf_counter()
+                        yield Finish("length")
                 except UpstreamError as exc:
                     breaker.record_failure(self.user_id, provider_fault=_provider_fault(exc))
                     self.attempts.append({"model": spec.name, "outcome": "error", "error": exc.message})
@@ -353,11 +398,44 @@ class MeteredCall:
                 except Exception as exc:  # a provider bug must still reach the client as a clean error
                     log.exception("provider %s raised unexpectedly", spec.provider)
                     raise UpstreamError(f"provider {spec.provider} failed: {type(exc).__name__}", retryable=False) from exc
+                finally:
+                    await upstream.aclose()  # closes the upstream's response (at once when cut short)
                 breaker.record_success(self.user_id)
                 self.attempts.append({"model": spec.name, "outcome": "ok"})
                 return
         assert last_error is not None
         raise last_error
+
+    def _within_max_tokens(self, provider: Provider, text: str) -> str:
+        """`text`, or the start of it that keeps the output within max_tokens, counted with the
+        model's tokenizer (or its estimate). An upstream that ignores max_tokens is cut there
+        (`_cut`): the user never receives, nor pays for, more than the hold covers. Text too
+        short in bytes to reach the limit is not counted at all; then each piece is counted,
+        and the whole output again only when the pieces add up past the limit (a token split
+        across two pieces counts in both)."""
+        self._out_bytes += utf8_len(text)
+        limit = self.max_output_tokens
+        if self._out_tokens is None and self._out_bytes * self._per_byte <= limit:
+            return text
+        count = provider.count_text_tokens
+        if self._out_tokens is None:
+            self._out_tokens = count(self.spec, self._produced())
+        tokens = count(self.spec, text)
+        if self._out_tokens + tokens <= limit:
+            self._out_tokens += tokens
+            return text
+        produced = self._produced()
+        before = count(self.spec, produced)
+        self._out_tokens = count(self.spec, produced + text)
+        if self._out_tokens <= limit:
+            return text
+        self._cut = True
+        head = provider.head_of_text(self.spec, text, limit - before) if limit > before else ""
+        self._out_tokens = before + count(self.spec, head)
+        return head
+
+    def _produced(self) -> str:
+        return "".join(self._text) + "".join(self._tool_text)
 
     def _mark_output(self) -> None:
         now = time.perf_counter()
@@ -372,14 +450,23 @@ class MeteredCall:
             return self._reported
         if self._first_at is None:
             return Usage()  # nothing produced: nothing to charge
+        # The prompt's best count and the output's count with the model's tokenizer (or its
+        # estimate), never beyond max_tokens: what the upstream sent before it stopped or was
+        # stopped (a client gone, a broken stream, a cut at max_tokens).
         provider = self._inference.provider_for(self.spec)
-        completion = provider.count_text_tokens(self.spec, "".join(self._text) + "".join(self._tool_text))
-        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion)
+        completion = provider.count_text_tokens(self.spec, self._produced())
+        return Usage(prompt_tokens=self.prompt_estimate, completion_tokens=min(completion, self.max_output_tokens))
 
-    def _metering(self, outcome: str, error: str | None = None) -> tuple[Metering, dict[str, Any]]:
+    def _metering(
+        self, outcome: str, error: str | None = None, delivered: bool = True,
+    ) -> tuple[Metering, dict[str, Any]]:
+        """What to charge: the cost of the usage, never more than the hold. Whatever is beyond it
+        (a vendor that billed more than we could count), and the whole cost of an answer that was
+        never delivered (`delivered` False), is the operator's loss."""
         usage = self.usage()
         cost = self.spec.cost_usd(usage)
-        charge = usd_to_ucr(cost, self._inference.usd_per_credit)
+        cost_ucr = usd_to_ucr(cost, self._inference.usd_per_credit)
+        charge = min(cost_ucr, self.hold_ucr) if delivered else 0
         now = time.perf_counter()
         ttft = (self._first_at - self._started) * 1000 if self._first_at is not None else None
         tps = None
@@ -389,10 +476,16 @@ class MeteredCall:
         route = dict(self.decision.explanation)
         if len(self.attempts) > 1 or (self.attempts and self.attempts[-1]["outcome"] != "ok"):
             route["attempts"] = self.attempts
+        if self._cut:
+            route["cut_at_max_tokens"] = self.max_output_tokens
+        if cost_ucr > charge:
+            route["not_charged_ucr"] = cost_ucr - charge
+            route["not_charged"] = ("beyond the hold" if delivered else "nothing was delivered") + ": the operator's loss"
         metering = Metering(
             request_id=self.request_id, model=self.spec.name, provider=self.spec.provider, usage=usage,
             cost_usd=cost, charged_ucr=charge, available_ucr=0, outcome=outcome, ttft_ms=ttft,
             decode_tokens_per_s=tps, latency_ms=(now - self._started) * 1000, route=route,
+            not_charged_ucr=cost_ucr - charge,
         )
         return metering, self._usage_row(metering, error)
 
@@ -427,11 +520,14 @@ class MeteredCall:
 
     def _settlement(self, metering: Metering, row: dict[str, Any]) -> SettleOp:
         """The ledger work that charges `metering` and writes `row`, for the runner."""
-        return SettleOp(self._inference.ledger, self.user_id, self.hold_id, metering.charged_ucr, row)
+        return SettleOp(self._inference.ledger, self.user_id, self.hold_id, metering.charged_ucr, row,
+                        loss_ucr=metering.not_charged_ucr)
 
-    async def settle(self, outcome: str = "ok", error: str | None = None) -> Metering:
-        """Charge what was produced and write the usage record; wait for the commit."""
-        metering, row = self._metering(outcome, error)
+    async def settle(self, outcome: str = "ok", error: str | None = None, *, delivered: bool = True) -> Metering:
+        """Charge what was produced and write the usage record; wait for the commit. Not
+        `delivered`: the client received nothing (a non-streaming answer that failed), so
+        nothing is charged and what the vendor billed is the operator's loss."""
+        metering, row = self._metering(outcome, error, delivered)
         if not self._claim():
             return metering
         future = self._inference.runner.submit(self._settlement(metering, row), order_key=self.user_id)
@@ -441,6 +537,7 @@ class MeteredCall:
         result: SettleResult = await asyncio.shield(asyncio.wrap_future(future))
         metering.charged_ucr = result.charged_ucr
         metering.available_ucr = result.available_ucr
+        metering.not_charged_ucr = result.loss_ucr
         return metering
 
     def settle_in_background(self, outcome: str = "cancelled", error: str | None = None) -> None:
@@ -461,7 +558,8 @@ class MeteredCall:
                     call["name"] += event.name or ""
                     call["arguments"] += event.arguments
         except SwitchboardError as exc:
-            await self.settle("error", exc.message)
+            # The client gets an error and no answer: nothing is charged (README's promise).
+            await self.settle("error", exc.message, delivered=False)
             raise
         except BaseException:  # cancelled (client gone): charge what was produced, without waiting
             self.settle_in_background("cancelled")

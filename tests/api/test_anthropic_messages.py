@@ -440,7 +440,8 @@ def test_client_disconnect_mid_stream_charges_only_what_was_delivered(gateway: G
                     break  # hang up
     [record] = wait_for(lambda: usage_records(gateway))
     assert record["outcome"] == "cancelled" and record["endpoint"] == "messages"
-    assert 5 <= record["completion_tokens"] <= 12
+    # Far from all 40 words: counted with o200k, as an unknown server's tokenizer is estimated (~2 tokens a word).
+    assert 5 <= record["completion_tokens"] <= 30
     b = balance(gateway)
     assert b["held_credits"] == 0 and b["available_credits"] == pytest.approx(PLUS_CREDITS - record["credits_charged"])
 

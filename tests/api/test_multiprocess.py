@@ -69,9 +69,10 @@ def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def test_two_processes_never_overspend(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each request: prompt "hi" is estimated at 8 tokens, max_tokens 10 -> hold 8*0.2 + 10*0.4 = 5.6 credits.
+    # Each request: prompt "hi" is counted at 9 tokens (1 o200k token x1.5 for a server whose tokenizer is
+    # unknown, + 7 of framing), max_tokens 10 -> hold 9*0.2 + 10*0.4 = 5.8 credits.
     # The upstream reports 5 prompt + 3 completion tokens -> charge 1 + 1.2 = 2.2 credits.
-    n_covered, hold_credits, charge_ucr, credits = 10, 5.6, 2_200_000, 56
+    n_covered, hold_credits, charge_ucr, credits = 10, 5.8, 2_200_000, 58
     with FakeOpenAI() as fake:
         fake.configure(text="a b c", chunks=3, prompt_tokens=5, completion_tokens=3, chunk_delay_s=0.05)
         env = _env(tmp_path, database_url, fake.url, credits)

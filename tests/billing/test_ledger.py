@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import Engine, select
 
 from switchboard.accounts.users import create_user
-from switchboard.billing.ledger import Ledger
+from switchboard.billing.ledger import Ledger, now_ms
 from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import grants, holds, usage_records
 
@@ -16,7 +16,7 @@ DAY = 86_400_000
 
 
 def _setup(engine: Engine, plan: str = "free") -> tuple[TransactionRunner, Ledger, int]:
-    ledger = Ledger({"free": 100 * C, "plus": 6000 * C}, hold_timeout_ms=60_000)
+    ledger = Ledger({"free": 100 * C, "plus": 6000 * C, "payg": 0}, hold_timeout_ms=60_000)
     runner = TransactionRunner(engine)
     runner.start()
     user = runner.submit(lambda c: create_user(c, ledger, "u@example.com", plan)).result()
@@ -107,15 +107,36 @@ def test_burn_order_soonest_expiry_first_then_oldest(engine: Engine) -> None:
     runner.stop()
 
 
-def test_usage_beyond_balance_becomes_debt_and_is_repaid_by_next_grant(engine: Engine) -> None:
+def test_usage_beyond_the_hold_is_the_operators_loss_never_debt(engine: Engine) -> None:
+    """A vendor that reports more than the hold covered: the user pays the hold, the rest is
+    booked to operator_losses (funded by promotions), the user owes nothing, verify agrees."""
     runner, ledger, uid = _setup(engine)
-    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 100 * C, "m")).result()
-    runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 130 * C, None)).result()  # provider said more
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 60 * C, "m")).result()
+    done = runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 130 * C, None)).result()  # provider said more
+    assert (done.charged_ucr, done.loss_ucr) == (60 * C, 70 * C)
     b = _balance(engine, ledger, uid)
-    assert (b.balance_ucr, b.debt_ucr, b.available_ucr) == (-30 * C, 30 * C, 0)
-    runner.submit(lambda c: ledger.grant(c, uid, 50 * C, kind="topup")).result()
-    b = _balance(engine, ledger, uid)
-    assert (b.balance_ucr, b.debt_ucr) == (20 * C, 0)
+    assert (b.balance_ucr, b.debt_ucr, b.available_ucr) == (40 * C, 0, 40 * C)
+    with engine.connect() as conn:
+        balances = ledger.account_balances(conn)
+        assert balances["operator_losses"] == 70 * C and balances["revenue"] == 60 * C
+        assert balances["promotions"] == -170 * C
+        assert ledger.operator_losses(conn) == (70 * C, 1)
+        assert conn.execute(select(holds.c.charged_ucr)).scalar_one() == 60 * C
+    assert _verify(engine, ledger) == []
+    runner.stop()
+
+
+def test_a_charge_never_makes_debt_when_a_grant_expired_under_the_hold(engine: Engine) -> None:
+    """A top-up ran out of time while a request held it: the charge is what the grants still
+    hold (nothing), the cost is the operator's loss, and the user owes nothing."""
+    runner, ledger, uid = _setup(engine, "payg")  # no allowance
+    t0 = now_ms()
+    runner.submit(lambda c: ledger.grant(c, uid, 50 * C, kind="topup", expires_ms=t0 + 1000, at_ms=t0)).result()
+    held = runner.submit(lambda c: ledger.place_hold(c, uid, "r", 40 * C, "m", at_ms=t0 + 10)).result()
+    done = runner.submit(lambda c: ledger.settle(c, uid, held.hold_id, 30 * C, None, at_ms=t0 + 2000)).result()
+    assert (done.charged_ucr, done.loss_ucr) == (0, 30 * C)
+    b = _balance(engine, ledger, uid, t0 + 2000)
+    assert (b.balance_ucr, b.debt_ucr) == (0, 0)
     assert _verify(engine, ledger) == []
     runner.stop()
 

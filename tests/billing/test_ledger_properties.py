@@ -1,6 +1,6 @@
 """Property-based tests: random sequences of grants, holds, settlements (under, at and over the
 hold), voids, expiries, refunds and period rolls never break a ledger invariant, never overdraw,
-and never lose or double-count a micro-credit."""
+never charge beyond a hold, and never lose or double-count a micro-credit."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
         with engine.begin() as conn:
             uid = create_user(conn, ledger, "p@example.com", "free").id
         open_holds: list[tuple[int, int]] = []  # (hold id, amount)
-        granted = charged = requests_made = 0
+        granted = charged = lost = requests_made = 0
         grant_ids: list[int] = []
         refunds: list[int] = []
         for op, a, b in operations:
@@ -60,12 +60,15 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
                     if held.ok:
                         open_holds.append((held.hold_id, a))
                 elif op == "settle" and open_holds:
-                    hold_id, _amount = open_holds.pop(b % len(open_holds))
+                    hold_id, amount = open_holds.pop(b % len(open_holds))
                     result = ledger.settle(conn, uid, hold_id, a, None, at_ms=now)
                     assert not result.already_resolved
+                    # Never beyond the hold: the rest of the cost is the operator's loss.
+                    assert result.charged_ucr <= amount and result.charged_ucr + result.loss_ucr == a
                     again = ledger.settle(conn, uid, hold_id, a, None, at_ms=now)
-                    assert again.already_resolved and again.charged_ucr == a  # exactly once
-                    charged += a
+                    assert again.already_resolved and again.charged_ucr == result.charged_ucr  # exactly once
+                    charged += result.charged_ucr
+                    lost += result.loss_ucr
                 elif op == "advance":
                     now += a * DAY
                 elif op == "refund" and grant_ids:
@@ -87,7 +90,8 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, int,
             given_total = -(balances.get("promotions", 0) + balances.get("sales", 0))
             assert given_total >= granted + 1_000
             assert balances.get("revenue", 0) == charged
+            assert balances.get("operator_losses", 0) == lost
             assert given_total == (balances.get("wallet", 0) + balances.get("receivables", 0)
                                    + balances.get("revenue", 0) + balances.get("breakage", 0)
-                                   + balances.get("refunds", 0))
+                                   + balances.get("refunds", 0) + balances.get("operator_losses", 0))
         engine.dispose()

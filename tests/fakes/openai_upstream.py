@@ -23,10 +23,12 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 from aiohttp import web
+
+from tests.fakes import vendor_billing
 
 
 @dataclass
@@ -69,6 +71,12 @@ class Behaviour:
     stall_s: float = 30.0
     ignore_stream: bool = False  # answer a streaming request with a whole chat.completion JSON
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # Billing like a vendor (vendor_billing.py): prompt_tokens counted over everything sent (messages,
+    # tools, response_format, images) with o200k, completion_tokens over the text produced. Unset,
+    # the fixed prompt_tokens / completion_tokens above are reported.
+    bill_like_vendor: bool = False
+    token_chunks: bool = False  # stream the text one o200k token per chunk, as OpenAI does
+    honour_max_tokens: bool = False  # stop at the request's max_tokens (finish "length"); else ignore it
 
     def completion_count(self, pieces: int) -> int:
         """`completion_tokens`, or by default the number of content chunks (at least 1)."""
@@ -229,6 +237,12 @@ class FakeOpenAI:
         return parsed
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._chat_answer(request)
+        except ConnectionResetError:  # the client stopped reading (a gateway cutting at max_tokens)
+            raise asyncio.CancelledError from None  # ends the handler quietly, as fail_after_chunks does
+
+    async def _chat_answer(self, request: web.Request) -> web.StreamResponse:
         payload, b = await self._receive(request)
         headers = dict(b.extra_headers)
         if b.retry_after is not None:
@@ -239,9 +253,18 @@ class FakeOpenAI:
             return _error(b.status, b.error_message, b.error_type, b.error_code, headers)
 
         model = str(payload.get("model", "fake-model"))
-        pieces = _split(b.text, b.chunks)
+        text, finish = b.text, b.finish_reason or ("tool_calls" if b.tool_calls else "stop")
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        if b.honour_max_tokens and isinstance(limit, int) and vendor_billing.tokens(text) > limit:
+            text, finish = vendor_billing.head(text, limit), "length"
+        pieces = vendor_billing.token_pieces(text) if b.token_chunks else _split(text, b.chunks)
         usage = _usage_json(b, len(pieces))
-        finish = b.finish_reason or ("tool_calls" if b.tool_calls else "stop")
+        if b.bill_like_vendor:
+            completion = vendor_billing.tokens(text) + sum(vendor_billing.tokens(c.arguments) for c in b.tool_calls)
+            usage.update(prompt_tokens=vendor_billing.prompt_tokens(payload), completion_tokens=completion)
+            usage["total_tokens"] = usage["prompt_tokens"] + completion
+        if text != b.text:
+            b = replace(b, text=text)
         cid = f"chatcmpl-fake{len(self.requests)}"
         created = int(time.time())
         if not payload.get("stream") or b.ignore_stream:
