@@ -13,6 +13,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchboard.api.anthropic_messages import error_json
 from switchboard.core.errors import SwitchboardError
 
 # Paths whose errors are in Anthropic's shape rather than OpenAI's.
@@ -33,10 +34,10 @@ class RequestTooLarge(SwitchboardError):
 
 def too_large_body(path: str, limit: int) -> bytes:
     """The 413 body in the error shape of the endpoint at `path`."""
-    message = RequestTooLarge(limit).message
+    error = RequestTooLarge(limit)
     if path in ANTHROPIC_PATHS:
-        return orjson.dumps({"type": "error", "error": {"type": "request_too_large", "message": message}, "request_id": None})
-    return orjson.dumps(RequestTooLarge(limit).to_openai())
+        return orjson.dumps(error_json("request_too_large", error.message, None))
+    return orjson.dumps(error.to_openai())
 
 
 class BodyLimit:
