@@ -69,11 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runtime.start()
         rate = settings.rate_limit
         keys = KeyCache(runtime.engine)
-        app.state.sb = AppState(runtime, keys, TokenBuckets(rate.requests_per_minute, rate.burst),
-                                ExportSlots(limits.exports_per_process, limits.exports_per_user))
+        app.state.sb = state = AppState(runtime, keys, TokenBuckets(rate.requests_per_minute, rate.burst),
+                                        ExportSlots(limits.exports_per_process, limits.exports_per_user))
+        await state.assistant.start()  # every server delivers due reminders
         try:
             yield
         finally:
+            await state.assistant.stop()
             keys.close()
             await runtime.stop()
 

@@ -63,7 +63,7 @@ def _operation(e: Endpoint, ref: dict[type[BaseModel], dict[str, Any]]) -> dict[
         "security": _SECURITY[e.auth],
         "parameters": [p.openapi() for p in e.params],
         "responses": {
-            "200": {"description": "Success",
+            str(e.success): {"description": "Success",
                     "content": {media: {"schema": _SUCCESS_SCHEMAS[media]} for media in e.answers}},
             "413": {"description": "The request body is over this endpoint's limit (request_too_large)", **error},
             "429": {"description": "Too many requests; Retry-After says when to retry", **error},
@@ -82,7 +82,7 @@ def _operation(e: Endpoint, ref: dict[type[BaseModel], dict[str, Any]]) -> dict[
         op["parameters"].append({"name": "Stripe-Signature", "in": "header", "required": False,
                                  "description": "t=TIMESTAMP,v1=HMAC, as Stripe signs", "schema": {"type": "string"}})
     if e.body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[e.body]}}}
+        op["requestBody"] = {"required": e.body_required, "content": {"application/json": {"schema": ref[e.body]}}}
     elif e.any_json_body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
     return op

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from switchboard.core.errors import InvalidRequest
+from switchboard.core.errors import InvalidRequest, NotFound
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
@@ -90,3 +90,49 @@ class MonthQuery:
 
 def _parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_ID = re.compile(r"[a-z]{2,5}_[0-9a-f]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class IdQuery:
+    """An object id used as a cursor (`after=msg_...`); absent means None."""
+
+    name: str
+    prefix: str
+    description: str
+
+    def parse(self, request: Request) -> str | None:
+        raw = request.query_params.get(self.name)
+        if raw is None or raw == "":
+            return None
+        if _ID.fullmatch(raw) is None or not raw.startswith(self.prefix + "_"):
+            raise InvalidRequest(f"'{self.name}' must be an id of the form {self.prefix}_...", param=self.name)
+        return raw
+
+    def openapi(self) -> dict[str, Any]:
+        return _parameter(self.name, self.description, {"type": "string", "pattern": rf"^{self.prefix}_[0-9a-f]+$"})
+
+
+@dataclass(frozen=True, slots=True)
+class PathId:
+    """An object's id in the path (`/v1/conversations/{conversation_id}`). One that cannot exist
+    is "not found", exactly like one that belongs to someone else."""
+
+    name: str
+    prefix: str
+    description: str
+    digits: bool = False  # ids like rem_12 (a row number) rather than random hex
+
+    def parse(self, request: Request) -> str:
+        raw = request.path_params.get(self.name, "")
+        shape = re.fullmatch(rf"{self.prefix}_[0-9]{{1,18}}", raw) if self.digits else _ID.fullmatch(raw)
+        if shape is None or not raw.startswith(self.prefix + "_"):
+            raise NotFound(f"No {self.description} found with id '{raw[:80]}'.", param=self.name)
+        return raw
+
+    def openapi(self) -> dict[str, Any]:
+        pattern = rf"^{self.prefix}_[0-9]+$" if self.digits else rf"^{self.prefix}_[0-9a-f]+$"
+        return {"name": self.name, "in": "path", "required": True, "description": f"The {self.description}'s id",
+                "schema": {"type": "string", "pattern": pattern}}

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.api import account, anthropic_messages, billing, chat, exports
+from switchboard.api import account, anthropic_messages, billing, chat, conversations, exports
 from switchboard.api.anthropic_schemas import MessagesBody
-from switchboard.api.params import ChoiceQuery, IntQuery, MonthQuery
+from switchboard.api.params import ChoiceQuery, IdQuery, IntQuery, MonthQuery, PathId
 from switchboard.api.schemas import ChatCompletionBody, CheckoutBody, PlanChangeBody
 
 Auth = Literal["bearer", "bearer or x-api-key", "stripe signature", "none"]
@@ -33,12 +33,14 @@ class Endpoint:
     summary: str
     tag: str
     auth: Auth = "bearer"
-    params: tuple[IntQuery | ChoiceQuery | MonthQuery, ...] = ()
+    params: tuple[IntQuery | ChoiceQuery | MonthQuery | IdQuery | PathId, ...] = ()
     body: type[BaseModel] | None = None
     any_json_body: bool = False  # a JSON object the handler reads itself (Stripe's events)
     idempotency_key: bool = False
     answers: tuple[str, ...] = JSON  # the media types of a success
     errors: Literal["openai", "anthropic"] = "openai"
+    success: int = 200  # the status of a success (201 for a creation)
+    body_required: bool = True
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -67,6 +69,25 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Upgrade now, downgrade at the period end, or cancel with plan: free", "billing", body=PlanChangeBody),
     Endpoint("GET", "/v1/billing/statement", billing.statement, "A month's opening balance, movements and closing balance",
              "billing", params=(billing.MONTH,)),
+    Endpoint("POST", "/v1/conversations", conversations.create_conversation, "Start a conversation with the assistant",
+             "assistant", body=conversations.ConversationBody, body_required=False, success=201),
+    Endpoint("GET", "/v1/conversations", conversations.list_conversations, "Your conversations, newest first",
+             "assistant", params=(conversations.LIMIT, conversations.AFTER_CONVERSATION)),
+    Endpoint("GET", "/v1/conversations/{conversation_id}", conversations.get_conversation, "One conversation",
+             "assistant", params=(conversations.CONVERSATION,)),
+    Endpoint("DELETE", "/v1/conversations/{conversation_id}", conversations.delete_conversation,
+             "Delete a conversation, its messages and its reminders, for good", "assistant",
+             params=(conversations.CONVERSATION,)),
+    Endpoint("GET", "/v1/conversations/{conversation_id}/messages", conversations.list_messages,
+             "A conversation's messages, oldest first", "assistant",
+             params=(conversations.CONVERSATION, conversations.LIMIT, conversations.AFTER_MESSAGE)),
+    Endpoint("POST", "/v1/conversations/{conversation_id}/messages", conversations.send_message,
+             "Say something: one turn of the assistant (its reply, or server-sent events with stream: true)",
+             "assistant", params=(conversations.CONVERSATION,), body=conversations.MessageBody,
+             answers=("application/json", "text/event-stream")),
+    Endpoint("GET", "/v1/reminders", conversations.list_reminders, "Your active reminders", "assistant"),
+    Endpoint("DELETE", "/v1/reminders/{reminder_id}", conversations.delete_reminder, "Cancel a reminder", "assistant",
+             params=(conversations.REMINDER,)),
     Endpoint("POST", "/webhooks/stripe", billing.stripe_webhook, "Stripe's events, signed with the webhook secret",
              "billing", auth="stripe signature", any_json_body=True),
 )

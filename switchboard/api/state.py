@@ -8,6 +8,9 @@ from switchboard.accounts.keys import KeyCache
 from switchboard.api.exports import ExportSlots
 from switchboard.api.idempotency import Idempotency
 from switchboard.api.ratelimit import TokenBuckets
+from switchboard.assistant.assistant import Assistant
+from switchboard.assistant.services import AssistantServices
+from switchboard.crypto import KeyRing, keyring_for
 from switchboard.inference.runtime import Runtime
 
 
@@ -17,10 +20,15 @@ class AppState:
     keys: KeyCache
     limits: TokenBuckets
     exports: ExportSlots
-    # Built from the runtime: loads (or, the first time, creates) the master key at start-up.
+    # Built from the runtime: loads (or, the first time, creates) the master key at start-up,
+    # one key ring for every part that keeps user content (stored responses, conversations).
+    keyring: KeyRing = field(init=False)
     idempotency: Idempotency = field(init=False)
+    assistant: Assistant = field(init=False)
 
     def __post_init__(self) -> None:
         runtime = self.runtime
-        self.idempotency = Idempotency(runtime.settings, runtime.engine, runtime.runner)
+        self.keyring = keyring_for(runtime.settings, runtime.engine)
+        self.idempotency = Idempotency(runtime.settings, runtime.engine, runtime.runner, keyring=self.keyring)
         self.idempotency.purge_soon()  # records that expired while no server ran
+        self.assistant = Assistant(AssistantServices(runtime, self.keyring))

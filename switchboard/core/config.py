@@ -98,6 +98,11 @@ class PlanConfig(BaseModel):
     # False: the monthly allowance expires at the end of its period. True: it stays for one
     # more period (expires at the end of the next one). See docs/billing.md.
     rollover: bool = False
+    # One assistant turn's limits (docs/assistant.md): credits it may spend on model calls and
+    # tools together, model calls it may make, and its wall time.
+    turn_credits: Decimal = Field(default=Decimal("5"), gt=0)
+    turn_steps: int = Field(default=8, ge=1, le=100)
+    turn_seconds: float = Field(default=120.0, gt=0)
 
 
 class PackConfig(BaseModel):
@@ -139,9 +144,31 @@ class StripeConfig(BaseModel):
 def _default_plans() -> dict[str, PlanConfig]:
     return {
         "free": PlanConfig(name="free", monthly_usd=Decimal("0"), monthly_credits=100),
-        "plus": PlanConfig(name="plus", monthly_usd=Decimal("14.99"), monthly_credits=6000, sandbox=True),
-        "pro": PlanConfig(name="pro", monthly_usd=Decimal("39.99"), monthly_credits=18000, sandbox=True),
+        "plus": PlanConfig(name="plus", monthly_usd=Decimal("14.99"), monthly_credits=6000, sandbox=True,
+                           turn_credits=Decimal("100"), turn_steps=20, turn_seconds=300.0),
+        "pro": PlanConfig(name="pro", monthly_usd=Decimal("39.99"), monthly_credits=18000, sandbox=True,
+                          turn_credits=Decimal("300"), turn_steps=20, turn_seconds=300.0),
     }
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Switchboard, a personal assistant talking with {name}. Today is {weekday}, {date}; the time "
+    "is {time} in their time zone ({time_zone}). Answer helpfully and briefly, in the language the user "
+    "writes in. {tools_note}"
+)
+
+
+class AssistantConfig(BaseModel):
+    """The assistant (docs/assistant.md): its system prompt, and how turns, history and reminders run."""
+
+    # Placeholders: {name}, {date}, {weekday}, {time}, {time_zone}, {tools_note}.
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_repeated_tool_calls: int = Field(default=2, ge=1)  # the same call (name and arguments) this often, then stop
+    tool_timeout_s: float = Field(default=60.0, gt=0)
+    history_messages: int = Field(default=200, ge=2)  # the newest messages a turn reads (beyond: the summary)
+    summary_words: int = Field(default=150, ge=20)
+    reminder_interval_s: float = Field(default=1.0, gt=0)  # how often each server looks for due reminders
+    lease_s: float = Field(default=60.0, gt=1)  # a conversation's turn lease (renewed while it runs)
 
 
 class ResilienceConfig(BaseModel):
@@ -292,6 +319,7 @@ class Settings(BaseSettings):
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     crypto: CryptoConfig = Field(default_factory=CryptoConfig)
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    assistant: AssistantConfig = Field(default_factory=AssistantConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -75,6 +75,25 @@ class SpendingCapReached(SwitchboardError):
         )
 
 
+class CreditLimitReached(SwitchboardError):
+    """A call would take more than what is left of a limit the caller set below the balance
+    (an assistant turn's credit limit): nothing was held or charged."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "credit_limit_reached"
+
+    def __init__(self, limit_ucr: int, needed_ucr: int) -> None:
+        from switchboard.core.money import format_credits
+
+        self.limit_ucr = limit_ucr
+        self.needed_ucr = needed_ucr
+        super().__init__(
+            f"This would exceed the credit limit: {format_credits(limit_ucr)} credits left of it, "
+            f"the next step needs at least {format_credits(needed_ucr)}."
+        )
+
+
 class ModelNotFound(SwitchboardError):
     status = 404
     type = "invalid_request_error"

@@ -24,6 +24,7 @@ from switchboard.billing.ledger import HoldOp, HoldResult, Ledger, SettleOp, Set
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.errors import (
     ContextTooLong,
+    CreditLimitReached,
     DuplicateRequest,
     InsufficientCredits,
     InvalidRequest,
@@ -152,12 +153,16 @@ class Inference:
         stream: bool,
         api_key_id: int | None = None,
         plan: str = "free",
+        limit_ucr: int | None = None,
     ) -> "MeteredCall":
+        """Admit a request: route, count, hold. `limit_ucr` caps the hold below what the balance
+        allows (an assistant turn's credit limit): a request without max_tokens is shortened to
+        fit it, one that cannot fit even shortened raises CreditLimitReached."""
         started = time.perf_counter()
         request.account_id = user_id
         decision = self.router.decide(request, plan=plan, health=UserHealth(self.breakers, user_id, self.latency_ms))
         plans = await self._plan(decision.chain, request)
-        held, hold_ucr = await self._hold(plans, request, user_id, request_id)
+        held, hold_ucr = await self._hold(plans, request, user_id, request_id, limit_ucr)
         if not held.ok and not held.duplicate and decision.degrade:
             # Degrade before refusing: the best cheaper model the balance can cover.
             for spec in decision.degrade:
@@ -170,7 +175,7 @@ class Inference:
                                    "degraded": f"balance covers {spec.name}, not {decision.model.name}"}
                     decision = RouteDecision((spec,), explanation)
                     plans = cheaper
-                    held, hold_ucr = await self._hold(plans, request, user_id, request_id)
+                    held, hold_ucr = await self._hold(plans, request, user_id, request_id, limit_ucr)
                     break
         if held.duplicate:
             raise DuplicateRequest(f"request id {request_id!r} was already used", param="idempotency-key")
@@ -218,8 +223,10 @@ class Inference:
         return max(usd_to_ucr(spec.worst_case_usd(p, m), self.usd_per_credit) for spec, p, m, _ in plans)
 
     async def _hold(
-        self, plans: list[Plan], request: ChatRequest, user_id: int, request_id: str
+        self, plans: list[Plan], request: ChatRequest, user_id: int, request_id: str, limit_ucr: int | None = None,
     ) -> tuple[HoldResult, int]:
+        """Place the hold; (its result, the worst case it was sized from: a smaller hold means a
+        shortened answer)."""
         hold_ucr = self._worst_ucr(plans)
         # A client that set no max_tokens gets what its balance affords (down to a short answer)
         # rather than a refusal sized to the model's largest possible output.
@@ -229,9 +236,14 @@ class Inference:
                 usd_to_ucr(spec.worst_case_usd(p, min(m, MIN_AFFORDABLE_OUTPUT)), self.usd_per_credit)
                 for spec, p, m, _ in plans
             )
+        amount = hold_ucr
+        if limit_ucr is not None and hold_ucr > limit_ucr:
+            if min_ucr is None or min_ucr > limit_ucr:
+                raise CreditLimitReached(limit_ucr, min_ucr if min_ucr is not None else hold_ucr)
+            amount = limit_ucr
         first = plans[0][0].name
         future = self.runner.submit(
-            HoldOp(self.ledger, user_id, request_id, hold_ucr, first, min_amount_ucr=min_ucr, process_id=self.process_id),
+            HoldOp(self.ledger, user_id, request_id, amount, first, min_amount_ucr=min_ucr, process_id=self.process_id),
             order_key=user_id,
         )
         try:

@@ -215,6 +215,15 @@ class Router:
         }
         return RouteDecision(chain, explanation, degrade)
 
+    def cheapest(self, plan: str, needed: frozenset[str] = frozenset()) -> ModelSpec:
+        """The cheapest model the plan may use that has the `needed` abilities: for background
+        work (summaries, memory extraction) that must not pay for capacity it does not need."""
+        cap = _RANK[self.config.plan_max_tier.get(plan, "flagship")]
+        usable = [s for s in self._ranked if self._rank[s.name] <= cap and not s.lacks(needed)]
+        if not usable:
+            raise InvalidRequest(f"No model here is open to the {plan} plan for this work.", param="model")
+        return min(usable, key=lambda s: (self._price[s.name], s.name))
+
     def _preference(self, eligible: list[ModelSpec], need: str, health: Health) -> list[ModelSpec]:
         """Needed tier first (cheapest first), then tiers above (nearest first), then below."""
         target = _RANK[need]

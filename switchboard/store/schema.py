@@ -41,6 +41,9 @@ users = Table(
     Column("email", String(320), nullable=False, unique=True),
     Column("plan", String(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+    # How the assistant addresses the user and reads their times (migration 0010).
+    Column("name", String(100)),
+    Column("time_zone", String(64), nullable=False, server_default="UTC"),
 )
 
 api_keys = Table(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import switchboard.store.assistant_schema  # noqa: F401  (its tables join the same metadata)
 import switchboard.store.billing_schema  # noqa: F401  (its tables join the same metadata)
 from switchboard.store.schema import metadata
 

@@ -1,0 +1,145 @@
+"""The assistant, as every entry point sees it: take a user's message in a conversation,
+produce the reply as a stream of events.
+
+    assistant = Assistant(services)
+    await assistant.start()                      # the reminder scheduler
+    target = await assistant.open(user_id, conversation_id)    # NotFound for another user's id
+    async for event in assistant.send(target, "remind me at 6pm to call mum"):
+        ...
+
+A turn runs as a task of its own, detached from whoever listens: if the client goes away
+mid-answer, the turn still finishes and its reply is stored (the user finds it in the
+conversation), as a channel's turn must. Turns of one conversation run one at a time, across
+processes (assistant.lease). Commands ("/help") are answered here, without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from switchboard.assistant.commands import CommandContext, is_command, run_command
+from switchboard.assistant.conversations import Conversation
+from switchboard.assistant.events import TextDelta, Totals, TurnCompleted, TurnEvent, TurnFailed
+from switchboard.assistant.lease import ConversationLeases
+from switchboard.assistant.profile import Profile, load_profile
+from switchboard.assistant.reminders import Scheduler
+from switchboard.assistant.services import AssistantServices
+from switchboard.assistant.tools.builtin import builtin_tools
+from switchboard.assistant.tools.registry import ToolRegistry
+from switchboard.assistant.turn import Turn
+from switchboard.core.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 32_000
+
+
+@dataclass(slots=True)
+class Target:
+    """Where a message goes: whose it is and which conversation."""
+
+    profile: Profile
+    conversation: Conversation
+
+
+def default_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+    registry.add(*builtin_tools())
+    return registry
+
+
+class Assistant:
+    def __init__(self, services: AssistantServices, registry: ToolRegistry | None = None) -> None:
+        self.services = services
+        self.registry = registry or default_registry()
+        settings = services.runtime.settings.assistant
+        engine = services.runtime.engine
+        self.leases = ConversationLeases(engine, lease_s=settings.lease_s)
+        self.scheduler = Scheduler(engine, services.reminders, services.runtime.runner.run,
+                                   interval_s=settings.reminder_interval_s)
+        self._scheduling: asyncio.Task[None] | None = None
+        self._turns: set[asyncio.Task[None]] = set()
+
+    async def start(self, *, schedule: bool = True) -> None:
+        if schedule and self._scheduling is None:
+            self._scheduling = asyncio.create_task(self.scheduler.run_forever())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._scheduling, *self._turns) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._scheduling = None
+
+    async def open(self, user_id: int, conversation_id: str) -> Target:
+        services = self.services
+
+        def load(conn):  # type: ignore[no-untyped-def]
+            return load_profile(conn, user_id), services.conversations.get(conn, user_id, conversation_id)
+
+        profile, conversation = await services.read(user_id, load)
+        return Target(profile, conversation)
+
+    def send(self, target: Target, text: str, *, now: datetime | None = None) -> AsyncIterator[TurnEvent]:
+        """Start the turn now (it runs to its end whether or not the events are read) and return
+        its events."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequest("content must be a non-empty string", param="content")
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise InvalidRequest(f"content is longer than {MAX_MESSAGE_CHARS} characters", param="content")
+        events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+        task = asyncio.create_task(self._run(target, text, now, events))
+        self._turns.add(task)
+        task.add_done_callback(self._turns.discard)
+        return _drain(events)
+
+    async def _run(self, target: Target, text: str, now: datetime | None, events: asyncio.Queue[TurnEvent | None]
+                   ) -> None:
+        try:
+            async with self.leases.hold(target.conversation.id):
+                async for event in self._turn(target, text, now):
+                    events.put_nowait(event)
+        except Exception as exc:  # noqa: BLE001 - told to the listener, never lost silently
+            log.exception("assistant turn failed before it started")
+            message = getattr(exc, "message", "the turn could not start")
+            events.put_nowait(TurnFailed(None, message, getattr(exc, "code", None) or "error",
+                                         getattr(exc, "status", 500), Totals()))
+        finally:
+            events.put_nowait(None)
+
+    async def _turn(self, target: Target, text: str, now: datetime | None) -> AsyncIterator[TurnEvent]:
+        services, uid = self.services, target.profile.user_id
+        # Read again under the lease: the turn before may have pinned a model or summarised.
+        target = await self.open(uid, target.conversation.id)
+        conv = target.conversation
+        now = now or datetime.now(timezone.utc)
+        conversations = services.conversations
+        if is_command(text):
+            await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user", kind="command",
+                                                                          content=text))
+            reply = await run_command(CommandContext(services, target.profile, conv, now), text)
+            message = await services.write(uid, lambda c: conversations.add_message(
+                c, uid, conv.id, role="assistant", kind="command", content=reply.text))
+            if reply.new_conversation is not None:  # the new one is now the most recent on its channel
+                fresh = reply.new_conversation
+                await services.write(uid, lambda c: conversations.touch(c, uid, fresh.id))
+            balance = await services.read(uid, lambda c: services.runtime.ledger.balance(c, uid))
+            yield TextDelta(reply.text)
+            yield TurnCompleted(message, Totals(remaining_ucr=balance.available_ucr),
+                                conversation_id=reply.new_conversation.id if reply.new_conversation else None)
+            return
+        await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user", content=text))
+        async for event in Turn(services, self.registry, target.profile, conv, now=now).run():
+            yield event
+
+
+async def _drain(events: asyncio.Queue[TurnEvent | None]) -> AsyncIterator[TurnEvent]:
+    while (event := await events.get()) is not None:
+        yield event

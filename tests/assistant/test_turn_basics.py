@@ -1,0 +1,42 @@
+"""A turn through the API: the reply, what it cost, what is kept."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Gateway, balance, usage_records
+from tests.assistant.conftest import history, new_conversation, say, say_streaming
+from tests.fakes.openai_upstream import Behaviour
+
+
+def test_a_turn_answers_charges_and_keeps_both_messages(assistant_gateway: Gateway) -> None:
+    gw = assistant_gateway
+    gw.fake.behaviour = Behaviour(text="Paris is the capital of France.", prompt_tokens=50, completion_tokens=8)
+    conv = new_conversation(gw, title="Geography")
+    assert conv["object"] == "conversation" and conv["channel"] == "api" and conv["title"] == "Geography"
+    before = float(balance(gw)["available"])
+    response = say(gw, conv["id"], "What is the capital of France?")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["message"]["content"] == "Paris is the capital of France."
+    assert body["message"]["role"] == "assistant"
+    assert body["models"] == ["fake-small"]
+    # 50 prompt tokens at 0.2 credits, 8 output tokens at 0.4: 13.2 credits.
+    assert body["credits_charged"] == 13.2
+    assert abs(body["credits_remaining"] - (before - 13.2)) < 1e-6
+    assert [(m["role"], m["content"]) for m in history(gw, conv["id"])] == [
+        ("user", "What is the capital of France?"), ("assistant", "Paris is the capital of France.")]
+    assert [r["endpoint"] for r in usage_records(gw)] == ["assistant"]
+    sent = gw.fake.requests[-1].json
+    assert sent["messages"][0]["role"] == "system"
+    assert sent["messages"][-1] == {"role": "user", "content": "What is the capital of France?"}
+
+
+def test_a_streamed_turn_sends_text_deltas_then_the_totals(assistant_gateway: Gateway) -> None:
+    gw = assistant_gateway
+    gw.fake.behaviour = Behaviour(text="one two three", chunks=3)
+    conv = new_conversation(gw)
+    events = say_streaming(gw, conv["id"], "Count to three")
+    names = [name for name, _ in events]
+    assert names[-1] == "turn.completed" and set(names[:-1]) == {"text.delta"}
+    assert "".join(data["text"] for name, data in events if name == "text.delta") == "one two three"
+    assert events[-1][1]["message"]["content"] == "one two three"
+    assert events[-1][1]["credits_charged"] > 0
