@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runtime.start()
         rate = settings.rate_limit
         keys = KeyCache(runtime.engine)
+        keys.start(runtime.runner.submit_nowait)  # revocations seen within a second; last use recorded
         app.state.sb = state = AppState(runtime, keys, TokenBuckets(rate.requests_per_minute, rate.burst),
                                         ExportSlots(limits.exports_per_process, limits.exports_per_user))
         await state.assistant.start()  # every server delivers due reminders
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state.assistant.stop()
-            keys.close()
+            await keys.aclose()
             await runtime.stop()
 
     app = FastAPI(title=TITLE, summary=SUMMARY, version=VERSION, lifespan=lifespan)

@@ -51,6 +51,7 @@ async def principal_for(keys: KeyCache, key: str) -> Principal | None:
             return None
     if info is not None:
         info.user_id = principal.user_id
+    keys.note_use(principal.api_key_id)
     return principal
 
 

@@ -56,6 +56,10 @@ api_keys = Table(
     Column("name", String(100)),
     Column("created_ms", BigInteger, nullable=False),
     Column("revoked_ms", BigInteger),
+    # Recorded at most once a minute per key, off the request path (accounts.keys.KeyCache).
+    Column("last_used_ms", BigInteger),
+    # Each server process asks every second for the keys revoked since it last looked (0009).
+    Index("ix_api_keys_revoked", "revoked_ms"),
 )
 
 # One wallet per user. Cached figures, each derivable from its source of truth:
