@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# `make run` keeps its database and model cache in the checkout's data/ (unless
+# SWITCHBOARD_DATA_DIR says otherwise); `make run PORT=8080` serves on another port.
+run: export SWITCHBOARD_DATA_DIR ?= $(CURDIR)/data
 run: setup
 	$(BIN)/switchboard db upgrade
 	$(BIN)/switchboard model prepare
-	$(BIN)/switchboard demo-setup
-	$(BIN)/switchboard serve
+	$(BIN)/switchboard demo-setup $(if $(PORT),--port $(PORT))
+	$(BIN)/switchboard serve $(if $(PORT),--port $(PORT))
 
 test: setup
 	$(BIN)/python -m pytest

@@ -48,7 +48,7 @@ from switchboard.store.schema import grants, holds, ledger_entries, wallets
 
 __all__ = [
     "BREAKAGE", "OPERATOR_LOSSES", "PROMOTIONS", "RECEIVABLES", "REFUNDS", "SALES", "USER_ACCOUNTS", "WALLET",
-    "Balance", "HoldOp", "HoldResult", "Ledger", "Mismatch", "SettleOp", "SettleResult", "now_ms",
+    "Balance", "Debit", "HoldOp", "HoldResult", "Ledger", "Mismatch", "SettleOp", "SettleResult", "now_ms",
 ]
 
 # Raw SQL where it runs inside a hold or settlement (expiry, a new period): see store.rawsql.
@@ -81,6 +81,15 @@ class Balance:
     @property
     def available_ucr(self) -> int:
         return max(0, self.balance_ucr - self.held_ucr)
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """What `Ledger.debit` did: `ok` False when the amount was more than was available."""
+
+    ok: bool
+    debited_ucr: int
+    available_ucr: int  # after the debit (before it, when refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +260,49 @@ class Ledger:
             wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
         save_wallet(conn, wallet, at)
         return amount
+
+    def debit(
+        self, conn: Connection, user_id: int, amount_ucr: int, *, reason: str, at_ms: int | None = None,
+    ) -> Debit:
+        """Take `amount_ucr` of unspent credit back (an operator reversing a mistaken grant):
+        out of the newest grants first, each part back to the account that funded its grant
+        (`promotions` for given credit, `sales` for paid-for credit: this is not a refund of
+        money). Never below what is available: credit already spent or held is not taken, and
+        no debt is made. Returns the outcome; nothing is written when it is refused."""
+        if amount_ucr <= 0:
+            raise ValueError("a debit must be positive")
+        at = at_ms if at_ms is not None else now_ms()
+        wallet = self._lock(conn, user_id, at)
+        available = wallet["balance_ucr"] - wallet["held_ucr"]
+        if amount_ucr > available:
+            return Debit(False, 0, max(0, available))
+        live = conn.execute(
+            select(grants.c.id, grants.c.remaining_ucr, grants.c.expires_ms)
+            .where(grants.c.user_id == user_id, grants.c.remaining_ucr > 0)
+            .order_by(grants.c.id.desc())
+        ).all()
+        funders = dict(conn.execute(
+            select(ledger_entries.c.grant_id, ledger_entries.c.account).where(
+                ledger_entries.c.user_id == user_id, ledger_entries.c.kind == "grant",
+                ledger_entries.c.account.in_((SALES, PROMOTIONS)),
+                ledger_entries.c.grant_id.in_([g.id for g in live]),
+            )
+        ).all())
+        legs: list[Any] = []
+        left = amount_ucr
+        for grant_id, remaining, _expires in live:
+            if left == 0:
+                break
+            take = min(left, remaining)
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(remaining_ucr=remaining - take))
+            legs += [(WALLET, -take, grant_id, reason), (funders.get(grant_id, PROMOTIONS), take, grant_id, reason)]
+            left -= take
+        assert left == 0, "the grants hold less than the wallet's balance"
+        record(conn, user_id, "debit", at, legs)
+        wallet["balance_ucr"] -= amount_ucr
+        wallet["next_expiry_ms"] = self._next_expiry(conn, user_id)
+        save_wallet(conn, wallet, at)
+        return Debit(True, amount_ucr, available - amount_ucr)
 
     @staticmethod
     def reversed_ucr(conn: Connection, user_id: int, grant_id: int) -> int:

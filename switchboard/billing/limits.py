@@ -43,14 +43,24 @@ class CapRefusal:
     spent_ucr: int  # settled in the window plus currently held
 
 
+def cap_windows(wallet: dict[str, Any], at: int) -> tuple[tuple[str, int], ...]:
+    """(cap, start of its window): the UTC day, and the allowance period."""
+    return ("daily", at - at % DAY_MS), ("monthly", wallet["period_start_ms"])
+
+
+def settled_since(conn: Connection, user_id: int, since_ms: int) -> int:
+    """What the user was charged by holds settled since `since_ms` (a cap's window)."""
+    (settled,) = rawsql.fetch_one(conn, _SETTLED_SINCE, {"uid": user_id, "since": since_ms})
+    return int(settled)
+
+
 def check_caps(conn: Connection, wallet: dict[str, Any], amount_ucr: int, at: int) -> CapRefusal | None:
     """None when the hold fits under every cap the user has (no query when there are none)."""
-    for cap, since in (("daily", at - at % DAY_MS), ("monthly", wallet["period_start_ms"])):
+    for cap, since in cap_windows(wallet, at):
         limit = wallet[f"{cap}_cap_ucr"]
         if limit is None:
             continue
-        (settled,) = rawsql.fetch_one(conn, _SETTLED_SINCE, {"uid": wallet["user_id"], "since": since})
-        spent = int(settled) + wallet["held_ucr"]
+        spent = settled_since(conn, wallet["user_id"], since) + wallet["held_ucr"]
         if spent + amount_ucr > limit:
             return CapRefusal(cap, limit, spent)
     return None

@@ -1,4 +1,4 @@
-"""Monthly statements: opening balance, grants, charges, expiries, refunds, closing balance, and
+"""Monthly statements: opening balance, grants, charges, expiries, refunds, debits, closing balance, and
 what the user was not charged (inference the operator paid for: a vendor that billed beyond the
 hold, an answer that failed before it was delivered). That last line is not part of the balance."""
 
@@ -43,11 +43,13 @@ class Statement:
     charges_count: int
     grant_lines: list[dict[str, Any]] = field(default_factory=list)
     not_charged_ucr: int = 0  # inference cost the operator bore (operator_losses): never in the balance
+    debits_ucr: int = 0  # credit an operator took back (`switchboard credits debit`)
 
     def rows(self) -> list[tuple[str, int]]:
         """(label, micro-credits) in the order a statement reads; "not charged" after the balance."""
         return [("opening balance", self.opening_ucr), ("grants", self.grants_ucr), ("charges", self.charges_ucr),
-                ("expiries", self.expiries_ucr), ("refunds", self.refunds_ucr), ("closing balance", self.closing_ucr),
+                ("expiries", self.expiries_ucr), ("refunds", self.refunds_ucr), ("debits", self.debits_ucr),
+                ("closing balance", self.closing_ucr),
                 ("not charged", self.not_charged_ucr)]
 
     def as_json(self) -> dict[str, Any]:
@@ -93,6 +95,6 @@ def statement(conn: Connection, user_id: int, month: str | None = None) -> State
     return Statement(
         month=label, opening_ucr=int(opening), grants_ucr=get("grant"), charges_ucr=get("charge"),
         expiries_ucr=get("expiry"), refunds_ucr=get("refund"), closing_ucr=int(opening) + movement,
-        charges_count=by_kind.get("charge", (0, 0))[1], not_charged_ucr=int(not_charged),
+        charges_count=by_kind.get("charge", (0, 0))[1], not_charged_ucr=int(not_charged), debits_ucr=get("debit"),
         grant_lines=[{"at_ms": int(at), "amount_ucr": int(amount), "reason": memo or None} for _, at, amount, memo in lines],
     )

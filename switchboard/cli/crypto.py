@@ -17,7 +17,6 @@ from switchboard.core.config import Settings, load_settings
 from switchboard.crypto import CryptoError, KeyRing, key_file_path, master_key_usage, master_keys_for
 from switchboard.crypto.master import read_key_file, rotate_key_file, write_key_file
 from switchboard.store.db import make_engine, read
-from switchboard.store.migrate import upgrade
 
 crypto_app = typer.Typer(help="Encryption at rest: the master key and the users' data keys.", no_args_is_help=True)
 out = Console()
@@ -25,14 +24,20 @@ err = Console(stderr=True)
 
 
 def _keyring() -> tuple[Settings, KeyRing]:
+    from switchboard.cli.common import require_database
+
     try:
         settings = load_settings()
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    require_database(settings)  # an existing, migrated database: never a new one here
+    try:
         keys = master_keys_for(settings)
     except (CryptoError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
     return settings, KeyRing(engine, keys, cache_size=settings.crypto.data_key_cache_size)
 
 

@@ -34,6 +34,15 @@ VENDOR_KEY_ENV: dict[str, tuple[str, ...]] = {
 VENDOR_KINDS = tuple(VENDOR_KEY_ENV)
 
 
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/switchboard, else ~/.local/share/switchboard (the XDG Base Directory
+    default): one database for the server and every operator command, wherever they run.
+    A relative XDG_DATA_HOME is ignored, as the specification says."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "switchboard"
+
+
 class ProviderConfig(BaseModel):
     name: str
     kind: ProviderKind
@@ -275,7 +284,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Path("data")
+    # The SQLite database, the master key and the model cache. SWITCHBOARD_DATA_DIR sets it;
+    # the default is the same wherever a command runs (`default_data_dir`).
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000

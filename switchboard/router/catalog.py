@@ -102,6 +102,20 @@ def vendor_key_env(vendor: str) -> str | None:
     return next((name for name in VENDOR_KEY_ENV.get(vendor, ()) if os.environ.get(name)), None)
 
 
+VENDOR_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Google Gemini", "xai": "xAI",
+                "qwen": "Alibaba Qwen"}
+
+
+def missing_vendor_key(model: str) -> tuple[str, str] | None:
+    """(vendor, the variable its key is read from) when `model` is a shipped model of a vendor
+    whose API key is not set: why a model of the shipped catalog is not offered here."""
+    for shipped in shipped_models():
+        envs = VENDOR_KEY_ENV.get(shipped.vendor)
+        if shipped.spec.name == model and envs and vendor_key_env(shipped.vendor) is None:
+            return VENDOR_NAMES.get(shipped.vendor, shipped.vendor), envs[0]
+    return None
+
+
 def effective_providers(settings: Settings) -> list[ProviderConfig]:
     """The configured providers, plus one per vendor whose API key is in the environment."""
     providers = list(settings.providers)

@@ -20,11 +20,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from switchboard.core.catalog import ModelSpec
 from switchboard.core.config import RoutingConfig, Settings
-from switchboard.core.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from switchboard.core.errors import ContextTooLong, InvalidRequest, ModelNotFound, ServiceUnavailable
 from switchboard.core.types import ChatRequest
 from switchboard.router.tasks import classify, last_user_text
 
@@ -52,6 +52,16 @@ class AllHealthy:
         return 0.0
 
 
+class Assessment(NamedTuple):
+    """What a request is, whatever the catalog: the router's inputs besides plan and health."""
+
+    prompt_tokens: int  # the router's quick estimate unless the caller counted them
+    needed: frozenset[str]  # abilities the request needs
+    task: str
+    cue: str  # what decided the task class
+    difficulty: float  # 0..1, from the prompt's text alone
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     chain: tuple[ModelSpec, ...]  # the first runs; the rest are fallbacks, in order
@@ -62,13 +72,16 @@ class RouteDecision:
     def model(self) -> ModelSpec:
         return self.chain[0]
 
-    def header(self) -> str:
-        """The compact, ASCII-only form for the x-switchboard-route header."""
+    def header(self, ran: str | None = None) -> str:
+        """The compact, ASCII-only form for the x-switchboard-route header. `ran`: the model
+        that actually ran, when a fallback took over from the first choice."""
         e = self.explanation
+        model = ran or self.model.name
+        fallback = f"; fallback_from={self.model.name}" if model != self.model.name else ""
         if e.get("requested") != AUTO:
-            return f"model={self.model.name}; reason=requested"
-        return (f"model={self.model.name}; task={e['task']}; difficulty={e['difficulty']:.2f}; "
-                f"tier={e['tier']}; reason={e['reason']}")
+            return f"model={model}; reason=requested{fallback}"
+        return (f"model={model}; task={e['task']}; difficulty={e['difficulty']:.2f}; "
+                f"tier={e['tier']}; reason={e['reason']}{fallback}")
 
 
 def blended_usd_per_mtok(spec: ModelSpec) -> Decimal:
@@ -130,6 +143,16 @@ class Router:
             if len(requested) > 200:
                 raise InvalidRequest("model name is too long", param="model")
             known = ", ".join(sorted(self.catalog))
+            from switchboard.router.catalog import missing_vendor_key  # the error path only
+
+            vendor = missing_vendor_key(requested)
+            if vendor is not None:
+                name, env = vendor
+                raise ModelNotFound(
+                    f"The model `{requested}` is one of {name}'s, and this server has no {name} API key "
+                    f"(its operator sets {env} to offer {name}'s models). Available here: {known}, auto.",
+                    param="model",
+                )
             raise ModelNotFound(
                 f"The model `{requested}` does not exist or you do not have access to it. Available: {known}, auto.",
                 param="model",
@@ -145,11 +168,7 @@ class Router:
             return self.named(request.model)
         health = health or AllHealthy()
         cfg = self.config
-        tokens = prompt_tokens if prompt_tokens is not None else _quick_tokens(request)
-        needed_abilities = request.needed_abilities()
-        text = last_user_text(request)
-        task, cue = classify(request, tokens, cfg.long_document_tokens, needed=needed_abilities, text=text)
-        difficulty = round(float(self.difficulty(text)), 4)
+        tokens, needed_abilities, task, cue, difficulty = self.assess(request, prompt_tokens)
         need = cfg.task_min_tier.get(task, "small")  # type: ignore[call-overload]
         why = [f"{task} ({cue}) needs at least {need}"]
         by_difficulty = "flagship" if difficulty >= cfg.difficulty_flagship else "mid" if difficulty >= cfg.difficulty_mid else "small"
@@ -163,12 +182,14 @@ class Router:
         considered: list[dict[str, Any]] = []
         eligible: list[ModelSpec] = []
         unavailable: list[ModelSpec] = []  # could serve the request, but their provider is failing
+        above_plan: set[str] = set()
         cap_rank = _RANK[cap]
         for spec in self._ranked:
             tier = self.tiers[spec.name]
             reason = None
             if self._rank[spec.name] > cap_rank:
                 reason = f"above the {plan} plan"
+                above_plan.add(spec.name)
             elif missing := spec.lacks(needed_abilities):
                 reason = "lacks " + ", ".join(sorted(missing))
             elif tokens >= spec.context_window:
@@ -182,6 +203,12 @@ class Router:
                 eligible.append(spec)
         if not eligible and unavailable:
             raise _outage(unavailable, health)
+        within_plan = [c for c in considered if c["model"] not in above_plan]
+        if not eligible and within_plan and all(c["why_not"] == "context window too small" for c in within_plan):
+            raise _too_long(tokens, [self.catalog[c["model"]] for c in within_plan])
+        if not eligible and not within_plan:
+            raise InvalidRequest(f"None of the models here is open to the {plan} plan (it allows {cap} models).",
+                                 param="model")
         if not eligible:
             raise InvalidRequest(
                 "No model in the catalog can serve this request"
@@ -223,6 +250,15 @@ class Router:
         if not usable:
             raise InvalidRequest(f"No model here is open to the {plan} plan for this work.", param="model")
         return min(usable, key=lambda s: (self._price[s.name], s.name))
+
+    def assess(self, request: ChatRequest, prompt_tokens: int | None = None) -> Assessment:
+        """Task class and difficulty of a request: they depend on the request alone, never on
+        which models are in the catalog or eligible (`switchboard route` shows them either way)."""
+        tokens = prompt_tokens if prompt_tokens is not None else _quick_tokens(request)
+        needed = request.needed_abilities()
+        text = last_user_text(request)
+        task, cue = classify(request, tokens, self.config.long_document_tokens, needed=needed, text=text)
+        return Assessment(tokens, needed, task, cue, round(float(self.difficulty(text)), 4))
 
     def _preference(self, eligible: list[ModelSpec], need: str, health: Health) -> list[ModelSpec]:
         """Needed tier first (cheapest first), then tiers above (nearest first), then below."""
@@ -270,6 +306,17 @@ def _outage(unavailable: list[ModelSpec], health: Health) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"The models that can serve this request ({names}) are unavailable right now: their providers "
         f"are failing. Retry in {max(1, math.ceil(retry))} s.", retry_after_s=retry,
+    )
+
+
+def _too_long(tokens: int, models: list[ModelSpec]) -> ContextTooLong:
+    """No model's context window holds the prompt: 413 context_length_exceeded, as for a model
+    asked for by name (inference.metered counts exactly; this is the router's estimate)."""
+    largest = max(spec.context_window for spec in models)
+    return ContextTooLong(
+        f"The largest context window of the models that could serve this request is {largest} tokens. "
+        f"However, your messages come to about {tokens} tokens. Please reduce the length of the messages.",
+        param="messages",
     )
 
 

@@ -85,9 +85,16 @@ def test_models_lists_prices_in_usd_and_credits(cli) -> None:  # type: ignore[no
 
 def test_route_offline_single_and_batch(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run, _ = cli
-    one = json.loads(run("route", "Remind me to water the plants", "--plan", "free", "--json").stdout)
-    assert one["task"] == "chat" and 0 <= one["difficulty"] <= 1 and one["model"]
+    # This server has one model (fake-small, priced as a flagship), which the free plan may not use:
+    # the route says so, with the task and difficulty all the same.
+    refused = run("route", "Remind me to water the plants", "--plan", "free", "--json", ok=False)
+    here = json.loads(refused.stdout)
+    assert refused.exit_code == 1 and here["model"] is None and "free plan" in here["error"]
+    one = json.loads(run("route", "Remind me to water the plants", "--plan", "free", "--json", "--catalog").stdout)
+    assert one["task"] == "chat" and 0 <= one["difficulty"] <= 1 and one["model"] and one["catalog"] == "shipped"
     assert {"candidates", "why", "reason"} <= set(one)
+    assert (here["task"], here["difficulty"]) == (one["task"], one["difficulty"])
+    assert json.loads(run("route", "Remind me to water the plants", "--plan", "pro", "--json").stdout)["model"] == "fake-small"
     batch = tmp_path / "prompts.jsonl"
     prompts = ["hi", "Prove that the square root of 2 is irrational.", "Write a haiku about rain", "What is 2+2?"]
     batch.write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n" for i, p in enumerate(prompts)))
