@@ -169,26 +169,41 @@ class Turn:
         return tools, spec
 
     async def _context(self, tools: list[Tool], spec: ModelSpec) -> list[ChatMessage]:
+        """System prompt, summary and the newest history that fits `spec`'s window, counted as the
+        metered path counts it (the bound it holds for), so that what is sent is never refused."""
         conv, uid = self.conversation, self.profile.user_id
         services = self.services
         history: list[Message] = await services.read(uid, lambda c: services.conversations.messages(
             c, uid, conv.id, after=conv.summary_upto, limit=self.settings.assistant.history_messages, newest=True))
         provider = self.runtime.inference.provider_for(spec)
+        specs = [t.spec() for t in tools] or None
 
         def count(text: str) -> int:
-            return provider.count_text_tokens(spec, text) if text else 0
+            return provider.count_prompt(spec, ChatRequest(spec.name, [ChatMessage("user", text)])).bound
+
+        def whole(messages: list[ChatMessage]) -> int:
+            return provider.count_prompt(spec, ChatRequest(spec.name, messages, tools=specs)).bound
 
         system = context.system_prompt(self.settings.assistant.system_prompt, self.profile, self.now, tools=bool(tools))
-        tool_tokens = sum(count(json.dumps(t.parameters)) + count(t.description) + 8 for t in tools)
         reserve = min(_OUTPUT_RESERVE, spec.max_output_tokens or _OUTPUT_RESERVE)
-        summary = conv.summary
-        budget = spec.context_window - reserve - count(system) - tool_tokens - count(summary or "") - _MARGIN
-        fitted = context.fit(history, max(0, budget), count)
+
+        def fitted_after(head: list[ChatMessage]) -> context.Fitted:
+            fitted = context.fit(history, max(0, spec.context_window - reserve - whole(head) - _MARGIN), count)
+            # The sum of per-message counts is close to the whole's; make sure of the whole.
+            while len(fitted.messages) > 1 and whole(head + fitted.messages) + reserve > spec.context_window:
+                fitted = context.fit(history, max(0, fitted.tokens - count(fitted.messages[0].text()) - 1), count)
+            return fitted
+
+        def head_with(summary: str | None) -> list[ChatMessage]:
+            return [ChatMessage("system", system)] + ([context.summary_message(summary)] if summary else [])
+
+        head = head_with(conv.summary)
+        fitted = fitted_after(head)
         if fitted.dropped:
-            summary = await self._summarise(summary, fitted.dropped) or summary
-        head = [ChatMessage("system", system)]
-        if summary:
-            head.append(context.summary_message(summary))
+            summary = await self._summarise(conv.summary, fitted.dropped)
+            if summary:  # the summary takes room too: fit again around it
+                head = head_with(summary)
+                fitted = fitted_after(head)
         if not fitted.messages and history:  # not even the newest message fits: send it alone, let the count refuse
             fitted.messages = [context.to_chat(history[-1])]
         return head + fitted.messages

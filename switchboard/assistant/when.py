@@ -122,7 +122,7 @@ def _one_off(text: str, time_zone: str, now: datetime) -> datetime | None:
         # is more useful at the start of it.
         local = parsed.astimezone(tz).replace(hour=_DEFAULT_TIME[0], minute=_DEFAULT_TIME[1], second=0, microsecond=0)
         parsed = local
-    return parsed.astimezone(timezone.utc).replace(microsecond=0)
+    return parsed.astimezone(timezone.utc)
 
 
 def _names_a_time(text: str) -> bool:
@@ -231,7 +231,7 @@ def _clock(text: str) -> tuple[int, int] | None:
 
 def humanize_delay(delta: timedelta) -> str:
     """ "in 5 minutes", "in 2 hours", "in 3 days": for confirmations."""
-    seconds = max(0, int(delta.total_seconds()))
+    seconds = max(0, round(delta.total_seconds()))
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = round(seconds / size)

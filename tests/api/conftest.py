@@ -34,7 +34,8 @@ def credits_for(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> 
 
 
 def gateway_settings(tmp_path: Path, database_url: str, upstream_url: str, **extra: Any) -> Settings:
-    return Settings(
+    """Settings of a gateway in front of the fake upstream; `extra` adds or replaces settings."""
+    base: dict[str, Any] = dict(
         data_dir=tmp_path / "data",
         database_url=database_url,
         local_model={"enabled": False},
@@ -48,8 +49,8 @@ def gateway_settings(tmp_path: Path, database_url: str, upstream_url: str, **ext
              "input_usd_per_mtok": INPUT_USD, "cached_input_usd_per_mtok": INPUT_USD / 2,
              "output_usd_per_mtok": OUTPUT_USD, "max_output_tokens": 100},
         ],
-        **extra,
     )
+    return Settings(**{**base, **extra})
 
 
 def add_user(engine: Engine, settings: Settings, email: str, plan: str = "free") -> tuple[int, str]:
