@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 
 import orjson
 from starlette.requests import Request
@@ -15,7 +16,7 @@ from switchboard.api.params import MonthQuery
 from switchboard.api.state import AppState
 from switchboard.billing import plan_changes
 from switchboard.billing import subscriptions as subs
-from switchboard.billing.checkout import StripeGateway
+from switchboard.billing.checkout import PaymentsNotConfigured, StripeGateway
 from switchboard.billing.payments import BadSignature, handle_event, verify_event
 from switchboard.billing.plan_changes import Write
 from switchboard.billing.statements import statement as monthly_statement
@@ -39,6 +40,18 @@ async def _json_body(request: Request) -> dict:  # type: ignore[type-arg]
     return body
 
 
+_told: weakref.WeakSet[Runtime] = weakref.WeakSet()  # servers whose operator was told Stripe is missing
+
+
+def _purchases_unavailable(runtime: Runtime, exc: PaymentsNotConfigured) -> PaymentsNotConfigured:
+    """Users asking to pay on a server without Stripe get a plain 503; the operator's log names
+    the setting, once per server (not on every attempt)."""
+    if runtime not in _told:
+        _told.add(runtime)
+        log.warning("a user asked to pay, but %s (purchases answer 503 until it is set)", exc.message)
+    return PaymentsNotConfigured("Purchases are not available on this server.")
+
+
 async def checkout(request: Request) -> Response:
     """POST /v1/billing/checkout {"plan": "plus"} or {"pack": "2000"} -> {"id", "url"}."""
     state: AppState = request.app.state.sb
@@ -52,9 +65,13 @@ async def checkout(request: Request) -> Response:
     sub = await asyncio.to_thread(read, runtime.engine, lambda conn: subs.get(conn, principal.user_id))
     customer_id = sub.stripe_customer_id if sub else None
     gateway = StripeGateway(runtime.settings.stripe)
-    session = await asyncio.to_thread(
-        gateway.checkout, runtime.settings, principal.user_id, principal.email, plan=plan, pack=pack, customer_id=customer_id,
-    )
+    try:
+        session = await asyncio.to_thread(
+            gateway.checkout, runtime.settings, principal.user_id, principal.email, plan=plan, pack=pack,
+            customer_id=customer_id,
+        )
+    except PaymentsNotConfigured as exc:
+        raise _purchases_unavailable(runtime, exc) from None
     return json_response({"object": "checkout.session", **session})
 
 

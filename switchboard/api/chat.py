@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Union
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from switchboard.accounts.keys import Principal
+from switchboard.api.anthropic_messages import _prepend
 from switchboard.api.auth import authenticate
 from switchboard.api.idempotency import Attempt, idempotency_key_of
 from switchboard.api.openai_format import (
@@ -25,7 +27,7 @@ from switchboard.api.schemas import ChatCompletionBody, parse_chat_body
 from switchboard.api.state import AppState
 from switchboard.core.errors import SwitchboardError
 from switchboard.core.ids import new_id
-from switchboard.core.types import TextDelta, ToolCallDelta
+from switchboard.core.types import StreamEvent, TextDelta, ToolCallDelta
 from switchboard.inference.metered import MeteredCall
 
 
@@ -62,27 +64,64 @@ async def _complete(
         response = Response(
             completion_json(completion_id, created, text, tool_calls, call.finish_reason, metering),
             media_type="application/json",
-            headers={**metering_headers(metering), "x-switchboard-route": call.decision.header()},
+            headers={**metering_headers(metering), "x-switchboard-route": call.decision.header(metering.model)},
         )
         if attempt is not None:
             await state.idempotency.complete(attempt, response)
         return response
+    # The first event decides which model runs (a fallback happens before any output): the
+    # headers and every chunk then name the model that ran, not the first choice.
+    upstream = call.events()
+    first = await _first_event(call, upstream)
     writer = ChunkWriter(completion_id, created, call.model.name)
-    events = _stream(call, writer, body.include_usage)
+    events = _stream(call, writer, body.include_usage, upstream, first)
+    if attempt is not None:
+        events = state.idempotency.then_done(events, attempt, call)
+    # Started here (it yields the role chunk at once): a started generator is closed, and so
+    # settles, even if the response is abandoned before it is iterated.
+    head = await anext(events)
     return StreamingResponse(
-        events if attempt is None else state.idempotency.then_done(events, attempt, call),
+        _prepend(head, events),
         media_type="text/event-stream",
         headers={"x-switchboard-model": call.model.name, "x-switchboard-request-id": request_id,
-                 "x-switchboard-route": call.decision.header(),
+                 "x-switchboard-route": call.decision.header(call.model.name),
                  "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
-async def _stream(call: MeteredCall, writer: ChunkWriter, include_usage: bool) -> AsyncIterator[bytes]:
+First = Union[StreamEvent, SwitchboardError, None]
+
+
+async def _first_event(call: MeteredCall, upstream: AsyncIterator[StreamEvent]) -> First:
+    """The stream's first event (None: it ended at once), or the error it failed with before
+    any output, which the stream then reports in its body as before. A client gone while it
+    waits: what was produced (nothing) is settled in the background."""
+    try:
+        return await anext(upstream, None)
+    except SwitchboardError as exc:
+        return exc
+    except BaseException:
+        call.settle_in_background("cancelled")
+        raise
+
+
+async def _replay(first: First, upstream: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    if isinstance(first, SwitchboardError):
+        raise first
+    if first is None:
+        return
+    yield first
+    async for event in upstream:
+        yield event
+
+
+async def _stream(
+    call: MeteredCall, writer: ChunkWriter, include_usage: bool, upstream: AsyncIterator[StreamEvent], first: First,
+) -> AsyncIterator[bytes]:
     settled = False
     try:
         yield writer.delta({"role": "assistant", "content": ""})
-        async for event in call.events():
+        async for event in _replay(first, upstream):
             if isinstance(event, TextDelta):
                 if event.text:
                     yield writer.delta({"content": event.text})

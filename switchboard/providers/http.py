@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
+import re
 import time
 from typing import Any
 
@@ -24,6 +26,8 @@ from switchboard.core.types import ChatRequest
 from switchboard.providers import tokenizers
 from switchboard.providers.base import Provider
 from switchboard.providers.prompt_tokens import PromptCounter, TokenCount, openai_compatible_counter
+
+log = logging.getLogger(__name__)
 
 # Client errors the same request will hit again anywhere; everything else (5xx, 429, and
 # 401/403/404, which are our configuration's fault) may be retried or sent elsewhere.
@@ -155,16 +159,23 @@ class HTTPProvider(Provider):
         try:
             return await self.session().post(url, data=body, headers=headers)
         except TimeoutError as exc:  # includes aiohttp's connect/read timeout classes
+            self._log_transport(exc, "timed out waiting for")
             raise UpstreamTimeout(f"{self.name}: timed out waiting for the upstream ({describe(exc)})") from exc
         except aiohttp.ClientResponseError as exc:  # carries request headers: do not chain
             raise UpstreamError(f"{self.name}: bad response from upstream (HTTP {exc.status})") from None
         except aiohttp.ClientError as exc:  # refused, DNS, reset, TLS
+            self._log_transport(exc, "cannot reach")
             raise UpstreamError(f"{self.name}: cannot reach upstream ({describe(exc)})") from exc
+
+    def _log_transport(self, exc: BaseException, what: str) -> None:
+        """The whole story for the operator's log: clients get it without addresses (`describe`)."""
+        log.warning("provider %s: %s %s: %s: %s", self.name, what, self.base_url, type(exc).__name__, exc)
 
     def raise_mid_stream(self, exc: BaseException, yielded: bool) -> None:
         """Map a transport failure while reading the stream (a stall, a reset, a broken body) to
         our error. Called only when the answer is not complete; `yielded` says whether the client
         may have seen output (then it is not retryable)."""
+        self._log_transport(exc, "stream broke from")
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(
                 f"{self.name}: upstream stalled mid-stream ({describe(exc)})", retryable=not yielded
@@ -192,7 +203,10 @@ class HTTPProvider(Provider):
             detail = raw.decode("utf-8", "replace").strip()
         else:
             detail = self.error_detail(body)
-        detail = scrub(detail, key)[:MAX_ERROR_MESSAGE] or resp.reason or "no detail"
+        public = scrub(detail, key)
+        if public != scrub_key(detail, key):
+            log.warning("provider %s: HTTP %s from %s: %s", self.name, status, self.base_url, scrub_key(detail, key))
+        detail = public[:MAX_ERROR_MESSAGE] or resp.reason or "no detail"
         message = f"{self.name}: upstream returned HTTP {status}: {detail}"
         error: UpstreamError
         if status in (504, 408):
@@ -228,9 +242,33 @@ def error_message(obj: Any) -> str:
     return orjson.dumps(obj).decode() if obj is not None else ""
 
 
-def scrub(text: str, key: str | None) -> str:
-    # Some upstreams echo the key they rejected; never pass it on.
+def scrub_key(text: str, key: str | None) -> str:
+    # Some upstreams echo the key they rejected; never pass it on, not even to the log.
     return text.replace(key, "***") if key and key in text else text
+
+
+# Where an upstream lives is the operator's business: URLs, host names with ports and IP
+# addresses in what an upstream or the transport says are replaced before a client sees them
+# (and kept in the log). Conservative: only forms that are addresses for certain.
+_ADDRESSES = (
+    re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)\]]+"),  # URLs
+    re.compile(r"(?i)(?<=\bhost )\[?[^\s\]]+\]?(?::\d+)?"),  # aiohttp: "Cannot connect to host H:P"
+    re.compile(r"\('[^']*', \d+(?:, \d+)*\)"),  # a socket address tuple: ('10.0.0.5', 8081)
+    re.compile(r"\[[0-9a-fA-F:.]*:[0-9a-fA-F:.]*\](?::\d+)?"),  # [IPv6]:port
+    re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"),  # IPv4, with a port or not
+    re.compile(r"(?i)\b(?:localhost|(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]*):\d{1,5}\b"),  # host:port
+)
+
+
+def scrub_addresses(text: str) -> str:
+    for pattern in _ADDRESSES:
+        text = pattern.sub("<address>", text)
+    return text
+
+
+def scrub(text: str, key: str | None) -> str:
+    """Upstream text as a client may see it: without the key and without addresses."""
+    return scrub_addresses(scrub_key(text, key))
 
 
 def retry_after_s(headers: Any) -> float | None:
@@ -256,7 +294,9 @@ def retry_after_s(headers: Any) -> float | None:
 
 
 def describe(exc: BaseException) -> str:
-    text = str(exc)
+    """A transport failure as a client may see it: its kind and message, addresses removed
+    (`HTTPProvider._log_transport` logs the whole)."""
+    text = scrub_addresses(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
