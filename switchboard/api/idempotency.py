@@ -58,7 +58,7 @@ def fingerprint(endpoint: str, body: bytes) -> str:
     canonical JSON (key order and spacing do not matter), and the endpoint."""
     try:
         canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONDecodeError:
+    except (ValueError, TypeError):  # not JSON orjson can round-trip: the bytes as they came
         canonical = body
     return hashlib.sha256(endpoint.encode() + b"\x00" + canonical).hexdigest()
 
