@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 import orjson
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from switchboard.api.schemas import JsonObject
 from switchboard.core.errors import InvalidRequest
 from switchboard.core.types import ChatMessage, ChatRequest, ContentPart, ImagePart, TextPart, ToolCall, ToolSpec
 
@@ -63,7 +64,7 @@ class ToolUseBlock(_Edge):
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
     name: str = Field(min_length=1)
-    input: dict[str, Any] = Field(default_factory=dict)
+    input: JsonObject = Field(default_factory=dict)
 
 
 class OtherBlock(_Edge):
@@ -148,7 +149,7 @@ class ToolDef(_Edge):
     type: str | None = None  # "custom" (or absent): a client tool; others are Anthropic's server tools
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None
-    input_schema: dict[str, Any]
+    input_schema: JsonObject
 
     @model_validator(mode="before")
     @classmethod

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchboard.core.errors import InvalidRequest
 from switchboard.core.types import ChatMessage, ChatRequest, ImagePart, TextPart, ToolCall, ToolSpec
+
+
+def _json_safe(value: Any) -> Any:
+    """Refuse JSON that cannot be sent on: an integer beyond 64 bits parses, but no upstream
+    payload can carry it (orjson, like most JSON libraries, refuses it)."""
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(f"not a JSON value Switchboard can pass on ({exc}): numbers must fit in 64 bits") from None
+    return value
+
+
+# A JSON object from the client that goes upstream as is (tool parameters, response_format...).
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_safe)]
+JsonAny = Annotated[Any, AfterValidator(_json_safe)]
 
 
 class _Edge(BaseModel):
@@ -64,7 +80,7 @@ class Message(_Edge):
 class FunctionDef(_Edge):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: JsonObject = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 class Tool(_Edge):
@@ -89,8 +105,8 @@ class ChatCompletionBody(_Edge):
     user: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, ge=1)
     tools: list[Tool] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    tool_choice: JsonAny = None
+    response_format: JsonObject | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> "ChatCompletionBody":
