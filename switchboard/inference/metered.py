@@ -486,6 +486,8 @@ class MeteredCall:
             span = self._last_at - self._first_at
             tps = (usage.completion_tokens - 1) / span if span > 0 else None
         route = dict(self.decision.explanation)
+        if route.get("model", self.spec.name) != self.spec.name:  # a fallback ran: name it, as the header does
+            route["fallback_from"], route["model"] = route["model"], self.spec.name
         if len(self.attempts) > 1 or (self.attempts and self.attempts[-1]["outcome"] != "ok"):
             route["attempts"] = self.attempts
         if self._cut:

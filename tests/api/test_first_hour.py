@@ -125,6 +125,8 @@ def test_after_a_fallback_the_route_header_names_the_model_that_ran(tmp_path: Pa
             assert raw.headers["x-switchboard-route"].startswith("model=sturdy;")
             assert "fallback_from=cheap" in raw.headers["x-switchboard-route"]
             assert raw.parse().model == "sturdy"
+            [record] = httpx.get(server.url + "/v1/usage", headers=_auth(key)).json()["data"]
+            assert (record["model"], record["route"]["model"], record["route"]["fallback_from"]) == ("sturdy", "sturdy", "cheap")
             fake.enqueue(Behaviour(status=503), Behaviour(text="streamed by the fallback"))
             with client.chat.completions.with_streaming_response.create(
                     model="auto", messages=ASK, max_tokens=20, stream=True) as stream:
