@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
-    router = make_router(Settings(local_model={"enabled": False}))
+    router = make_router(Settings(local_model={"enabled": False}), whole_catalog=True)  # the shipped models, keys or not
     texts = prompts(args.data)
     requests = [ChatRequest(model="auto", messages=[ChatMessage("user", t)]) for t in texts]
     for r in requests[:500]:  # warm-up
