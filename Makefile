@@ -14,7 +14,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) bubblewrap
+
+# The sandbox's default backend (docs/sandbox.md) needs bubblewrap's `bwrap`: installed from the
+# Debian package when it is missing and we are root; otherwise we say what to do.
+.PHONY: bubblewrap
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update && apt-get install -y bubblewrap; \
+	  else \
+	    echo "warning: bubblewrap (bwrap) is missing; the sandbox's default backend needs it and runs the server as root." >&2; \
+	    echo "  Install it as root (Debian/Ubuntu: sudo apt-get install bubblewrap; Fedora: sudo dnf install bubblewrap)," >&2; \
+	    echo "  or choose another backend: SWITCHBOARD_SANDBOX__BACKEND=docker, or =none (no sandbox tools)." >&2; \
+	  fi; }
 
 # `make run` keeps its database and model cache in the checkout's data/ (unless
 # SWITCHBOARD_DATA_DIR says otherwise); `make run PORT=8080` serves on another port.

@@ -24,6 +24,7 @@ from switchboard.cli.accounts import caps_app, credits_app, keys_app, users_app
 from switchboard.cli.billing import payments_app, plans, subscription_app
 from switchboard.cli.common import database_location, err, load, open_store, out, require_database
 from switchboard.cli.crypto import crypto_app
+from switchboard.cli.sandbox import sandbox_app
 from switchboard.core.config import Settings
 from switchboard.store.db import make_engine
 from switchboard.store.migrate import current_revision, upgrade
@@ -41,6 +42,7 @@ app.add_typer(caps_app, name="caps")
 app.add_typer(subscription_app, name="subscription")
 app.add_typer(crypto_app, name="crypto")
 app.add_typer(payments_app, name="payments")
+app.add_typer(sandbox_app, name="sandbox")
 app.command()(plans)
 app.command()(books.balance)
 app.command()(books.usage)

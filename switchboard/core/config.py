@@ -277,6 +277,67 @@ class IdempotencyConfig(BaseModel):
     purge_interval_s: float = Field(default=600.0, gt=0)  # how often expired records are deleted
 
 
+class SandboxLimits(BaseModel):
+    """What one run in a user's sandbox may use, and the user's workspace (docs/sandbox.md)."""
+
+    time_s: float = Field(default=30.0, gt=0, le=3600)  # wall time; the whole sandbox is killed at it
+    cpus: float = Field(default=1.0, gt=0, le=64)  # cores (a cgroup quota); CPU is charged at most cpus x time_s
+    memory_mb: int = Field(default=512, ge=32)  # RAM and swap together (memory cgroup, where writable)
+    address_space_mb: int = Field(default=4096, ge=64)  # per process (RLIMIT_AS): the bound without a cgroup
+    processes: int = Field(default=64, ge=8, le=4096)  # pids cgroup and RLIMIT_NPROC of the user's uid
+    file_size_mb: int = Field(default=64, ge=1)  # the largest file a run may write (RLIMIT_FSIZE)
+    open_files: int = Field(default=256, ge=32)  # per process (RLIMIT_NOFILE)
+    tmp_mb: int = Field(default=64, ge=1)  # the tmpfs on /tmp
+    output_kb: int = Field(default=64, ge=1)  # stdout and stderr each kept up to this, the rest dropped
+    workspace_mb: int = Field(default=512, ge=1)  # the workspace's quota (disk blocks)
+    workspace_files: int = Field(default=10_000, ge=10)  # and its most files and directories
+
+
+def _default_sandbox_limits() -> dict[str, SandboxLimits]:
+    return {"plus": SandboxLimits(),
+            "pro": SandboxLimits(time_s=60.0, cpus=2.0, memory_mb=1024, workspace_mb=2048, workspace_files=50_000)}
+
+
+class SandboxPrices(BaseModel):
+    """What the sandbox tools cost, charged as ledger transactions of the turn."""
+
+    file_call_credits: Decimal = Field(default=Decimal("0.01"), ge=0)  # list, read, write, delete a file
+    run_call_credits: Decimal = Field(default=Decimal("0.05"), ge=0)  # run_python, run_shell
+    cpu_second_credits: Decimal = Field(default=Decimal("0.02"), ge=0)  # plus this per CPU second used
+
+
+class DockerSandboxConfig(BaseModel):
+    """The Docker backend: one container per paid user (docs/sandbox.md)."""
+
+    base_url: str | None = None  # None: DOCKER_HOST or the local daemon's socket
+    image: str = "python:3.11-slim"  # needs python3 and a POSIX shell with coreutils (`timeout`)
+    runtime: str = "auto"  # "auto": gVisor (runsc) when the daemon has it; "default": the daemon's; or a name
+    idle_stop_s: float = Field(default=600.0, gt=0)  # a container unused this long is stopped
+    stale_remove_s: float = Field(default=7 * 86_400.0, gt=0)  # and one stopped this long is removed
+
+
+class SandboxConfig(BaseModel):
+    """Each paid user's isolated sandbox: its backend, limits per plan and prices (docs/sandbox.md).
+
+    `backend`: "bubblewrap" (Linux namespaces; the server runs as root so that each user gets a
+    uid of their own), "docker", "subprocess" (no isolation: only with SWITCHBOARD_ENV=development)
+    or "none" (no sandbox: plans' sandbox tools are not offered). A backend that cannot work here
+    is an error at start-up, never a fallback to a weaker one."""
+
+    backend: Literal["bubblewrap", "docker", "subprocess", "none"] = "bubblewrap"
+    root: Path | None = None  # workspaces and per-run files; None: DATA_DIR/sandbox
+    uid_base: int = Field(default=2_000_000, ge=65_536, le=2**31 - 2**24)  # a user's uid: uid_base + user id
+    limits: dict[str, SandboxLimits] = Field(default_factory=_default_sandbox_limits)  # by plan; others: defaults
+    prices: SandboxPrices = Field(default_factory=SandboxPrices)
+    gateway_token_ttl_s: float = Field(default=900.0, gt=0, le=86_400)  # the model-call token of one run
+    seccomp: bool = True  # bubblewrap: a filter refusing user namespaces, keyrings, bpf, io_uring, ...
+    bwrap: str = "bwrap"  # the bubblewrap binary (a name on PATH or a path)
+    docker: DockerSandboxConfig = Field(default_factory=DockerSandboxConfig)
+
+    def limits_for(self, plan: str) -> SandboxLimits:
+        return self.limits.get(plan) or SandboxLimits()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHBOARD_",
@@ -330,6 +391,7 @@ class Settings(BaseSettings):
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     crypto: CryptoConfig = Field(default_factory=CryptoConfig)
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
 
     @classmethod
