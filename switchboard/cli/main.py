@@ -26,7 +26,7 @@ from switchboard.cli.common import database_location, err, load, open_store, out
 from switchboard.cli.crypto import crypto_app
 from switchboard.cli.sandbox import sandbox_app
 from switchboard.core.config import Settings
-from switchboard.store.db import make_engine
+from switchboard.store.db import is_sqlite, make_engine
 from switchboard.store.migrate import current_revision, upgrade
 
 app = typer.Typer(help="Switchboard: a metered, OpenAI-compatible AI assistant service.", no_args_is_help=True)
@@ -77,7 +77,8 @@ def db_upgrade() -> None:
     before, after = _migrate(settings)
     where = database_location(settings.resolved_database_url)
     if before is None:
-        err.print(f"created the database at {where} (schema {after})", soft_wrap=True, highlight=False)
+        made = "created" if is_sqlite(settings.resolved_database_url) else "set up"
+        err.print(f"{made} the database at {where} (schema {after})", soft_wrap=True, highlight=False)
     elif before != after:
         err.print(f"migrated the database at {where} from schema {before} to {after}", soft_wrap=True, highlight=False)
     else:
