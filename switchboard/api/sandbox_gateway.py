@@ -160,8 +160,34 @@ class SandboxGateway:
 
 
 async def start_sandbox_gateway(runtime: Runtime, manager: SandboxManager) -> SandboxGateway:
-    """Serve the gateway socket for `manager`'s sandboxes (call in the app's lifespan)."""
+    """Serve the gateway socket for `manager`'s sandboxes."""
     return await SandboxGateway(runtime, manager).start()
+
+
+class Sandboxes:
+    """Everything a server process runs for sandboxes: the manager (checked for real), its
+    gateway socket and its housekeeping. `await Sandboxes.start(runtime)` in a lifespan (None
+    when sandbox.backend is "none"; SandboxUnavailable when the backend cannot work here),
+    `await sandboxes.stop()` at the end; `sandboxes.manager` goes to AssistantServices."""
+
+    def __init__(self, manager: SandboxManager, gateway: SandboxGateway, housekeeping: asyncio.Task[None]) -> None:
+        self.manager = manager
+        self.gateway = gateway
+        self._housekeeping = housekeeping
+
+    @classmethod
+    async def start(cls, runtime: Runtime) -> "Sandboxes | None":
+        manager = SandboxManager.from_settings(runtime.settings)
+        if manager is None:
+            return None
+        await asyncio.to_thread(manager.start)  # one real run: a few tens of milliseconds
+        gateway = await start_sandbox_gateway(runtime, manager)
+        return cls(manager, gateway, asyncio.get_running_loop().create_task(manager.maintain_forever()))
+
+    async def stop(self) -> None:
+        self._housekeeping.cancel()
+        await self.gateway.stop()
+        await asyncio.to_thread(self.manager.close)
 
 
 async def _error(_: Request, exc: Exception) -> Response:

@@ -330,6 +330,7 @@ class SandboxConfig(BaseModel):
     limits: dict[str, SandboxLimits] = Field(default_factory=_default_sandbox_limits)  # by plan; others: defaults
     prices: SandboxPrices = Field(default_factory=SandboxPrices)
     gateway_token_ttl_s: float = Field(default=900.0, gt=0, le=86_400)  # the model-call token of one run
+    concurrent_runs: int = Field(default=32, ge=1, le=1024)  # runs at once per server process (more wait)
     seccomp: bool = True  # bubblewrap: a filter refusing user namespaces, keyrings, bpf, io_uring, ...
     bwrap: str = "bwrap"  # the bubblewrap binary (a name on PATH or a path)
     docker: DockerSandboxConfig = Field(default_factory=DockerSandboxConfig)

@@ -236,10 +236,10 @@ class BubblewrapBackend:
             if (Path("/etc") / entry).exists():
                 args += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
         args += ["--remount-ro", "/etc"]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(limits.tmp_mb * MB), "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", str(limits.tmp_mb * MB), "--tmpfs", "/var/tmp",
-                 "--bind" if not tenant.read_only else "--ro-bind", str(tenant.workspace), WORKSPACE]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for tmp in ("/tmp", "/var/tmp", "/dev/shm"):  # /dev/shm: POSIX semaphores (multiprocessing)
+            args += ["--perms", "1777", "--size", str(limits.tmp_mb * MB), "--tmpfs", tmp]
+        args += ["--bind" if not tenant.read_only else "--ro-bind", str(tenant.workspace), WORKSPACE]
         env = {"PATH": PATH, "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "USER": "sandbox",
                "LOGNAME": "sandbox", "SHELL": "/bin/sh", "PYTHONUNBUFFERED": "1"}
         if spec.gateway is not None:

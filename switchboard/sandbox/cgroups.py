@@ -247,10 +247,13 @@ def _set_limits(group: RunGroup, limits: SandboxLimits) -> None:
 
 
 def _remove_leftovers(parent: Path) -> None:
-    """Empty run groups left by a process that died: removed (busy ones stay)."""
+    """Empty run groups left by a process that died (its pid is in their name: u<user>-<pid>-<n>):
+    removed. Those of live processes are left alone, even empty: their run may be starting."""
     for child in parent.iterdir():
-        if child.is_dir():
-            try:
-                child.rmdir()
-            except OSError:
-                pass
+        parts = child.name.split("-")
+        if not child.is_dir() or (len(parts) == 3 and parts[1].isdigit() and Path(f"/proc/{parts[1]}").exists()):
+            continue
+        try:
+            child.rmdir()
+        except OSError:
+            pass

@@ -20,8 +20,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,9 @@ class SandboxManager:
         self.tokens = GatewayTokens()
         self.gateway_socket: Path | None = None
         self.per_user_uid = os.geteuid() == 0 and backend.name != "subprocess"
+        # Runs wait on threads of their own, never on the event loop's shared default executor
+        # (database reads use it): 30-second runs there would stall every other request.
+        self._threads = ThreadPoolExecutor(self.config.concurrent_runs, thread_name_prefix="sandbox")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SandboxManager | None":
@@ -79,6 +84,7 @@ class SandboxManager:
         return self
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self.backend.close()
 
     async def maintain_forever(self, every_s: float = 60.0) -> None:
@@ -177,8 +183,9 @@ class SandboxManager:
             return result
 
     async def run_async(self, *args: Any, **kwargs: Any) -> RunResult:
-        """`run` on a worker thread, so the event loop (and the gateway socket) keeps serving."""
-        return await asyncio.to_thread(self.run, *args, **kwargs)
+        """`run` on one of the manager's threads, so the event loop (and the gateway socket)
+        keeps serving. Cancelling the caller does not stop the run: it ends at its time limit."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, partial(self.run, *args, **kwargs))
 
     # -- the way out: the gateway ----------------------------------------------------------
     def attach_gateway(self, socket: Path) -> None:

@@ -232,7 +232,7 @@ def sandbox_tools(settings: Settings) -> list[Tool]:
         files("write_file", "Create or replace a file in the user's workspace with the given text.", _write_file,
               {"path": PATH_PROP, "content": {"type": "string", "description": "The whole new content."}},
               ["path", "content"]),
-        files("delete_file", "Delete a file (or an empty directory) from the user's workspace.", _delete_file,
+        files("delete_file", "Delete a file, or a directory with everything in it, from the user's workspace.", _delete_file,
               {"path": PATH_PROP}, ["path"]),
         run("run_python", "Run Python 3 code and return its output.", _run_python,
             {"code": {"type": "string", "description": "The program, run with python3 -c."}}, ["code"]),

@@ -10,6 +10,7 @@ server writes is owned by the tenant's uid, as if the sandbox had written it.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from switchboard.sandbox.base import SandboxError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_PATH = 1024
+MAX_DEPTH = 64  # deeper directories count as over the quota (usage)
 
 
 class WorkspaceError(SandboxError):
@@ -153,37 +155,46 @@ class Workspace:
         return False
 
     def usage(self) -> Usage:
-        """Disk blocks and entries in use; stops counting one past the file limit."""
+        """Disk blocks and entries in use. Stops counting one past the file limit, or below
+        MAX_DEPTH levels (descriptors are held along one path only): either way the workspace
+        then counts as over its quota, so nothing can hide from it."""
         if not self.path.is_dir():
             return Usage(0, 0)
-        total, count = 0, 0
-        stack = [os.open(self.path, DIR_FLAGS)]
+        totals = [0, 0]  # bytes, entries
+
+        def visit(fd: int, depth: int) -> bool:
+            with os.scandir(fd) as it:
+                children = list(it)
+            for child in children:
+                totals[1] += 1
+                if totals[1] > self.max_files:
+                    return False
+                st = child.stat(follow_symlinks=False)
+                totals[0] += st.st_blocks * 512
+                if stat.S_ISDIR(st.st_mode):
+                    if depth >= MAX_DEPTH:
+                        return False
+                    try:
+                        sub = os.open(child.name, DIR_FLAGS, dir_fd=fd)
+                    except OSError:
+                        continue
+                    try:
+                        if not visit(sub, depth + 1):
+                            return False
+                    finally:
+                        os.close(sub)
+            return True
+
+        root = os.open(self.path, DIR_FLAGS)
         try:
-            while stack:
-                fd = stack.pop()
-                try:
-                    with os.scandir(fd) as it:
-                        for child in it:
-                            count += 1
-                            if count > self.max_files:
-                                return Usage(total, count, complete=False)
-                            st = child.stat(follow_symlinks=False)
-                            total += st.st_blocks * 512
-                            if stat.S_ISDIR(st.st_mode):
-                                try:
-                                    stack.append(os.open(child.name, DIR_FLAGS, dir_fd=fd))
-                                except OSError:
-                                    pass
-                finally:
-                    os.close(fd)
+            complete = visit(root, 1)
         finally:
-            for fd in stack:
-                os.close(fd)
-        return Usage(total, count)
+            os.close(root)
+        return Usage(totals[0], totals[1], complete)
 
     def over_quota(self, usage: Usage | None = None) -> bool:
         usage = usage or self.usage()
-        return usage.bytes > self.quota_bytes or usage.files > self.max_files
+        return not usage.complete or usage.bytes > self.quota_bytes or usage.files > self.max_files
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, path: str, data: bytes) -> int:
@@ -201,7 +212,8 @@ class Workspace:
                 old = existing.st_blocks * 512
             except FileNotFoundError:
                 pass
-            if usage.bytes - old + len(data) > self.quota_bytes or (existing is None and usage.files + 1 > self.max_files):
+            if (not usage.complete or usage.bytes - old + len(data) > self.quota_bytes
+                    or (existing is None and usage.files + 1 > self.max_files)):
                 raise WorkspaceError(
                     f"the workspace quota ({self.quota_bytes // (1024 * 1024)} MB, {self.max_files} files) "
                     f"would be exceeded: {usage.bytes // 1024} KB and {usage.files} files in use; delete files first"
@@ -225,7 +237,7 @@ class Workspace:
         return len(data)
 
     def delete(self, path: str) -> str:
-        """Remove a file, a link, or an empty directory."""
+        """Remove a file, a link, or a directory with everything in it."""
         rel = clean_path(path)
         if str(rel) == ".":
             raise WorkspaceError("name a file to delete")
@@ -236,9 +248,10 @@ class Workspace:
                 raise WorkspaceError(f"no file {str(rel)!r} in the workspace") from None
             try:
                 if stat.S_ISDIR(st.st_mode):
-                    os.rmdir(rel.name, dir_fd=dir_fd)
+                    # fd-based on Linux: safe against links swapped in while it runs
+                    shutil.rmtree(rel.name, dir_fd=dir_fd)
                 else:
                     os.unlink(rel.name, dir_fd=dir_fd)
-            except OSError as exc:
-                raise WorkspaceError(f"cannot delete {str(rel)!r} ({exc.strerror})") from None
+            except (OSError, RecursionError) as exc:
+                raise WorkspaceError(f"cannot delete {str(rel)!r} ({getattr(exc, 'strerror', None) or exc})") from None
         return str(rel)

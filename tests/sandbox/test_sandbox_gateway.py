@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from switchboard.api.sandbox_gateway import start_sandbox_gateway
+from switchboard.api.sandbox_gateway import Sandboxes
 from switchboard.core.money import credits_to_ucr
 from switchboard.inference.runtime import Runtime
 from switchboard.sandbox.base import SandboxUnavailable
@@ -30,7 +30,7 @@ from switchboard.store.migrate import upgrade
 from switchboard.store.schema import usage_records, wallets
 from tests.api.conftest import add_user, gateway_settings
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.sandbox.conftest import TEST_LIMITS, started
+from tests.sandbox.conftest import TEST_LIMITS
 
 CLIENT = r"""
 import http.client, json, os, socket, stat, sys
@@ -82,17 +82,18 @@ async def world(tmp_path: Path, fake: FakeOpenAI) -> AsyncIterator[tuple[Runtime
     upgrade(engine)
     user_id, _ = add_user(engine, settings, "sandboxed@example.com", "plus")
     engine.dispose()
-    try:
-        manager = started(settings)
-    except SandboxUnavailable as exc:
-        pytest.skip(f"bubblewrap sandbox backend NOT available here ({exc}): SKIPPED")
     runtime = Runtime(settings)
     await runtime.start(sweep=False)
-    gateway = await start_sandbox_gateway(runtime, manager)
     try:
-        yield runtime, manager, user_id
+        sandboxes = await Sandboxes.start(runtime)
+    except SandboxUnavailable as exc:
+        await runtime.stop()
+        pytest.skip(f"bubblewrap sandbox backend NOT available here ({exc}): SKIPPED")
+    assert sandboxes is not None
+    try:
+        yield runtime, sandboxes.manager, user_id
     finally:
-        await gateway.stop()
+        await sandboxes.stop()
         await runtime.stop()
 
 

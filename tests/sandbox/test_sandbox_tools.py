@@ -131,3 +131,14 @@ def test_run_gets_a_gateway_token_only_with_the_turns_credit_left(bubblewrap: Sa
     granted = call(tools, "run_shell", context, command="ls /run/switchboard; wc -c < /run/switchboard/token")
     assert "gateway.sock\ntoken" in granted.content
     assert bubblewrap.tokens.live() == 0  # revoked when the run ended
+
+
+def test_nothing_hides_from_the_quota_below_deep_directories(bubblewrap: SandboxManager, tools: dict[str, Tool]) -> None:
+    c = ctx(bubblewrap)
+    call(tools, "run_shell", c, command="mkdir -p $(python3 -c \"print('/'.join(['d'] * 80))\")")
+    assert bubblewrap.workspace(USER, "plus").over_quota()
+    assert "over its quota" in call(tools, "run_shell", c, command="true").content
+    with pytest.raises(ToolFailed, match="quota"):
+        call(tools, "write_file", c, path="x", content="y")
+    assert call(tools, "delete_file", c, path="d").content == "Deleted d."
+    assert "exit code 0" in call(tools, "run_shell", c, command="touch x").content
