@@ -1,9 +1,10 @@
 """`switchboard crypto ...`: the master key that wraps every user's data key (docs/security.md).
 
 Rotating the master key re-wraps the data keys (one small row per user); the encrypted data
-itself is not touched. With the key file (the default) `rotate-master` does everything; with
-SWITCHBOARD_MASTER_KEY the operator supplies the new key and lists the old one in
-SWITCHBOARD_MASTER_KEY_PREVIOUS first (docs/security.md has the procedure).
+itself is not touched. With the key file (the default) `rotate-master-key` does everything;
+with SWITCHBOARD_MASTER_KEY the operator supplies the new key and lists the old one in
+SWITCHBOARD_MASTER_KEY_PREVIOUS first (docs/security.md has the procedure). `rotate-master`
+is the same command under its first name, kept for scripts.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import json
 
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from switchboard.core.config import Settings, load_settings
 from switchboard.crypto import CryptoError, KeyRing, key_file_path, master_key_usage, master_keys_for
+from switchboard.crypto.keyring import destroyed_keys
 from switchboard.crypto.master import read_key_file, rotate_key_file, write_key_file
 from switchboard.store.db import make_engine, read
 
@@ -32,13 +35,17 @@ def _keyring() -> tuple[Settings, KeyRing]:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     require_database(settings)  # an existing, migrated database: never a new one here
+    return settings, keyring_or_exit(settings, make_engine(settings.resolved_database_url))
+
+
+def keyring_or_exit(settings: Settings, engine: Engine) -> KeyRing:
+    """The key ring for a command, or exit 2 naming what is wrong with the master key."""
     try:
         keys = master_keys_for(settings)
     except (CryptoError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    engine = make_engine(settings.resolved_database_url)
-    return settings, KeyRing(engine, keys, cache_size=settings.crypto.data_key_cache_size)
+    return KeyRing(engine, keys, cache_size=settings.crypto.data_key_cache_size)
 
 
 def _from_env(keyring: KeyRing) -> bool:
@@ -66,6 +73,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         "current": keyring.master.current.id,
         "previous": [kid for kid in keyring.master.ids if kid != keyring.master.current.id],
         "data_keys": _usage(keyring),
+        "destroyed_data_keys": read(keyring.engine, destroyed_keys),
     }
     keyring.engine.dispose()
     if as_json:
@@ -74,9 +82,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     out.print(f"master key {info['current']} (from {info['source']}); previous: {', '.join(info['previous']) or 'none'}")
     for kid, n in sorted(info["data_keys"].items()):
         out.print(f"  {n} data key(s) wrapped by {kid}{' (current)' if kid == info['current'] else ''}")
+    if info["destroyed_data_keys"]:
+        out.print(f"  {info['destroyed_data_keys']} data key(s) destroyed (deleted users)")
 
 
-@crypto_app.command("rotate-master")
+@crypto_app.command("rotate-master-key")
 def rotate_master() -> None:
     """Make a new master key current and re-wrap every data key with it (data is not re-encrypted).
     With the key file, the new key is generated here and the old one kept as previous until
@@ -92,9 +102,12 @@ def rotate_master() -> None:
     keyring.engine.dispose()
     out.print(f"re-wrapped {n} data key(s) with master key {keyring.master.current.id}")
     if left:
-        err.print(f"[yellow]still under older keys:[/yellow] {left}; run rotate-master again")
+        err.print(f"[yellow]still under older keys:[/yellow] {left}; run rotate-master-key again")
         raise typer.Exit(1)
     err.print("once every server runs with the new key, run `switchboard crypto retire-previous`")
+
+
+crypto_app.command("rotate-master", hidden=True)(rotate_master)  # its first name, kept for scripts
 
 
 @crypto_app.command("retire-previous")

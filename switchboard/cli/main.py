@@ -24,6 +24,7 @@ from switchboard.cli.accounts import caps_app, credits_app, keys_app, users_app
 from switchboard.cli.billing import payments_app, plans, subscription_app
 from switchboard.cli.common import database_location, err, load, open_store, out, require_database
 from switchboard.cli.crypto import crypto_app
+from switchboard.cli.erasure import users_delete
 from switchboard.cli.sandbox import sandbox_app
 from switchboard.core.config import Settings
 from switchboard.store.db import is_sqlite, make_engine
@@ -49,6 +50,7 @@ app.command()(books.usage)
 app.command("usage-export")(books.usage_export)
 app.command()(catalog.models)
 app.command()(catalog.route)
+users_app.command("delete")(users_delete)
 
 
 @app.command()
