@@ -21,6 +21,7 @@ from switchboard.accounts import keys as keys_mod
 from switchboard.accounts import users as users_mod
 from switchboard.cli import books, catalog
 from switchboard.cli.accounts import caps_app, credits_app, keys_app, users_app
+from switchboard.cli.assistant import assistant, reminders_app
 from switchboard.cli.billing import payments_app, plans, subscription_app
 from switchboard.cli.common import database_location, err, load, open_store, out, require_database
 from switchboard.cli.crypto import crypto_app
@@ -50,6 +51,8 @@ app.command()(books.usage)
 app.command("usage-export")(books.usage_export)
 app.command()(catalog.models)
 app.command()(catalog.route)
+app.command()(assistant)
+app.add_typer(reminders_app, name="reminders")
 users_app.command("delete")(users_delete)
 
 
