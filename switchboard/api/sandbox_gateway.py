@@ -3,14 +3,16 @@
 Sandboxes have no network, so this process also serves a small ASGI app on a Unix socket
 (DATA_DIR/sandbox/gateway/<pid>.sock, bound into each run that was given a token at
 /run/switchboard/gateway.sock). It answers POST /v1/chat/completions exactly as the public
-endpoint does (same handler, same formats, streaming included), with three differences:
+endpoint does (same handler, same formats, streaming included), with these differences:
 
 - the bearer is the run's token (sandbox.token), not an API key: it names the user and the
   turn, and is refused once the run ends;
 - every call's hold must fit in what the token's credit limit has left (the turn's limit), or
   the call is refused with 402 credit_limit_reached before anything runs, and its charge
   counts against that limit;
-- usage records say `sandbox.chat.completions`, so the user sees where the call came from.
+- usage records say `sandbox.chat.completions`, so the user sees where the call came from;
+- a run may have at most CONCURRENT_CALLS calls in flight (429 beyond), and bodies have the
+  public endpoint's size limits.
 
 Vendor keys never leave the gateway: the sandbox holds a token good for one run's model calls.
 """
@@ -36,9 +38,10 @@ from starlette.routing import Route
 
 from switchboard.accounts.keys import Principal
 from switchboard.api.auth import bearer_token
+from switchboard.api.body_limit import BodyLimit
 from switchboard.api.chat import _complete
 from switchboard.api.schemas import parse_chat_body
-from switchboard.core.errors import AuthenticationFailed, CreditLimitReached, SwitchboardError
+from switchboard.core.errors import AuthenticationFailed, CreditLimitReached, RateLimited, SwitchboardError
 from switchboard.core.ids import new_id
 from switchboard.core.types import ChatRequest
 from switchboard.inference.metered import Inference, MeteredCall
@@ -50,6 +53,7 @@ from switchboard.store.schema import holds
 
 log = logging.getLogger(__name__)
 ENDPOINT = "sandbox.chat.completions"
+CONCURRENT_CALLS = 4  # model calls one run may have in flight at once
 SETTLED_POLL_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # waits for a background settlement to commit
 
 
@@ -81,6 +85,9 @@ class SandboxGateway:
         app = Starlette(routes=[Route("/v1/chat/completions", self.chat_completions, methods=["POST"])])
         app.add_exception_handler(SwitchboardError, _error)
         app.add_exception_handler(Exception, _unexpected)
+        limits = runtime.settings.limits  # the public endpoint's body limits, refused before reading
+        app.add_middleware(BodyLimit, default=limits.body_bytes,
+                           limits={"/v1/chat/completions": limits.inference_body_bytes})
         self.app = app
         self._server: uvicorn.Server | None = None
         self._sock: socket.socket | None = None
@@ -120,6 +127,8 @@ class SandboxGateway:
             grant = self.manager.tokens.verify(bearer_token(request))
         except TokenRefused as exc:
             raise AuthenticationFailed(str(exc)) from None
+        if len(grant.reserved) >= CONCURRENT_CALLS:
+            raise RateLimited(f"at most {CONCURRENT_CALLS} model calls at once from a sandbox", 1.0)
         body = parse_chat_body(await request.body())
         inference = _GrantedInference(self.runtime.inference, grant)
         principal = Principal(grant.user_id, "", grant.plan, None)  # type: ignore[arg-type]  # no API key

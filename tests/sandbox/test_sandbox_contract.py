@@ -8,6 +8,7 @@ the machine, or keep anything running after its run.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import secrets
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.sandbox import seccomp
 from switchboard.sandbox.base import RunResult
 from switchboard.sandbox.manager import SandboxManager
 from tests.sandbox.conftest import TEST_LIMITS, processes_of
@@ -206,6 +208,15 @@ def test_no_root_no_capabilities_no_new_privileges(sandbox: SandboxManager) -> N
     status = dict(line.split(":\t") for line in lines[1:] if line)
     assert all(int(status[k], 16) == 0 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")), status
     assert status["NoNewPrivs"] == "1"
+    if sandbox.backend.name == "bubblewrap":
+        assert "Seccomp:\t2" in sh(sandbox, "cat /proc/self/status").stdout.decode()  # the filter is on
+        if platform.machine() in seccomp.ARCHES:
+            column = list(seccomp.ARCHES).index(platform.machine())
+            numbers = [seccomp.DENIED[name][column] for name in ("keyctl", "bpf", "io_uring_setup", "ptrace", "unshare")]
+            code = ("import ctypes, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nfor nr in map(int, sys.argv[1:]):\n"
+                    "    print(libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno())")
+            probe = sandbox.run(A, PLUS, ["python3", "-c", code, *map(str, numbers)])
+            assert probe.stdout.decode().split("\n")[:-1] == ["-1 1"] * len(numbers), probe.stdout + probe.stderr
     # And nothing to escalate with: no new user namespace, no setuid binary gains anything.
     escalate = sh(sandbox, "unshare -U -r id -u 2>&1; echo rc=$?; su -c id root </dev/null 2>&1; echo rc=$?")
     out = escalate.stdout.decode()
