@@ -73,9 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sb = state = AppState(runtime, keys, TokenBuckets(rate.requests_per_minute, rate.burst),
                                         ExportSlots(limits.exports_per_process, limits.exports_per_user))
         await state.assistant.start()  # every server delivers due reminders
+        await state.channels.start()  # and answers and delivers the chat channels' messages
         try:
             yield
         finally:
+            await state.channels.stop()
             await state.assistant.stop()
             await keys.aclose()
             await runtime.stop()
@@ -89,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit, default=limits.body_bytes,
         limits={"/v1/chat/completions": limits.inference_body_bytes, "/v1/messages": limits.inference_body_bytes,
-                "/webhooks/stripe": limits.webhook_body_bytes},
+                "/webhooks/stripe": limits.webhook_body_bytes, "/channels/telegram/webhook": limits.webhook_body_bytes,
+                "/channels/whatsapp/webhook": limits.webhook_body_bytes},
     )
     app.add_middleware(AccessLog, enabled=settings.access_log, auth_failures=FailureLimiter(limits.auth_failures_per_minute))
     # Plain Starlette routes: handlers parse their own input (see api.routes for why).

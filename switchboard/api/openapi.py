@@ -21,11 +21,18 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "bearer": [{"bearer": []}],
     "bearer or x-api-key": [{"bearer": []}, {"x-api-key": []}],
     "stripe signature": [],
+    "telegram secret token": [],
+    "whatsapp signature": [],
     "none": [],
+}
+_SIGNATURE_HEADERS = {
+    "telegram secret token": ("X-Telegram-Bot-Api-Secret-Token", "The secret_token given to setWebhook"),
+    "whatsapp signature": ("X-Hub-Signature-256", "sha256=HMAC-SHA256(app secret, raw body), hex"),
 }
 _SUCCESS_SCHEMAS: dict[str, dict[str, Any]] = {
     "application/json": {"type": "object"},
     "text/csv": {"type": "string"},
+    "text/plain": {"type": "string"},
     # Each event's data: a JSON object (a chunk, an event, an error), or `[DONE]`.
     "text/event-stream": {"description": "Server-sent events, as the vendor's API streams them"},
 }
@@ -81,6 +88,10 @@ def _operation(e: Endpoint, ref: dict[type[BaseModel], dict[str, Any]]) -> dict[
     if e.auth == "stripe signature":
         op["parameters"].append({"name": "Stripe-Signature", "in": "header", "required": False,
                                  "description": "t=TIMESTAMP,v1=HMAC, as Stripe signs", "schema": {"type": "string"}})
+    if e.auth in _SIGNATURE_HEADERS:
+        name, description = _SIGNATURE_HEADERS[e.auth]
+        op["parameters"].append({"name": name, "in": "header", "required": False, "description": description,
+                                 "schema": {"type": "string"}})
     if e.body is not None:
         op["requestBody"] = {"required": e.body_required, "content": {"application/json": {"schema": ref[e.body]}}}
     elif e.any_json_body:

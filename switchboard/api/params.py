@@ -88,6 +88,24 @@ class MonthQuery:
         return _parameter(self.name, self.description, {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}$"})
 
 
+@dataclass(frozen=True, slots=True)
+class TextQuery:
+    """A string the handler reads itself, up to `max_length` (WhatsApp's hub.* handshake)."""
+
+    name: str
+    description: str
+    max_length: int = 1000
+
+    def parse(self, request: Request) -> str | None:
+        raw = request.query_params.get(self.name)
+        if raw is not None and len(raw) > self.max_length:
+            raise InvalidRequest(f"'{self.name}' is longer than {self.max_length} characters", param=self.name)
+        return raw
+
+    def openapi(self) -> dict[str, Any]:
+        return _parameter(self.name, self.description, {"type": "string", "maxLength": self.max_length})
+
+
 def _parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 

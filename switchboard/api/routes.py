@@ -16,12 +16,13 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.api import account, anthropic_messages, billing, chat, conversations, exports
+from switchboard.api import account, anthropic_messages, billing, channels, chat, conversations, exports
 from switchboard.api.anthropic_schemas import MessagesBody
-from switchboard.api.params import ChoiceQuery, IdQuery, IntQuery, MonthQuery, PathId
+from switchboard.api.params import ChoiceQuery, IdQuery, IntQuery, MonthQuery, PathId, TextQuery
 from switchboard.api.schemas import ChatCompletionBody, CheckoutBody, PlanChangeBody
 
-Auth = Literal["bearer", "bearer or x-api-key", "stripe signature", "none"]
+Auth = Literal["bearer", "bearer or x-api-key", "stripe signature", "telegram secret token", "whatsapp signature",
+               "none"]
 JSON = ("application/json",)
 
 
@@ -33,7 +34,7 @@ class Endpoint:
     summary: str
     tag: str
     auth: Auth = "bearer"
-    params: tuple[IntQuery | ChoiceQuery | MonthQuery | IdQuery | PathId, ...] = ()
+    params: tuple[IntQuery | ChoiceQuery | MonthQuery | IdQuery | PathId | TextQuery, ...] = ()
     body: type[BaseModel] | None = None
     any_json_body: bool = False  # a JSON object the handler reads itself (Stripe's events)
     idempotency_key: bool = False
@@ -90,4 +91,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              params=(conversations.REMINDER,)),
     Endpoint("POST", "/webhooks/stripe", billing.stripe_webhook, "Stripe's events, signed with the webhook secret",
              "billing", auth="stripe signature", any_json_body=True),
+    Endpoint("POST", "/channels/telegram/webhook", channels.telegram_webhook,
+             "Telegram's updates for the bot (setWebhook with secret_token)", "channels",
+             auth="telegram secret token", any_json_body=True),
+    Endpoint("GET", "/channels/whatsapp/webhook", channels.whatsapp_verify,
+             "WhatsApp's verification handshake: hub.challenge echoed when hub.verify_token matches", "channels",
+             auth="none", params=channels.HANDSHAKE, answers=("text/plain",)),
+    Endpoint("POST", "/channels/whatsapp/webhook", channels.whatsapp_webhook,
+             "WhatsApp Cloud API notifications (messages, statuses), signed with the app secret", "channels",
+             auth="whatsapp signature", any_json_body=True),
 )

@@ -10,6 +10,7 @@ from switchboard.api.idempotency import Idempotency
 from switchboard.api.ratelimit import TokenBuckets
 from switchboard.assistant.assistant import Assistant
 from switchboard.assistant.services import AssistantServices
+from switchboard.channels.hub import ChannelHub
 from switchboard.crypto import KeyRing, keyring_for
 from switchboard.inference.runtime import Runtime
 
@@ -25,6 +26,7 @@ class AppState:
     keyring: KeyRing = field(init=False)
     idempotency: Idempotency = field(init=False)
     assistant: Assistant = field(init=False)
+    channels: ChannelHub = field(init=False)
 
     def __post_init__(self) -> None:
         runtime = self.runtime
@@ -32,3 +34,4 @@ class AppState:
         self.idempotency = Idempotency(runtime.settings, runtime.engine, runtime.runner, keyring=self.keyring)
         self.idempotency.purge_soon()  # records that expired while no server ran
         self.assistant = Assistant(AssistantServices(runtime, self.keyring))
+        self.channels = ChannelHub(self.assistant, runtime.settings)  # Telegram, WhatsApp: docs/channels.md

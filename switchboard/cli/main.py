@@ -23,6 +23,7 @@ from switchboard.cli import books, catalog
 from switchboard.cli.accounts import caps_app, credits_app, keys_app, users_app
 from switchboard.cli.assistant import assistant, reminders_app
 from switchboard.cli.billing import payments_app, plans, subscription_app
+from switchboard.cli.channels import channels_app
 from switchboard.cli.common import database_location, err, load, open_store, out, require_database
 from switchboard.cli.crypto import crypto_app
 from switchboard.cli.erasure import users_delete
@@ -44,6 +45,7 @@ app.add_typer(caps_app, name="caps")
 app.add_typer(subscription_app, name="subscription")
 app.add_typer(crypto_app, name="crypto")
 app.add_typer(payments_app, name="payments")
+app.add_typer(channels_app, name="channels")
 app.add_typer(sandbox_app, name="sandbox")
 app.command()(plans)
 app.command()(books.balance)

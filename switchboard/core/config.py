@@ -270,6 +270,63 @@ class CryptoConfig(BaseModel):
     data_key_cache_size: int = Field(default=10_000, ge=1)  # unwrapped data keys kept in memory
 
 
+class TelegramChannelConfig(BaseModel):
+    """Telegram (docs/channels.md): on when this section is present and both variables are set.
+    Secrets are read from the environment at use, never stored here or logged."""
+
+    bot_token_env: str = "TELEGRAM_BOT_TOKEN"
+    webhook_secret_env: str = "TELEGRAM_WEBHOOK_SECRET"  # setWebhook's secret_token
+    api_base_url: str = "https://api.telegram.org"
+
+    def bot_token(self) -> str | None:
+        return os.environ.get(self.bot_token_env) or None
+
+    def webhook_secret(self) -> str | None:
+        return os.environ.get(self.webhook_secret_env) or None
+
+
+class WhatsAppChannelConfig(BaseModel):
+    """WhatsApp through Meta's Cloud API (docs/channels.md): on when this section is present,
+    `phone_number_id` is given and the three variables are set."""
+
+    access_token_env: str = "WHATSAPP_ACCESS_TOKEN"
+    app_secret_env: str = "WHATSAPP_APP_SECRET"  # signs X-Hub-Signature-256
+    verify_token_env: str = "WHATSAPP_VERIFY_TOKEN"  # the GET handshake's hub.verify_token
+    phone_number_id: str = ""
+    api_base_url: str = "https://graph.facebook.com/v23.0"
+    # A reminder due outside the 24-hour customer service window goes out as this approved
+    # template (one body parameter: the reminder's text); None: it is recorded as undeliverable.
+    reminder_template: str | None = None
+    reminder_template_language: str = "en_US"
+
+    def access_token(self) -> str | None:
+        return os.environ.get(self.access_token_env) or None
+
+    def app_secret(self) -> str | None:
+        return os.environ.get(self.app_secret_env) or None
+
+    def verify_token(self) -> str | None:
+        return os.environ.get(self.verify_token_env) or None
+
+
+class ChannelsConfig(BaseModel):
+    """The chat channels (switchboard.channels, docs/channels.md). There is no `enabled` key: a
+    channel is on when its section is present and its secrets are set in the environment."""
+
+    telegram: TelegramChannelConfig | None = None
+    whatsapp: WhatsAppChannelConfig | None = None
+    auto_create_accounts: bool = False  # an unknown sender gets a new Free account instead of how to link
+    link_code_ttl_s: int = Field(default=900, ge=60, le=7 * 86_400)  # `channels link-code` codes expire
+    link_help_interval_s: float = Field(default=3600.0, ge=0)  # one "how to link" message per sender per this
+    delivery_attempts: int = Field(default=8, ge=1, le=100)  # sends of one reply before it is reported failed
+    retry_base_s: float = Field(default=1.0, gt=0)  # backoff between attempts: base x 2^n, up to retry_max_s
+    retry_max_s: float = Field(default=300.0, gt=0)
+    send_timeout_s: float = Field(default=30.0, gt=0)  # one call to a platform's API
+    lease_s: float = Field(default=60.0, gt=1)  # a message being answered, or a reply being sent, is this process's
+    poll_interval_s: float = Field(default=1.0, gt=0)  # how often work left by other processes is looked for
+    concurrency: int = Field(default=32, ge=1)  # turns (and sends) under way at once in one process
+
+
 class IdempotencyConfig(BaseModel):
     """Replaying a completed request retried with the same Idempotency-Key (api.idempotency)."""
 
@@ -394,6 +451,7 @@ class Settings(BaseSettings):
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
+    channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
 
     @classmethod
     def settings_customise_sources(

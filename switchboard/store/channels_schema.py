@@ -35,6 +35,7 @@ channel_identities = Table(
     UniqueConstraint("channel", "external_user_id", name="uq_channel_identities_external"),
     Index("ix_channel_identities_user", "user_id"),
     Index("ix_channel_identities_alt", "channel", "alt_user_id"),
+    Index("ix_channel_identities_chat", "channel", "chat_id"),
 )
 
 # One-time codes from `switchboard channels link-code EMAIL`: only their SHA-256 is kept; a
@@ -64,7 +65,7 @@ channel_inbox = Table(
     Column("channel", String(16), nullable=False),
     Column("bot_id", String(64), nullable=False),
     Column("external_id", String(200), nullable=False),  # Telegram update_id, WhatsApp wamid
-    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("user_id", ForeignKey("users.id")),  # NULL: a sender without an account (answered at once)
     Column("chat_id", String(100), nullable=False),
     Column("chat_key", String(200), nullable=False),  # channel:bot:chat, the unit of ordering
     Column("kind", String(16), nullable=False),  # text | voice | audio | image | video | file | sticker | ...
@@ -72,7 +73,7 @@ channel_inbox = Table(
     Column("reply_to", String(200)),  # the platform's id of the message (to reply to it, to mark it read)
     Column("thread_id", String(64)),
     Column("is_group", Boolean, nullable=False, server_default="0"),
-    Column("status", String(10), nullable=False),  # pending | running | answered
+    Column("status", String(10), nullable=False),  # pending | running | answered (or handled at once: done)
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("claimed_by", BigInteger),
     Column("claim_until_ms", BigInteger),

@@ -38,6 +38,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_channel_identities_user", "channel_identities", ["user_id"], unique=False)
     op.create_index("ix_channel_identities_alt", "channel_identities", ["channel", "alt_user_id"], unique=False)
+    op.create_index("ix_channel_identities_chat", "channel_identities", ["channel", "chat_id"], unique=False)
     op.create_table(
         "channel_link_codes",
         sa.Column("id", Id, autoincrement=True, nullable=False),
@@ -57,7 +58,7 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=16), nullable=False),
         sa.Column("bot_id", sa.String(length=64), nullable=False),
         sa.Column("external_id", sa.String(length=200), nullable=False),
-        sa.Column("user_id", Id, nullable=False),
+        sa.Column("user_id", Id, nullable=True),
         sa.Column("chat_id", sa.String(length=100), nullable=False),
         sa.Column("chat_key", sa.String(length=200), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -129,6 +130,7 @@ def downgrade() -> None:
     op.drop_index("ix_channel_inbox_open", table_name="channel_inbox")
     op.drop_table("channel_inbox")
     op.drop_table("channel_link_codes")
+    op.drop_index("ix_channel_identities_chat", table_name="channel_identities")
     op.drop_index("ix_channel_identities_alt", table_name="channel_identities")
     op.drop_index("ix_channel_identities_user", table_name="channel_identities")
     op.drop_table("channel_identities")
