@@ -112,6 +112,9 @@ class PlanConfig(BaseModel):
     turn_credits: Decimal = Field(default=Decimal("5"), gt=0)
     turn_steps: int = Field(default=8, ge=1, le=100)
     turn_seconds: float = Field(default=120.0, gt=0)
+    # Whether a low-cost model extracts durable facts from the user's conversations into their
+    # long-term memory (docs/memory.md); metered and charged like any call.
+    memory_extraction: bool = False
 
 
 class PackConfig(BaseModel):
@@ -154,9 +157,9 @@ def _default_plans() -> dict[str, PlanConfig]:
     return {
         "free": PlanConfig(name="free", monthly_usd=Decimal("0"), monthly_credits=100),
         "plus": PlanConfig(name="plus", monthly_usd=Decimal("14.99"), monthly_credits=6000, sandbox=True,
-                           turn_credits=Decimal("100"), turn_steps=20, turn_seconds=300.0),
+                           turn_credits=Decimal("100"), turn_steps=20, turn_seconds=300.0, memory_extraction=True),
         "pro": PlanConfig(name="pro", monthly_usd=Decimal("39.99"), monthly_credits=18000, sandbox=True,
-                          turn_credits=Decimal("300"), turn_steps=20, turn_seconds=300.0),
+                          turn_credits=Decimal("300"), turn_steps=20, turn_seconds=300.0, memory_extraction=True),
     }
 
 
@@ -327,6 +330,23 @@ class ChannelsConfig(BaseModel):
     concurrency: int = Field(default=32, ge=1)  # turns (and sends) under way at once in one process
 
 
+class MemoryConfig(BaseModel):
+    """Long-term memory (switchboard.memory, docs/memory.md): what is kept, how it is recalled,
+    and the local embedding model that is also served at /v1/embeddings."""
+
+    enabled: bool = True  # False: nothing is kept or recalled for anyone (each user may also switch theirs off)
+    embedding_model: str = "all-minilm-l6-v2"  # its name in /v1/models and /v1/embeddings
+    embedding_usd_per_mtok: Decimal = Field(default=Decimal("0.01"), ge=0)  # what /v1/embeddings charges
+    embedding_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime threads per embedding call
+    recall_tokens: int = Field(default=800, ge=0)  # the most the memories take in a turn's prompt
+    recall_limit: int = Field(default=8, ge=0, le=50)  # memories (or passages) recalled at most
+    recall_min_similarity: float = Field(default=0.3, ge=-1, le=1)  # below it a memory is not relevant enough
+    index_ram_mb: int = Field(default=256, ge=1)  # per-process budget of cached per-user indexes (LRU)
+    neighbour_gap_s: float = Field(default=3 * 3600.0, ge=0)  # turns further apart are not one exchange
+    extraction_delay_s: float = Field(default=10.0, ge=0)  # a conversation quiet this long has its facts extracted
+    extraction_max_tokens: int = Field(default=400, gt=0)
+
+
 class IdempotencyConfig(BaseModel):
     """Replaying a completed request retried with the same Idempotency-Key (api.idempotency)."""
 
@@ -451,6 +471,7 @@ class Settings(BaseSettings):
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
 
     @classmethod

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 import switchboard.store.assistant_schema  # noqa: F401  (its tables join the metadata)
 import switchboard.store.billing_schema  # noqa: F401
 import switchboard.store.channels_schema  # noqa: F401
+import switchboard.store.memory_schema  # noqa: F401
 from switchboard.store.schema import metadata
 
 

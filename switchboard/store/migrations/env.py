@@ -7,6 +7,7 @@ from alembic import context
 import switchboard.store.assistant_schema  # noqa: F401  (its tables join the same metadata)
 import switchboard.store.billing_schema  # noqa: F401  (its tables join the same metadata)
 import switchboard.store.channels_schema  # noqa: F401  (its tables join the same metadata)
+import switchboard.store.memory_schema  # noqa: F401  (its tables join the same metadata)
 from switchboard.store.schema import metadata
 
 connection = context.config.attributes.get("connection")

@@ -1,0 +1,333 @@
+"""A user's memories, searchable in memory: keywords and meaning, fused.
+
+Nothing readable is indexed on disk: a `UserIndex` is built in this process's memory on first
+use, from the user's decrypted memories, and kept in an `IndexCache` under a RAM budget (least
+recently used evicted). It holds:
+
+- keywords: an SQLite FTS5 table in an in-memory database of its own (the standard library's
+  sqlite3; Porter stemming, diacritics folded), ranked by BM25, any word of the query matching;
+- meaning: the memories' unit embeddings in one float32 matrix, ranked by dot product (cosine);
+- time: when the query names a period (memory.timeframe), the memories of that period.
+
+The rankings are fused by reciprocal rank fusion (Cormack et al., 2009: score = sum of
+1 / (60 + rank)), which needs no calibration between BM25 and cosine scores. A hit on a message
+brings its neighbouring turns of the same conversation (at most one exchange apart in time)
+when they complete it: of the three windows of three turns that contain the hit, the one whose
+other turns score best is returned, as one result citing each turn. Superseded facts are not
+indexed.
+
+Each index remembers the user's memory version it reflects; before a search the caller reads
+the version (one indexed query) and the index catches up with what any process wrote since
+(`apply`), or is rebuilt after a deletion.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from switchboard.memory.embedder import DIMENSIONS
+from switchboard.memory.store import Memory, MemoryState
+from switchboard.memory.timeframe import TimeFrame
+
+RRF_K = 60
+CANDIDATES = 200  # taken from each ranking before fusion
+WINDOW = 3  # turns in a passage at most (a result cites at most 3 sources)
+_ENTRY_BYTES = 400  # a Python entry's overhead, for the RAM estimate
+
+STOPWORDS = frozenset("""a an the of to in on at for by with from and or but is are was were be been being do does did
+done have has had i you he she it we they me him her us them my your his its our their this that these those what which
+who whom whose when where why how any some no not can could would should will shall may might must there here about
+into over than then so if as just also very too up down out off again once all both each few more most other such only
+own same s t don let lets tell know remember recall think""".split())
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def query_words(text: str) -> list[str]:
+    """The words of a query worth matching: no stopwords, each once, in order."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word not in STOPWORDS and len(word) > 1 or word.isdigit():
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+@dataclass(slots=True)
+class Entry:
+    id: int
+    uid: str
+    kind: str
+    text: str
+    created_ms: int
+    name: str | None
+    thread: str | None
+    source_ids: list[str]
+    seq: int = 0  # its place in its thread
+
+
+@dataclass(slots=True)
+class Hit:
+    """One result: a memory, or a passage of neighbouring turns (oldest first) around a hit."""
+
+    entries: list[Entry]
+    score: float  # the fused score of the hit
+    similarity: float  # the hit's cosine similarity to the query
+    keyword: bool  # whether the hit matched a word of the query
+    center: Entry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.center = self.entries[0]
+
+    @property
+    def source_ids(self) -> list[str]:
+        ids: list[str] = []
+        for entry in self.entries:
+            for sid in entry.source_ids:
+                if sid not in ids:
+                    ids.append(sid)
+        return ids[:WINDOW]
+
+
+def index_text(entry: Entry) -> str:
+    """What the keyword index reads: the date, the speaker and the text."""
+    day = datetime.fromtimestamp(entry.created_ms / 1000, timezone.utc).strftime("%d %B %Y")
+    return f"({day}) {entry.name}: {entry.text}" if entry.name else f"({day}) {entry.text}"
+
+
+class UserIndex:
+    """One user's memories in memory. Thread-safe (one search or update at a time)."""
+
+    def __init__(self, user_id: int, *, neighbour_gap_ms: int) -> None:
+        self.user_id = user_id
+        self.version = 0
+        self.neighbour_gap_ms = neighbour_gap_ms
+        self.lock = threading.Lock()
+        self._entries: list[Entry | None] = []
+        self._by_id: dict[int, int] = {}
+        self._vectors = np.zeros((64, DIMENSIONS), dtype=np.float32)
+        self._created = np.zeros(64, dtype=np.int64)
+        self._active = np.zeros(64, dtype=bool)
+        self._threads: dict[str, list[int]] = {}
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.execute("CREATE VIRTUAL TABLE f USING fts5(text, tokenize='porter unicode61 remove_diacritics 2')")
+        self._text_bytes = 0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self._db.close()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    @property
+    def ram_bytes(self) -> int:
+        """An estimate of what the index holds in memory."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0] * self._db.execute("PRAGMA page_size").fetchone()[0]
+        arrays = self._vectors.nbytes + self._created.nbytes + self._active.nbytes
+        return pages + arrays + self._text_bytes + _ENTRY_BYTES * len(self._entries)
+
+    # -- updates ----------------------------------------------------------------------------
+    def apply(self, memories: list[Memory], version: int) -> None:
+        """Take in what changed (memories in id order): new active ones added, ones no longer
+        active removed."""
+        rows: list[tuple[int, str]] = []
+        for memory in memories:
+            pos = self._by_id.get(memory.id)
+            if memory.status != "active":
+                if pos is not None:
+                    self._remove(pos)
+                continue
+            if pos is not None or memory.embedding is None:
+                continue
+            pos = len(self._entries)
+            meta = memory.meta
+            entry = Entry(memory.id, memory.uid, memory.kind, memory.text, memory.created_ms, meta.get("name"),
+                          meta.get("thread") if memory.kind == "message" else None,
+                          list(meta.get("source_ids") or ()))
+            self._grow(pos + 1)
+            self._entries.append(entry)
+            self._by_id[memory.id] = pos
+            self._vectors[pos] = memory.embedding
+            self._created[pos] = memory.created_ms
+            self._active[pos] = True
+            self._text_bytes += len(entry.text) + sum(len(s) for s in entry.source_ids) + 64
+            if entry.thread is not None:
+                members = self._threads.setdefault(entry.thread, [])
+                entry.seq = len(members)
+                members.append(pos)
+            rows.append((pos + 1, index_text(entry)))
+        if rows:
+            self._db.executemany("INSERT INTO f(rowid, text) VALUES (?, ?)", rows)
+        self.version = max(self.version, version)
+
+    def _grow(self, size: int) -> None:
+        if size <= len(self._active):
+            return
+        capacity = max(size, 2 * len(self._active))
+        vectors = np.zeros((capacity, DIMENSIONS), dtype=np.float32)
+        vectors[:len(self._vectors)] = self._vectors
+        created = np.zeros(capacity, dtype=np.int64)
+        created[:len(self._created)] = self._created
+        active = np.zeros(capacity, dtype=bool)
+        active[:len(self._active)] = self._active
+        self._vectors, self._created, self._active = vectors, created, active
+
+    def _remove(self, pos: int) -> None:
+        entry = self._entries[pos]
+        if entry is None:
+            return
+        self._db.execute("DELETE FROM f WHERE rowid = ?", (pos + 1,))
+        self._active[pos] = False
+        self._entries[pos] = None
+        del self._by_id[entry.id]
+
+    # -- search -----------------------------------------------------------------------------
+    def search(self, vector: np.ndarray | None, words: list[str], frame: TimeFrame | None, limit: int, *,
+               exclude_thread: str | None = None) -> list[Hit]:
+        """The best `limit` results, best first."""
+        n = len(self._entries)
+        if n == 0 or limit <= 0:
+            return []
+        fused: dict[int, float] = {}
+        similarity = np.full(n, -1.0, dtype=np.float32)
+        if vector is not None:
+            similarity = self._vectors[:n] @ vector.astype(np.float32)
+            similarity[~self._active[:n]] = -2.0
+            for rank, pos in enumerate(_top(similarity, CANDIDATES)):
+                fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank + 1)
+        keyword: set[int] = set()
+        if words:
+            expression = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+            rows = self._db.execute("SELECT rowid FROM f WHERE f MATCH ? ORDER BY rank LIMIT ?",
+                                    (expression, CANDIDATES)).fetchall()
+            for rank, (rowid,) in enumerate(rows):
+                pos = rowid - 1
+                keyword.add(pos)
+                fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank + 1)
+        if frame is not None:
+            inside = np.flatnonzero(self._active[:n] & (self._created[:n] >= frame.start_ms)
+                                    & (self._created[:n] < frame.end_ms))
+            if len(inside):
+                order = inside[np.argsort(-similarity[inside], kind="stable")][:CANDIDATES]
+                for rank, pos in enumerate(order.tolist()):
+                    fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank + 1)
+        hits: list[Hit] = []
+        used: set[int] = set()
+        for pos in sorted(fused, key=lambda p: (-fused[p], p)):
+            if len(hits) >= limit:
+                break
+            entry = self._entries[pos]
+            if pos in used or entry is None or (exclude_thread is not None and entry.thread == exclude_thread):
+                continue
+            members = self._passage(pos, entry, fused, used)
+            used.update(members)
+            entries = [e for e in (self._entries[m] for m in sorted(members, key=lambda m: self._created[m])) if e]
+            hit = Hit(entries, fused[pos], float(similarity[pos]), pos in keyword)
+            hit.center = entry
+            hits.append(hit)
+        return hits
+
+    def _passage(self, pos: int, entry: Entry, fused: dict[int, float], used: set[int]) -> list[int]:
+        """The hit and the neighbours that complete it: of the windows of WINDOW turns around
+        it (in its thread, close in time), the one whose other turns score best."""
+        if entry.thread is None:
+            return [pos]
+        members = self._threads[entry.thread]
+        gap = self.neighbour_gap_ms
+        best: list[int] = [pos]
+        best_score = -1.0
+        for first in range(entry.seq - WINDOW + 1, entry.seq + 1):
+            window: list[int] = []
+            for seq in range(first, first + WINDOW):
+                if 0 <= seq < len(members):
+                    other = members[seq]
+                    if (self._entries[other] is not None and other not in used
+                            and abs(int(self._created[other]) - entry.created_ms) <= gap):
+                        window.append(other)
+            if pos not in window:
+                continue
+            score = sum(fused.get(m, 0.0) for m in window if m != pos)
+            if score > best_score:
+                best, best_score = window, score
+        return best
+
+
+def _top(scores: np.ndarray, k: int) -> list[int]:
+    """Positions of the k highest scores, best first."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k)[:k]
+    else:
+        part = np.arange(len(scores))
+    return part[np.argsort(-scores[part], kind="stable")].tolist()
+
+
+class IndexCache:
+    """Per-user indexes of this process, least recently used evicted past `budget_bytes`."""
+
+    def __init__(self, *, budget_bytes: int, neighbour_gap_ms: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.neighbour_gap_ms = neighbour_gap_ms
+        self._lock = threading.Lock()
+        self._indexes: OrderedDict[int, UserIndex] = OrderedDict()
+        self._sizes: dict[int, int] = {}
+        self.builds = 0  # full builds, for tests and the benchmark
+
+    def index(self, user_id: int, state: MemoryState, changed_since: Callable[[int], list[Memory]]) -> UserIndex:
+        """The user's index, brought up to `state` (call with the index's lock not held)."""
+        with self._lock:
+            index = self._indexes.get(user_id)
+            if index is not None:
+                self._indexes.move_to_end(user_id)
+        if index is None or state.reset_version > index.version:
+            fresh = UserIndex(user_id, neighbour_gap_ms=self.neighbour_gap_ms)
+            fresh.apply(changed_since(0), state.version)
+            self.builds += 1
+            self._put(fresh)
+            if index is not None:
+                index.close()
+            return fresh
+        if state.version > index.version:
+            with index.lock:
+                if state.version > index.version:
+                    index.apply(changed_since(index.version), state.version)
+            self._put(index)
+        return index
+
+    def _put(self, index: UserIndex) -> None:
+        size = index.ram_bytes
+        with self._lock:
+            old = self._indexes.get(index.user_id)
+            self._indexes[index.user_id] = index
+            self._indexes.move_to_end(index.user_id)
+            self._sizes[index.user_id] = size
+            evicted = []
+            while sum(self._sizes.values()) > self.budget_bytes and len(self._indexes) > 1:
+                uid, victim = self._indexes.popitem(last=False)
+                self._sizes.pop(uid, None)
+                evicted.append(victim)
+        if old is not None and old is not index:
+            evicted.append(old)
+        for victim in evicted:
+            with victim.lock:
+                victim.close()
+
+    def drop(self, user_id: int) -> None:
+        with self._lock:
+            index = self._indexes.pop(user_id, None)
+            self._sizes.pop(user_id, None)
+        if index is not None:
+            with index.lock:
+                index.close()
+
+    @property
+    def ram_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.values())

@@ -1,0 +1,237 @@
+"""Memories in the database, encrypted (store.memory_schema, switchboard.crypto).
+
+Every read and write is scoped by user: another user's memory id is "not found", exactly like
+one that does not exist. A memory's text, embedding and metadata are each encrypted under the
+user's data key and bound to (user, "memories", uid, field): a ciphertext moved to another row,
+field or user does not decrypt (`MemoryUnreadable`, never another row's content).
+
+Every write bumps the user's memory version in the same transaction and stamps the rows it
+touched with it (`rev`), so that an index cached by any process can catch up with one indexed
+query (memory.index). Facts are only added: a correction or a contradiction marks the older
+fact superseded (kept, with when it was valid and what replaced it). Deleting removes rows for
+good and marks the version a reset (caches rebuild). Functions take a Connection and run in
+the caller's transaction; they do blocking I/O and are called from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
+
+from switchboard.core.errors import NotFound, SwitchboardError
+from switchboard.crypto import Binding, CryptoError, KeyRing
+from switchboard.store.conflict import insert_or_ignore
+from switchboard.store.memory_schema import memories, memory_users
+
+log = logging.getLogger(__name__)
+
+TABLE = "memories"
+KINDS = ("message", "fact")
+
+
+class MemoryUnreadable(SwitchboardError):
+    """A stored memory that does not decrypt: altered, or moved from another row or user."""
+
+    status = 500
+    type = "server_error"
+    code = "content_unreadable"
+
+
+def new_memory_uid() -> str:
+    return f"mem_{secrets.token_hex(12)}"
+
+
+@dataclass(slots=True)
+class NewMemory:
+    kind: str  # message | fact
+    text: str
+    embedding: np.ndarray  # (DIMENSIONS,) float32, unit length
+    created_ms: int
+    meta: dict[str, Any] = field(default_factory=dict)  # role, name, source_ids, sources, thread, origin
+
+
+@dataclass(slots=True)
+class Memory:
+    id: int
+    uid: str
+    user_id: int
+    kind: str
+    status: str
+    text: str
+    meta: dict[str, Any]
+    created_ms: int
+    superseded_ms: int | None
+    superseded_by: int | None
+    rev: int
+    embedding: np.ndarray | None = None
+
+    @property
+    def source_ids(self) -> list[str]:
+        return list(self.meta.get("source_ids") or ())
+
+    @property
+    def thread(self) -> str | None:
+        return self.meta.get("thread")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    enabled: bool
+    version: int
+    reset_version: int
+
+
+class MemoryStore:
+    """Reads and writes memories for one key ring."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self.keyring = keyring
+
+    # -- encryption -------------------------------------------------------------------------
+    def _seal(self, user_id: int, uid: str, name: str, value: bytes) -> bytes:
+        return self.keyring.encrypt(Binding(user_id, TABLE, uid, name), value)
+
+    def _open(self, user_id: int, uid: str, name: str, blob: bytes) -> bytes:
+        try:
+            return self.keyring.decrypt(Binding(user_id, TABLE, uid, name), bytes(blob))
+        except CryptoError as exc:
+            log.error("stored memory %s (%s) does not decrypt: %s", uid, name, exc)
+            raise MemoryUnreadable(f"The stored {name} of memory {uid} cannot be decrypted: it was altered or "
+                                   f"damaged in storage. Nothing of it can be shown.") from None
+
+    def _memory(self, row: Any, *, with_embedding: bool = False) -> Memory:
+        user_id, uid = int(row.user_id), row.uid
+        memory = Memory(
+            int(row.id), uid, user_id, row.kind, row.status, self._open(user_id, uid, "text", row.text_ct).decode(),
+            json.loads(self._open(user_id, uid, "meta", row.meta_ct)), int(row.created_ms),
+            None if row.superseded_ms is None else int(row.superseded_ms),
+            None if row.superseded_by is None else int(row.superseded_by), int(row.rev),
+        )
+        if with_embedding:
+            raw = self._open(user_id, uid, "embedding", row.embedding_ct)
+            memory.embedding = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+        return memory
+
+    # -- the user's memory state ------------------------------------------------------------
+    def state(self, conn: Connection, user_id: int) -> MemoryState:
+        row = conn.execute(select(memory_users.c.enabled, memory_users.c.version, memory_users.c.reset_version)
+                           .where(memory_users.c.user_id == user_id)).first()
+        if row is None:
+            return MemoryState(True, 0, 0)
+        return MemoryState(bool(row.enabled), int(row.version), int(row.reset_version))
+
+    def _bump(self, conn: Connection, user_id: int, at_ms: int, *, reset: bool = False) -> int:
+        """The user's next memory version (the row is locked until the transaction ends)."""
+        insert_or_ignore(conn, memory_users, dict(user_id=user_id, enabled=True, version=0, reset_version=0,
+                                                  updated_ms=at_ms), on=["user_id"])
+        values: dict[str, Any] = {"version": memory_users.c.version + 1, "updated_ms": at_ms}
+        if reset:
+            values["reset_version"] = memory_users.c.version + 1
+        conn.execute(update(memory_users).where(memory_users.c.user_id == user_id).values(**values))
+        return int(conn.execute(select(memory_users.c.version).where(memory_users.c.user_id == user_id)).scalar_one())
+
+    def set_enabled(self, conn: Connection, user_id: int, enabled: bool, at_ms: int) -> MemoryState:
+        self._bump(conn, user_id, at_ms)
+        conn.execute(update(memory_users).where(memory_users.c.user_id == user_id).values(enabled=enabled))
+        return self.state(conn, user_id)
+
+    # -- writing ----------------------------------------------------------------------------
+    def add(self, conn: Connection, user_id: int, items: list[NewMemory], at_ms: int, *,
+            supersedes: Iterable[int] = ()) -> list[Memory]:
+        """Add memories (one version for the batch); the facts of `supersedes` (ids of this user's
+        active facts) are marked superseded by the first new one."""
+        if not items:
+            return []
+        rev = self._bump(conn, user_id, at_ms)
+        rows: list[dict[str, Any]] = []
+        added: list[Memory] = []
+        for item in items:
+            if item.kind not in KINDS:
+                raise ValueError(f"unknown memory kind {item.kind!r}")
+            uid = new_memory_uid()
+            vector = np.asarray(item.embedding, dtype=np.float32)
+            rows.append(dict(
+                uid=uid, user_id=user_id, kind=item.kind, status="active",
+                text_ct=self._seal(user_id, uid, "text", item.text.encode()),
+                embedding_ct=self._seal(user_id, uid, "embedding", vector.astype(np.float16).tobytes()),
+                meta_ct=self._seal(user_id, uid, "meta", json.dumps(item.meta, separators=(",", ":")).encode()),
+                created_ms=item.created_ms, rev=rev,
+            ))
+            added.append(Memory(0, uid, user_id, item.kind, "active", item.text, item.meta, item.created_ms, None,
+                                None, rev, vector))
+        conn.execute(memories.insert(), rows)
+        ids = dict(conn.execute(select(memories.c.uid, memories.c.id).where(
+            memories.c.user_id == user_id, memories.c.rev == rev)).all())
+        for memory in added:
+            memory.id = int(ids[memory.uid])
+        old = [int(i) for i in supersedes]
+        if old:
+            conn.execute(update(memories).where(memories.c.user_id == user_id, memories.c.id.in_(old),
+                                                memories.c.status == "active")
+                         .values(status="superseded", superseded_ms=added[0].created_ms,
+                                 superseded_by=added[0].id, rev=rev))
+        return added
+
+    def delete(self, conn: Connection, user_id: int, uid: str, at_ms: int) -> int:
+        """Delete the memory and the older versions it superseded, for good; how many rows."""
+        memory = self.get(conn, user_id, uid)
+        doomed = {memory.id}
+        frontier = [memory.id]
+        while frontier:  # the chain of versions it replaced
+            found = [int(i) for i in conn.execute(select(memories.c.id).where(
+                memories.c.user_id == user_id, memories.c.superseded_by.in_(frontier))).scalars()]
+            frontier = [i for i in found if i not in doomed]
+            doomed.update(frontier)
+        self._bump(conn, user_id, at_ms, reset=True)
+        return conn.execute(delete(memories).where(memories.c.user_id == user_id, memories.c.id.in_(doomed))).rowcount
+
+    def delete_all(self, conn: Connection, user_id: int, at_ms: int) -> int:
+        self._bump(conn, user_id, at_ms, reset=True)
+        return conn.execute(delete(memories).where(memories.c.user_id == user_id)).rowcount
+
+    # -- reading ----------------------------------------------------------------------------
+    def get(self, conn: Connection, user_id: int, uid: str, *, with_embedding: bool = False) -> Memory:
+        row = conn.execute(select(memories).where(memories.c.uid == uid, memories.c.user_id == user_id)).first()
+        if row is None:
+            raise NotFound(f"No memory found with id '{uid}'.", param="memory_id")
+        return self._memory(row, with_embedding=with_embedding)
+
+    def by_ids(self, conn: Connection, user_id: int, ids: Iterable[int]) -> dict[int, Memory]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = conn.execute(select(memories).where(memories.c.user_id == user_id, memories.c.id.in_(wanted))).all()
+        return {int(r.id): self._memory(r) for r in rows}
+
+    def page(self, conn: Connection, user_id: int, *, limit: int, after: str | None = None,
+             include_superseded: bool = True) -> list[Memory]:
+        """The user's memories, newest first, `limit` of them after the memory `after`."""
+        query = select(memories).where(memories.c.user_id == user_id)
+        if not include_superseded:
+            query = query.where(memories.c.status == "active")
+        if after is not None:
+            mark = conn.execute(select(memories.c.created_ms, memories.c.id).where(
+                memories.c.uid == after, memories.c.user_id == user_id)).first()
+            if mark is None:
+                raise NotFound(f"No memory found with id '{after}'.", param="after")
+            query = query.where(or_(memories.c.created_ms < mark.created_ms,
+                                    and_(memories.c.created_ms == mark.created_ms, memories.c.id < mark.id)))
+        rows = conn.execute(query.order_by(memories.c.created_ms.desc(), memories.c.id.desc()).limit(limit)).all()
+        return [self._memory(row) for row in rows]
+
+    def changed_since(self, conn: Connection, user_id: int, rev: int) -> list[Memory]:
+        """Every memory written after version `rev` (all of them for 0), with embeddings, in id order."""
+        rows = conn.execute(select(memories).where(memories.c.user_id == user_id, memories.c.rev > rev)
+                            .order_by(memories.c.id)).all()
+        return [self._memory(row, with_embedding=True) for row in rows]
+
+    def count(self, conn: Connection, user_id: int) -> int:
+        return int(conn.execute(select(func.count()).select_from(memories)
+                                .where(memories.c.user_id == user_id)).scalar_one())
