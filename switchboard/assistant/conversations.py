@@ -3,25 +3,44 @@
 Every read and write is scoped by user: a conversation id of another user is "not found",
 exactly like one that does not exist. Content, titles, tool calls and summaries are encrypted
 under the user's data key, each bound to (user, table, row uid, field), so a ciphertext copied to
-another row or user does not decrypt. Functions take a Connection and run in the caller's
-transaction; they do blocking I/O and are called from worker threads.
+another row or user does not decrypt: reading it fails with ContentUnreadable (an error, never
+another row's content). Functions take a Connection and run in the caller's transaction; they do
+blocking I/O and are called from worker threads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
-from switchboard.core.errors import NotFound
-from switchboard.crypto import Binding, KeyRing
+from switchboard.core.errors import NotFound, SwitchboardError
+from switchboard.crypto import Binding, CryptoError, KeyRing
 from switchboard.store.assistant_schema import conversations, messages, reminders
 from switchboard.billing.accounts import now_ms
 
+log = logging.getLogger(__name__)
+
 CHANNELS = ("api", "web", "cli", "telegram", "whatsapp", "discord")
+
+
+class ContentUnreadable(SwitchboardError):
+    """Stored content that does not decrypt: altered, or copied from another row or user (or
+    the user's data key is gone). The database is damaged, not the request: a 500 that says so."""
+
+    status = 500
+    type = "server_error"
+    code = "content_unreadable"
+
+    @classmethod
+    def of(cls, what: str, where: str, exc: CryptoError) -> ContentUnreadable:
+        log.error("stored %s of %s does not decrypt: %s", what, where, exc)
+        return cls(f"The stored {what} of {where} cannot be decrypted: it was altered or damaged in storage. "
+                   f"Nothing of it can be shown.")
 
 
 def new_uid(prefix: str) -> str:
@@ -75,7 +94,10 @@ class Conversations:
     def _open(self, user_id: int, table: str, row: str, name: str, blob: bytes | None) -> str | None:
         if blob is None:
             return None
-        return self.keyring.decrypt(Binding(user_id, table, row, name), bytes(blob)).decode("utf-8")
+        try:
+            return self.keyring.decrypt(Binding(user_id, table, row, name), bytes(blob)).decode("utf-8")
+        except CryptoError as exc:
+            raise ContentUnreadable.of(name.replace("_", " "), row, exc) from None
 
     # -- conversations ----------------------------------------------------------------------
     def create(self, conn: Connection, user_id: int, *, channel: str = "api", title: str | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -22,6 +23,8 @@ from sqlalchemy import Engine, or_, update
 
 from switchboard.core.errors import SwitchboardError
 from switchboard.store.assistant_schema import conversations
+
+log = logging.getLogger(__name__)
 
 
 class ConversationBusy(SwitchboardError):
@@ -58,9 +61,15 @@ class ConversationLeases:
                          .values(busy_until_ms=None, busy_by=None))
 
     async def _renew(self, conv_id: str) -> None:
+        """Renew every third of the lease: a failed renewal (a database hiccup) is tried again at
+        the next, two more chances before the lease lapses, and never ends the turn."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await asyncio.to_thread(self._claim, conv_id)
+            try:
+                if not await asyncio.to_thread(self._claim, conv_id):
+                    log.warning("the lease on conversation %s lapsed mid-turn and was taken by another process", conv_id)
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("could not renew the lease on conversation %s", conv_id)
 
     @contextlib.asynccontextmanager
     async def hold(self, conv_id: str) -> AsyncIterator[None]:

@@ -6,7 +6,9 @@ found due, and the reminder's message is written into its conversation in the sa
 transaction. However many server processes look at the same due row, one UPDATE matches and
 one message is written; the others change nothing. A run found long after its time (every server
 was down) is delivered once, marked late; a recurring reminder then moves to its next time
-after now, not through every run it missed.
+after now, not through every run it missed. A reminder that cannot be delivered for good (its
+text no longer decrypts, its rule or zone no longer reads) is marked failed, and the user is told
+one was due: it must not hold up the reminders after it, tick after tick.
 
 Delivery into a channel (Telegram...) is the channels' business: they read the message the
 scheduler wrote (`on_delivered` hooks let them enqueue it in the same process).
@@ -22,18 +24,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from switchboard.assistant.conversations import Conversations, Message
-from switchboard.assistant.when import Schedule, next_run
+from switchboard.assistant.conversations import Conversations, ContentUnreadable, Message
+from switchboard.assistant.when import Schedule, next_run, zone
 from switchboard.billing.accounts import now_ms
 from switchboard.core.errors import NotFound
-from switchboard.crypto import Binding, KeyRing
+from switchboard.crypto import Binding, CryptoError, KeyRing
 from switchboard.store.assistant_schema import reminders
 from switchboard.store.db import read
 
 log = logging.getLogger(__name__)
 
-LATE_AFTER_MS = 60_000  # a run delivered more than a minute after its time says it is late
+# A run delivered this long after its time says so: well past the 10 s a running server takes.
+LATE_AFTER_MS = 30_000
 _BATCH = 100
 
 
@@ -61,6 +65,15 @@ class Reminder:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _local(ms: int, time_zone: str) -> str:
+    """ "at 09:00 on Friday 27 March" in the reminder's zone (UTC if that no longer reads)."""
+    try:
+        tz, name = zone(time_zone), time_zone
+    except ValueError:
+        tz, name = timezone.utc, "UTC"
+    return datetime.fromtimestamp(ms / 1000, tz).strftime("at %H:%M on %A %d %B") + f" ({name})"
 
 
 def reminder_id(text: str) -> int:
@@ -94,7 +107,10 @@ class Reminders:
                         int(schedule.first_run.timestamp() * 1000), "active", 0)
 
     def _reminder(self, row: Any) -> Reminder:
-        text = self.keyring.decrypt(self._binding(int(row.user_id), int(row.id)), bytes(row.text_ct)).decode("utf-8")
+        try:
+            text = self.keyring.decrypt(self._binding(int(row.user_id), int(row.id)), bytes(row.text_ct)).decode("utf-8")
+        except CryptoError as exc:
+            raise ContentUnreadable.of("reminder", f"rem_{row.id}", exc) from None
         return Reminder(int(row.id), int(row.user_id), row.conversation_id, text, row.recurrence, None,
                         row.time_zone, int(row.next_run_ms), row.status, int(row.runs))
 
@@ -124,7 +140,7 @@ class Reminders:
         """(id, user id, next run) of the active reminders due at `at`, oldest first."""
         rows = conn.execute(select(reminders.c.id, reminders.c.user_id, reminders.c.next_run_ms)
                             .where(reminders.c.status == "active", reminders.c.next_run_ms <= at)
-                            .order_by(reminders.c.next_run_ms).limit(_BATCH)).all()
+                            .order_by(reminders.c.next_run_ms, reminders.c.id).limit(_BATCH)).all()
         return [(int(r.id), int(r.user_id), int(r.next_run_ms)) for r in rows]
 
     def deliver(self, conn: Connection, rid: int, due_ms: int, at: int) -> Message | None:
@@ -145,12 +161,27 @@ class Reminders:
         if claimed != 1:
             return None  # another process delivered it a moment ago
         reminder = self._reminder(row)
-        late = at - due_ms > LATE_AFTER_MS
         content = f"⏰ Reminder: {reminder.text}"
-        if late:
-            content += f" (late: this was due at {_iso(due_ms)}, while the service was down)"
+        if at - due_ms > LATE_AFTER_MS:
+            content += f" (late: this was due {_local(due_ms, reminder.time_zone)}, while the service was down)"
         return self.conversations.add_message(conn, reminder.user_id, reminder.conversation_id, role="assistant",
                                               kind="reminder", content=content, at=at)
+
+    def fail(self, conn: Connection, rid: int, due_ms: int, at: int, *, tell: bool = True) -> Message | None:
+        """Give up on reminder `rid` (found due at `due_ms`) for good: marked failed and, with
+        `tell`, the user told that one was due and could not be read (without its text). None if
+        it moved meanwhile."""
+        row = conn.execute(select(reminders.c.user_id, reminders.c.conversation_id).where(reminders.c.id == rid)).first()
+        claimed = conn.execute(update(reminders)
+                               .where(reminders.c.id == rid, reminders.c.status == "active",
+                                      reminders.c.next_run_ms == due_ms)
+                               .values(status="failed", last_run_ms=at)).rowcount
+        if row is None or claimed != 1 or not tell:
+            return None
+        return self.conversations.add_message(
+            conn, int(row.user_id), row.conversation_id, role="assistant", kind="reminder", at=at,
+            content=f"⏰ A reminder (rem_{rid}) was due now, but it could not be read back from storage, so I "
+                    f"cannot say what it was. It has been stopped; please set it again.")
 
 
 Delivered = Callable[[Message], Awaitable[None]]
@@ -178,9 +209,7 @@ class Scheduler:
         due = await asyncio.to_thread(read, self.engine, find)
         delivered = 0
         for rid, user_id, due_ms in due:
-            await self.reminders.keyring.prepare(user_id)
-            message = await self._run(lambda conn, rid=rid, due_ms=due_ms: self.reminders.deliver(conn, rid, due_ms, at),
-                                      order_key=user_id)
+            message = await self._deliver(rid, user_id, due_ms, at)
             if message is None:
                 continue
             delivered += 1
@@ -190,6 +219,27 @@ class Scheduler:
                 except Exception:  # noqa: BLE001 - a channel's failure must not stop the others
                     log.exception("reminder delivery hook failed")
         return delivered
+
+    async def _deliver(self, rid: int, user_id: int, due_ms: int, at: int) -> Message | None:
+        """Deliver one run. One that can never be delivered is failed; after a database error
+        the row stays due for the next tick. Neither stops the reminders after it."""
+        reminders_ = self.reminders
+        for tell in (None, True, False):  # deliver; else fail it, telling the user; else fail it quietly
+            try:
+                if tell is not False:  # failing quietly needs no key: the user's may be what is broken
+                    await reminders_.keyring.prepare(user_id)
+                if tell is None:
+                    return await self._run(lambda conn: reminders_.deliver(conn, rid, due_ms, at), order_key=user_id)
+                return await self._run(lambda conn: reminders_.fail(conn, rid, due_ms, at, tell=bool(tell)),
+                                       order_key=user_id)
+            except asyncio.CancelledError:
+                raise
+            except SQLAlchemyError:
+                log.exception("reminder rem_%s: database error; tried again at the next tick", rid)
+                return None
+            except Exception:  # noqa: BLE001 - unreadable text or key, a rule or zone that no longer reads
+                log.exception("reminder rem_%s cannot be delivered (step %s); marking it failed", rid, tell)
+        return None
 
     async def run_forever(self) -> None:
         while True:

@@ -32,6 +32,9 @@ _TIME = re.compile(r"^(?:at\s+)?(\d{1,2})(?:[:.h](\d{2}))?\s*(am|pm|a\.m\.|p\.m\
 _EVERY_N = re.compile(r"^(\d+)\s+(minute|min|hour|hr|day)s?$")
 _ORDINAL = re.compile(r"^(?:on\s+)?(?:the\s+)?(\d{1,2})(?:st|nd|rd|th)?$")
 _DATEPARSER_LANGUAGES = ["en"]
+_FIXED = re.compile(r"\d+(?:,\d+)*")  # a cron field naming fixed values
+_BARE_HOUR = re.compile(r"\b(at|by)\s+(\d{1,2})(?:[.h](\d{2}))?(?![\d:]|\s*(?:am\b|pm\b|a\.m\.|p\.m\.))")
+_ELAPSED = re.compile(r"^(?:in|after)\s(?!.*\b(?:day|week|month|year)s?\b).*\b(?:sec|second|min|minute|hour|hr)s?\b")
 
 
 class WhenError(ValueError):
@@ -60,9 +63,23 @@ def zone(name: str) -> ZoneInfo:
 
 
 def next_run(recurrence: str, time_zone: str, after: datetime) -> datetime:
-    """The first time strictly after `after` that the cron rule `recurrence` names, in UTC."""
-    local = after.astimezone(zone(time_zone))
-    return croniter(recurrence, local).get_next(datetime).astimezone(timezone.utc)
+    """The first time strictly after `after` that the cron rule `recurrence` names, in UTC.
+
+    A rule at fixed times of day ("0 9 * * 1") is read on the local wall clock: at 09:00 local
+    whatever the offset; a time that a spring change skips runs when the clock has moved on by
+    the skipped hour (02:30 -> 03:30), and one that an autumn change repeats runs once, at the
+    first of the two (as cron does). A rule that repeats within the day (every N minutes or
+    hours) runs by real time, every hour that passes, across both changes."""
+    tz = zone(time_zone)
+    minute, hour = recurrence.split()[:2]
+    if not (_FIXED.fullmatch(minute) and _FIXED.fullmatch(hour)):
+        return croniter(recurrence, after.astimezone(tz)).get_next(datetime).astimezone(timezone.utc)
+    wall = croniter(recurrence, after.astimezone(tz).replace(tzinfo=None))
+    while True:
+        # fold=0: the first of a repeated time; a skipped one keeps the offset from before the change
+        at = wall.get_next(datetime).replace(tzinfo=tz).astimezone(timezone.utc)
+        if at > after:  # a repeated hour's first time may already be behind `after`
+            return at
 
 
 def parse_when(phrase: str, time_zone: str, now: datetime) -> Schedule | None:
@@ -107,22 +124,32 @@ def _one_off(text: str, time_zone: str, now: datetime) -> datetime | None:
         return None  # cheap refusal: dateparser reads surprising things into plain words
     tz = zone(time_zone)
     base = now.astimezone(tz).replace(tzinfo=None)
+    # dateparser reads the phrase on the local wall clock (naive); the offset is applied here, at
+    # the date it names: given TIMEZONE, dateparser applies today's, an hour off across a DST change.
     parsed = dateparser.parse(
-        text,
+        _BARE_HOUR.sub(_hour_with_minutes, text),
         languages=_DATEPARSER_LANGUAGES,
-        settings={
-            "TIMEZONE": time_zone, "TO_TIMEZONE": "UTC", "RETURN_AS_TIMEZONE_AWARE": True,
-            "PREFER_DATES_FROM": "future", "RELATIVE_BASE": base, "STRICT_PARSING": False,
-        },
+        settings={"PREFER_DATES_FROM": "future", "RELATIVE_BASE": base, "STRICT_PARSING": False},
     )
     if parsed is None:
         return None
+    if parsed.tzinfo is not None:  # the phrase named its own zone ("6pm UTC")
+        return parsed.astimezone(timezone.utc)
+    if _ELAPSED.match(text):  # "in 2 hours": two real hours, even across a change of offset
+        return now + (parsed - base)
     if not _names_a_time(text):
         # "tomorrow", "on Friday": dateparser keeps the current clock time; a reminder for a day
         # is more useful at the start of it.
-        local = parsed.astimezone(tz).replace(hour=_DEFAULT_TIME[0], minute=_DEFAULT_TIME[1], second=0, microsecond=0)
-        parsed = local
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(hour=_DEFAULT_TIME[0], minute=_DEFAULT_TIME[1], second=0, microsecond=0)
+    return parsed.replace(tzinfo=tz).astimezone(timezone.utc)  # fold=0, as next_run
+
+
+def _hour_with_minutes(match: re.Match[str]) -> str:
+    """ "at 9" -> "at 09:00": dateparser reads a bare number as a day or a month (September)."""
+    hour, minute = int(match.group(2)), int(match.group(3) or 0)
+    if hour > 23 or minute > 59:
+        return match.group(0)
+    return f"{match.group(1)} {hour:02d}:{minute:02d}"
 
 
 def _names_a_time(text: str) -> bool:
