@@ -22,6 +22,8 @@ from switchboard.crypto.keyring import DESTROYED, KeyDestroyed
 from switchboard.crypto.master import load_key_file
 from switchboard.store.assistant_schema import conversations, messages, reminders
 from switchboard.store.billing_schema import subscriptions
+from switchboard.store.channels_schema import channel_identities, channel_link_codes
+from switchboard.store.memory_schema import memories
 from switchboard.store.schema import data_keys, idempotency_keys, ledger_entries, usage_records, users
 from tests.api.conftest import Gateway, add_user, fake_upstream, wait_for  # noqa: F401 (a fixture)
 from tests.assistant.conftest import assistant_gateway, auth, new_conversation, say  # noqa: F401 (a fixture)
@@ -59,7 +61,22 @@ def _files(database_url: str) -> bytes:
     return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists())
 
 
-def test_deleting_a_user_destroys_their_content_and_keeps_their_books(cli_env: Gateway) -> None:
+def _chat_account_and_files(gw: Gateway, outside: Path) -> Path:
+    """A linked Telegram account with a link code, and sandbox files (one a link to a file
+    outside the workspace, which must survive)."""
+    with gw.engine.begin() as conn:
+        conn.execute(insert(channel_identities).values(channel="telegram", external_user_id="4242", user_id=gw.user_id,
+                                                       chat_id="4242", linked_ms=1, created_ms=1))
+        conn.execute(insert(channel_link_codes).values(code_hash="0" * 64, user_id=gw.user_id, created_ms=1,
+                                                       expires_ms=2))
+    workspace = gw.settings.data_dir / "sandbox" / "workspaces" / f"u{gw.user_id}"
+    (workspace / "notes").mkdir(parents=True)
+    (workspace / "notes" / "locker.txt").write_text(SENTINEL)
+    (workspace / "escape").symlink_to(outside)
+    return workspace
+
+
+def test_deleting_a_user_destroys_their_content_and_keeps_their_books(cli_env: Gateway, tmp_path: Path) -> None:
     gw, uid = cli_env, cli_env.user_id
     gw.fake.behaviour = Behaviour(text="I'll keep that in mind.")
     conv = new_conversation(gw, title="private")["id"]
@@ -68,25 +85,34 @@ def test_deleting_a_user_destroys_their_content_and_keeps_their_books(cli_env: G
     keyed = httpx.post(gw.api + "/chat/completions", headers={**auth(gw.key), "Idempotency-Key": "k-1"},
                        json={"model": "fake-small", "messages": [{"role": "user", "content": SENTINEL}]})
     assert keyed.status_code == 200
+    remembered = httpx.post(gw.api + "/memories", headers=auth(gw.key), json={"text": f"Locker: {SENTINEL}"})
+    assert remembered.status_code in (200, 201), remembered.text
+    outside = tmp_path / "not-theirs.txt"
+    outside.write_text("stays")
+    workspace = _chat_account_and_files(gw, outside)
     with gw.engine.connect() as conn:
         wrapped = bytes(conn.execute(select(data_keys.c.wrapped_key).where(data_keys.c.user_id == uid)).scalar_one())
         sealed = [(r.uid, bytes(r.content_ct)) for r in conn.execute(
             select(messages.c.uid, messages.c.content_ct).where(messages.c.user_id == uid)).all()]
     books = count(gw.engine, ledger_entries, uid), count(gw.engine, usage_records, uid)
-    assert books[1] == 2 and count(gw.engine, idempotency_keys, uid) == 1
+    assert books[1] == 2 and count(gw.engine, idempotency_keys, uid) == 1 and count(gw.engine, memories, uid) >= 1
 
     # Asked to confirm, the operator says no: nothing happens.
     said = cli("users", "delete", ALICE, input="n\n", code=1)
-    assert "4 message(s)" in said and "1 reminder(s)" in said and "1 API key(s) revoked" in said
+    assert "4 messages" in said and "1 reminders" in said and "1 active API keys" in said
+    assert "1 channel identities" in said
     assert httpx.get(f"{gw.api}/conversations/{conv}", headers=auth(gw.key)).status_code == 200
 
     done = cli("users", "delete", ALICE, "--yes")
-    assert "deleted alice@example.com: 1 conversation(s), 4 message(s), 1 reminder(s), 1 stored response(s)" in done
-    assert f"kept {books[0]} ledger entries and 2 usage records as user {uid} ({pseudonym(uid)})" in done
+    assert "deleted alice@example.com: " in done and "1 conversations, 1 stored responses" in done
+    assert "1 channel identities" in done and "1 API key(s) revoked; data key destroyed" in done
+    assert f"kept {books[0]} ledger entries and 2 usage records, as user {uid} ({pseudonym(uid)})" in done
     # Every server process refuses the user's key within about a second.
     wait_for(lambda: httpx.get(gw.api + "/conversations", headers=auth(gw.key)).status_code == 401, timeout=10)
 
-    assert [count(gw.engine, t, uid) for t in (conversations, messages, reminders, idempotency_keys)] == [0, 0, 0, 0]
+    gone = (conversations, messages, reminders, idempotency_keys, memories, channel_identities, channel_link_codes)
+    assert [count(gw.engine, t, uid) for t in gone] == [0] * len(gone)
+    assert not workspace.exists() and outside.read_text() == "stays"
     assert (count(gw.engine, ledger_entries, uid), count(gw.engine, usage_records, uid)) == books
     with gw.engine.connect() as conn:
         user = conn.execute(select(users.c.email, users.c.name).where(users.c.id == uid)).one()
@@ -154,7 +180,7 @@ def test_erasing_one_user_leaves_the_others(engine: Engine, tmp_path: Path) -> N
             store.add_message(conn, uid, ids[uid], role="user", content=SENTINEL)
     with engine.begin() as conn:
         erased = erase_user(conn, ring, 1)
-    assert (erased.conversations, erased.messages, erased.data_key_destroyed) == (1, 1, True)
+    assert (erased.deleted["conversations"], erased.deleted["messages"], erased.data_key_destroyed) == (1, 1, True)
     with engine.connect() as conn:
         assert [m.content for m in store.messages(conn, 2, ids[2])] == [SENTINEL]
         assert store.latest(conn, 1, "cli") is None
