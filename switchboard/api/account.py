@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.accounts.usage import list_usage, summarize
+from switchboard.api import embeddings
 from switchboard.api.auth import authenticate
 from switchboard.api.params import ChoiceQuery, IntQuery
 from switchboard.billing.ledger import now_ms
@@ -32,7 +33,7 @@ async def list_models(request: Request) -> Response:
     per_k = lambda usd: float(credits_per_1k_tokens(usd, usd_per_credit))  # noqa: E731
     for spec in state.runtime.catalog.values():
         data.append({
-            "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
+            "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider, "type": "chat",
             "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
             "abilities": None if spec.abilities is None else sorted(spec.abilities),
             "pricing": {
@@ -43,6 +44,8 @@ async def list_models(request: Request) -> Response:
                 "output_credits_per_1k_tokens": per_k(spec.output_usd_per_mtok),
             },
         })
+    memory = state.runtime.settings.memory  # the local embedding model, after the chat models (never `auto`'s)
+    data.append(embeddings.model_entry(memory.embedding_model, memory.embedding_usd_per_mtok, usd_per_credit))
     return json_response({"object": "list", "data": data})
 
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.api import account, anthropic_messages, billing, channels, chat, conversations, exports
+from switchboard.api import (account, anthropic_messages, billing, channels, chat, conversations, embeddings, exports,
+                             memories)
 from switchboard.api.anthropic_schemas import MessagesBody
 from switchboard.api.params import ChoiceQuery, IdQuery, IntQuery, MonthQuery, PathId, TextQuery
 from switchboard.api.schemas import ChatCompletionBody, CheckoutBody, PlanChangeBody
@@ -89,6 +90,29 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/reminders", conversations.list_reminders, "Your active reminders", "assistant"),
     Endpoint("DELETE", "/v1/reminders/{reminder_id}", conversations.delete_reminder, "Cancel a reminder", "assistant",
              params=(conversations.REMINDER,)),
+    Endpoint("POST", "/v1/embeddings", embeddings.embeddings,
+             "OpenAI's Embeddings: vectors from the local embedding model, metered and charged", "inference",
+             body=embeddings.EmbeddingsBody),
+    Endpoint("GET", "/v1/memories/settings", memories.get_settings, "Whether your long-term memory is on", "memory"),
+    Endpoint("PATCH", "/v1/memories/settings", memories.patch_settings,
+             "Switch your long-term memory on or off (off: nothing new is kept or recalled)", "memory",
+             body=memories.SettingsBody),
+    Endpoint("POST", "/v1/memories/search", memories.search_memories,
+             "Search your memories (keywords and meaning, fused), best first", "memory", body=memories.SearchBody),
+    Endpoint("POST", "/v1/memories/import", memories.import_memories,
+             "Import a history: each message becomes a memory", "memory", body=memories.ImportBody, success=201),
+    Endpoint("GET", "/v1/memories", memories.list_memories, "Your memories with their sources, newest first",
+             "memory", params=(memories.LIMIT, memories.AFTER, memories.STATUS)),
+    Endpoint("POST", "/v1/memories", memories.create_memory, "Remember a fact", "memory", body=memories.MemoryBody,
+             success=201),
+    Endpoint("DELETE", "/v1/memories", memories.delete_all_memories, "Forget everything, for good", "memory"),
+    Endpoint("GET", "/v1/memories/{memory_id}", memories.get_memory, "One memory", "memory",
+             params=(memories.MEMORY,)),
+    Endpoint("PATCH", "/v1/memories/{memory_id}", memories.correct_memory,
+             "Correct a memory: a new version supersedes it (the old one is kept, marked)", "memory",
+             params=(memories.MEMORY,), body=memories.CorrectionBody),
+    Endpoint("DELETE", "/v1/memories/{memory_id}", memories.delete_memory,
+             "Forget a memory (and the older versions it replaced), for good", "memory", params=(memories.MEMORY,)),
     Endpoint("POST", "/webhooks/stripe", billing.stripe_webhook, "Stripe's events, signed with the webhook secret",
              "billing", auth="stripe signature", any_json_body=True),
     Endpoint("POST", "/channels/telegram/webhook", channels.telegram_webhook,

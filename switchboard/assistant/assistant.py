@@ -26,10 +26,12 @@ from switchboard.assistant.commands import CommandContext, is_command, run_comma
 from switchboard.assistant.conversations import Conversation
 from switchboard.assistant.events import TextDelta, Totals, TurnCompleted, TurnEvent, TurnFailed
 from switchboard.assistant.lease import ConversationLeases
+from switchboard.assistant.memory_hooks import MemoryHooks
 from switchboard.assistant.profile import Profile, load_profile
 from switchboard.assistant.reminders import Scheduler
 from switchboard.assistant.services import AssistantServices
 from switchboard.assistant.tools.builtin import builtin_tools
+from switchboard.assistant.tools.memory_tools import memory_tools
 from switchboard.assistant.tools.registry import ToolRegistry
 from switchboard.assistant.turn import Turn
 from switchboard.core.errors import InvalidRequest
@@ -50,6 +52,7 @@ class Target:
 def default_registry() -> ToolRegistry:
     registry = ToolRegistry()
     registry.add(*builtin_tools())
+    registry.add(*memory_tools())
     return registry
 
 
@@ -64,12 +67,14 @@ class Assistant:
                                    interval_s=settings.reminder_interval_s)
         self._scheduling: asyncio.Task[None] | None = None
         self._turns: set[asyncio.Task[None]] = set()
+        self.memory = MemoryHooks(services, services.memory)  # recall before a turn; keep and extract after
 
     async def start(self, *, schedule: bool = True) -> None:
         if schedule and self._scheduling is None:
             self._scheduling = asyncio.create_task(self.scheduler.run_forever())
 
     async def stop(self) -> None:
+        await self.memory.stop()
         tasks = [t for t in (self._scheduling, *self._turns) if t is not None]
         for task in tasks:
             task.cancel()
@@ -135,9 +140,14 @@ class Assistant:
             yield TurnCompleted(message, Totals(remaining_ucr=balance.available_ucr),
                                 conversation_id=reply.new_conversation.id if reply.new_conversation else None)
             return
-        await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user", content=text))
-        async for event in Turn(services, self.registry, target.profile, conv, now=now).run():
+        said = await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user",
+                                                                             content=text))
+        reply = None
+        async for event in Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory).run():
+            if isinstance(event, TurnCompleted):
+                reply = event.message
             yield event
+        self.memory.after_turn(target.profile, conv.id, [said] + ([reply] if reply is not None else []))
 
 
 async def _drain(events: asyncio.Queue[TurnEvent | None]) -> AsyncIterator[TurnEvent]:

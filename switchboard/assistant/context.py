@@ -108,6 +108,12 @@ def _text_of(message: Message) -> str:
     return (message.content or "") + calls
 
 
+def memory_message(notes: list[str]) -> ChatMessage:
+    """What long-term memory recalled for this turn (switchboard.memory.recall), fenced as data."""
+    return ChatMessage("system", fence("your long-term memory of this user (notes from earlier conversations)",
+                                       "\n".join(notes)))
+
+
 def summary_message(summary: str) -> ChatMessage:
     return ChatMessage("system", fence("a summary of the earlier conversation", summary))
 

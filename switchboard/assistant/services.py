@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 from switchboard.assistant.conversations import Conversations
 from switchboard.assistant.reminders import Reminders
+from switchboard.memory.service import MemoryService
 from switchboard.store.db import read
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class AssistantServices:
         self.sandboxes = sandboxes  # switchboard.sandbox's manager, where the deployment has one
         self.conversations = Conversations(keyring)
         self.reminders = Reminders(keyring, self.conversations)
+        self.memory = MemoryService(runtime.engine, keyring, runtime.settings.memory, write=self.write)  # long-term memory
 
     async def write(self, user_id: int, work: Callable[[Connection], T]) -> T:
         await self.keyring.prepare(user_id)

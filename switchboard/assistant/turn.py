@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from switchboard.assistant import context
 from switchboard.assistant.charges import run_charged
 from switchboard.assistant.conversations import Conversation, Message
+from switchboard.assistant.memory_hooks import MemoryHooks
 from switchboard.assistant.events import TextDelta, ToolFinished, ToolStarted, Totals, TurnCompleted, TurnEvent, TurnFailed
 from switchboard.assistant.profile import Profile
 from switchboard.assistant.services import AssistantServices
@@ -74,8 +75,10 @@ class _Stop(Exception):
 
 class Turn:
     def __init__(self, services: AssistantServices, registry: ToolRegistry, profile: Profile,
-                 conversation: Conversation, *, now: datetime | None = None) -> None:
+                 conversation: Conversation, *, now: datetime | None = None,
+                 memory_hooks: MemoryHooks | None = None) -> None:
         self.services = services
+        self.memory_hooks = memory_hooks  # long-term memory's recall (None: none)
         self.runtime = services.runtime
         self.settings = services.runtime.settings
         self.registry = registry
@@ -84,6 +87,7 @@ class Turn:
         self.now = now or datetime.now(timezone.utc)
         self.limits = TurnLimits.for_plan(self.settings, profile.plan)
         self.totals = Totals()
+        self.turn_id = "turn-" + new_id()
         self._started = time.monotonic()
         self._calls: Counter[tuple[str, str]] = Counter()
         self._said: list[str] = []  # text shown to the user so far, kept if the turn fails
@@ -194,8 +198,11 @@ class Turn:
                 fitted = context.fit(history, max(0, fitted.tokens - count(fitted.messages[0].text()) - 1), count)
             return fitted
 
+        notes = await self._recall(history, spec, count)
+
         def head_with(summary: str | None) -> list[ChatMessage]:
-            return [ChatMessage("system", system)] + ([context.summary_message(summary)] if summary else [])
+            return ([ChatMessage("system", system)] + ([context.summary_message(summary)] if summary else [])
+                    + ([context.memory_message(notes)] if notes else []))
 
         head = head_with(conv.summary)
         fitted = fitted_after(head)
@@ -207,6 +214,16 @@ class Turn:
         if not fitted.messages and history:  # not even the newest message fits: send it alone, let the count refuse
             fitted.messages = [context.to_chat(history[-1])]
         return head + fitted.messages
+
+    async def _recall(self, history: list[Message], spec: ModelSpec, count: Callable[[str], int]) -> list[str]:
+        """Long-term memory's notes for the newest user message, within `memory.recall_tokens`
+        (at most an eighth of the window)."""
+        newest = next((m for m in reversed(history) if m.role == "user" and m.content), None)
+        if newest is None or self.memory_hooks is None:
+            return []
+        budget = min(self.settings.memory.recall_tokens, spec.context_window // 8)
+        return await self.memory_hooks.notes(self.profile, self.conversation.id, newest.content or "", self.now,
+                                             budget, count)
 
     async def _summarise(self, previous: str | None, dropped: list[Message]) -> str | None:
         """Fold the messages that no longer fit into the conversation's summary, with the
@@ -297,7 +314,8 @@ class Turn:
             content = f"error: there is no tool named {name!r}"
         else:
             ctx = ToolContext(uid, self.profile.plan, self.profile.name, self.profile.time_zone, self.conversation.id,
-                              self.now, self.services)
+                              self.now, self.services, turn_id=self.turn_id,
+                              credits_left_ucr=max(0, self._left_ucr - tool.price_ucr(tool.max_units)))
             timeout = max(0.1, min(self.settings.assistant.tool_timeout_s, self._left_s()))
 
             async def run() -> ToolResult:
@@ -316,6 +334,9 @@ class Turn:
                 content = f"error: {result}"
             else:
                 content, outcome = result.content, "ok"
+                # Its work's own requests (a sandbox's model calls), settled already: the turn's too.
+                self.totals.charged_ucr += result.settled_ucr
+                self.totals.request_ids.extend(result.settled_request_ids)
             if charge is not None:
                 charge_ucr, request_id = charge.charged_ucr, charge.request_id
                 self.totals.charged_ucr += charge_ucr

@@ -27,6 +27,7 @@ from switchboard.cli.channels import channels_app
 from switchboard.cli.common import database_location, err, load, open_store, out, require_database
 from switchboard.cli.crypto import crypto_app
 from switchboard.cli.erasure import users_delete
+from switchboard.cli.memory import memory_app
 from switchboard.cli.sandbox import sandbox_app
 from switchboard.core.config import Settings
 from switchboard.store.db import is_sqlite, make_engine
@@ -47,6 +48,7 @@ app.add_typer(crypto_app, name="crypto")
 app.add_typer(payments_app, name="payments")
 app.add_typer(channels_app, name="channels")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(memory_app, name="memory")
 app.command()(plans)
 app.command()(books.balance)
 app.command()(books.usage)
