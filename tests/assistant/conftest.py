@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -24,16 +25,30 @@ from tests.support.servers import ServerThread
 def assistant_gateway(tmp_path: Path, fake_upstream: FakeOpenAI, request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """The gateway (plus plan user, the fake's model) with the assistant; `extra` settings by indirect param."""
     extra: dict[str, Any] = dict(getattr(request, "param", {}) or {})
+    with serve_assistant(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", fake_upstream, **extra) as gw:
+        yield gw
+
+
+@pytest.fixture
+def assistant_gateway_on(tmp_path: Path, database_url: str, fake_upstream: FakeOpenAI) -> Iterator[Gateway]:
+    """`assistant_gateway` on SQLite (a file under tmp_path) and on PostgreSQL."""
+    with serve_assistant(tmp_path, database_url, fake_upstream) as gw:
+        yield gw
+
+
+@contextlib.contextmanager
+def serve_assistant(tmp_path: Path, database_url: str, fake: FakeOpenAI, **extra: Any) -> Iterator[Gateway]:
+    """A server thread with the assistant on `database_url` (migrated here), alice on Plus."""
     if "plans" not in extra:  # the fake model is expensive (0.2 credits a prompt token): a roomy turn limit
         plans = Settings().plans
         plans["plus"] = plans["plus"].model_copy(update={"turn_credits": Decimal(2000)})
         extra["plans"] = plans
-    settings = gateway_settings(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", fake_upstream.url, **extra)
+    settings = gateway_settings(tmp_path, database_url, fake.url, **extra)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     user_id, key = add_user(engine, settings, "alice@example.com", "plus")
     with ServerThread(create_app(settings)) as server:
-        yield Gateway(server.url, key, user_id, fake_upstream, settings, engine)
+        yield Gateway(server.url, key, user_id, fake, settings, engine)
     engine.dispose()
 
 
