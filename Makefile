@@ -32,10 +32,14 @@ bubblewrap:
 # `make run` keeps its database and model cache in the checkout's data/ (unless
 # SWITCHBOARD_DATA_DIR says otherwise); `make run PORT=8080` serves on another port.
 run: export SWITCHBOARD_DATA_DIR ?= $(CURDIR)/data
+# The default sandbox backend (bubblewrap) gives each user a uid of their own, which takes root.
+# Run as another user, `make run` serves without sandboxes, and says so, rather than failing.
+run: export SWITCHBOARD_SANDBOX__BACKEND ?= $(if $(filter 0,$(shell id -u)),bubblewrap,none)
 run: setup
 	$(BIN)/switchboard db upgrade
 	$(BIN)/switchboard model prepare
 	$(BIN)/switchboard demo-setup $(if $(PORT),--port $(PORT))
+	@[ "$$SWITCHBOARD_SANDBOX__BACKEND" != none ] || echo "note: not root, so no sandboxes (code-running tools are off); see docs/sandbox.md"
 	$(BIN)/switchboard serve $(if $(PORT),--port $(PORT))
 
 test: setup

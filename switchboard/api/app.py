@@ -21,6 +21,7 @@ from switchboard.api.exports import ExportSlots
 from switchboard.api.openapi import openapi_schema
 from switchboard.api.ratelimit import FailureLimiter, TokenBuckets
 from switchboard.api.routes import ENDPOINTS
+from switchboard.api.sandbox_gateway import Sandboxes
 from switchboard.api.state import AppState
 from switchboard.core.config import Settings, load_settings
 from switchboard.core.errors import InvalidRequest, SwitchboardError
@@ -70,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rate = settings.rate_limit
         keys = KeyCache(runtime.engine)
         keys.start(runtime.runner.submit_nowait)  # revocations seen within a second; last use recorded
+        # The sandbox backend is checked for real now: one that cannot work here stops the start.
+        sandboxes = await Sandboxes.start(runtime)
         app.state.sb = state = AppState(runtime, keys, TokenBuckets(rate.requests_per_minute, rate.burst),
-                                        ExportSlots(limits.exports_per_process, limits.exports_per_user))
+                                        ExportSlots(limits.exports_per_process, limits.exports_per_user), sandboxes)
         await state.assistant.start()  # every server delivers due reminders
         await state.channels.start()  # and answers and delivers the chat channels' messages
         try:
@@ -79,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await state.channels.stop()
             await state.assistant.stop()
+            if sandboxes is not None:
+                await sandboxes.stop()
             await keys.aclose()
             await runtime.stop()
 

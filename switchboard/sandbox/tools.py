@@ -11,7 +11,7 @@ The handlers reach the manager through `ctx.services.sandboxes`. When the turn p
 `credits_left_ucr` (what its credit limit has left beyond this call's hold) and `turn_id` on
 the context, runs also get a gateway token for model calls, limited to that amount; those calls
 are charged as their own requests (endpoint sandbox.chat.completions), and the result carries
-what they cost (`SandboxRunResult.gateway_ucr`, `.gateway_request_ids`) for the turn's totals.
+what they cost (`ToolResult.settled_ucr`, `.settled_request_ids`) for the turn's totals.
 """
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ STDIN_MAX = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class SandboxRunResult(ToolResult):
-    """A run's result, with the model calls its code made through the gateway (already charged
-    as their own requests; the turn counts them in its totals)."""
-
-    gateway_ucr: int = 0
-    gateway_request_ids: tuple[str, ...] = ()
+    """A run's result; the model calls its code made through the gateway (already charged as
+    their own requests) are in `settled_ucr` and `settled_request_ids`, which the turn counts in
+    its totals."""
 
 
 def _manager(ctx: ToolContext) -> SandboxManager:
@@ -132,10 +130,9 @@ def _time_limit(ctx: ToolContext, manager: SandboxManager, arguments: dict[str, 
 
 
 def _grant(ctx: ToolContext, manager: SandboxManager) -> Grant | None:
-    left = getattr(ctx, "credits_left_ucr", None)
-    if left is None:
+    if ctx.credits_left_ucr is None:
         return None
-    return manager.grant(ctx.user_id, ctx.plan, str(getattr(ctx, "turn_id", None) or ctx.conversation_id), int(left))
+    return manager.grant(ctx.user_id, ctx.plan, ctx.turn_id or ctx.conversation_id, ctx.credits_left_ucr)
 
 
 async def _run(ctx: ToolContext, argv: list[str], arguments: dict[str, Any]) -> ToolResult:
@@ -151,8 +148,8 @@ async def _run(ctx: ToolContext, argv: list[str], arguments: dict[str, Any]) -> 
         raise ToolFailed(str(exc)) from None
     cpu_ms = math.ceil(min(result.cpu_s, manager.limits(ctx.plan).cpus * time_s) * 1000)
     return SandboxRunResult(
-        report(result, time_s), units=cpu_ms, gateway_ucr=result.gateway_ucr,
-        gateway_request_ids=tuple(grant.request_ids()) if grant is not None else (),
+        report(result, time_s), units=cpu_ms, settled_ucr=result.gateway_ucr,
+        settled_request_ids=tuple(grant.request_ids()) if grant is not None else (),
     )
 
 

@@ -40,6 +40,7 @@ def gateway_settings(tmp_path: Path, database_url: str, upstream_url: str, **ext
         database_url=database_url,
         local_model={"enabled": False},
         rate_limit={"requests_per_minute": 0},
+        sandbox={"backend": "none"},  # tests of the sandbox ask for it (tests/sandbox, tests/assistant)
         providers=[
             {"name": "fake", "kind": "openai-compatible", "base_url": upstream_url, "read_timeout_s": 5},
             {"name": "backup", "kind": "openai-compatible", "base_url": upstream_url, "read_timeout_s": 5},

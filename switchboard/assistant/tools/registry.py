@@ -41,6 +41,10 @@ class ToolContext:
     conversation_id: str
     now: datetime
     services: AssistantServices
+    # What the tool may spend of the turn's credit limit on work of its own (a sandbox's model
+    # calls), beyond its own hold; None: nothing. And the turn it belongs to.
+    credits_left_ucr: int | None = None
+    turn_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,10 @@ class ToolResult:
 
     content: str
     units: int = 0
+    # Charges the tool's work made as requests of their own, already settled (a sandbox run's
+    # model calls): the turn counts them in its totals and against its limit.
+    settled_ucr: int = 0
+    settled_request_ids: tuple[str, ...] = ()
 
 
 Handler = Callable[[ToolContext, dict[str, Any]], Awaitable[ToolResult]]
