@@ -67,6 +67,38 @@ def _wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def environment(tmp: str, mock_port: int, database_url: str | None, **settings: str) -> dict[str, str]:
+    """The environment of the CLI and the server: the bench's model in front of the mock on
+    `mock_port`, data in `tmp`, no rate limit, no local model; `settings` as SWITCHBOARD_NAME."""
+    config = Path(tmp) / "bench.toml"
+    config.write_text(CONFIG.format(port=mock_port))
+    env = {**os.environ, "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATA_DIR": tmp,
+           "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false", "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0",
+           **{f"SWITCHBOARD_{name}": value for name, value in settings.items()}}
+    if database_url:
+        env["SWITCHBOARD_DATABASE_URL"] = database_url
+    return env
+
+
+def create_users(env: dict[str, str], emails: list[str], plan: str = "pro") -> list[str]:
+    """A fresh database with these users, each with plenty of credits: their API keys."""
+    sb = [sys.executable, "-m", "switchboard.cli.main"]
+
+    def cli(*a: str) -> str:
+        done = subprocess.run(sb + list(a), env=env, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"switchboard {' '.join(a)} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    cli("db", "upgrade")
+    keys = []
+    for email in emails:
+        cli("users", "create", email, "--plan", plan)
+        cli("credits", "grant", email, "100000000", "--reason", "benchmark")
+        keys.append(cli("keys", "create", email))
+    return keys
+
+
 def _writer_load(server_log: str, gateway_s: float) -> dict[str, Any] | None:
     """How loaded each server process's ledger writer was, from the summary it logs when it
     stops: busy well below 100% of the time means the ledger was not what limited the rate."""
@@ -111,27 +143,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp, fresh_database(args.database_url) as database_url:
         mock_port, gw_port = _free_port(), _free_port()
-        config = Path(tmp) / "bench.toml"
-        config.write_text(CONFIG.format(port=mock_port))
-        env = {
-            **os.environ, "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATA_DIR": tmp,
-            "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false", "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0",
-            "SWITCHBOARD_LOG_LEVEL": "info",
-        }
-        if database_url:
-            env["SWITCHBOARD_DATABASE_URL"] = database_url
+        env = environment(tmp, mock_port, database_url, LOG_LEVEL="info")
         sb = [sys.executable, "-m", "switchboard.cli.main"]
-
-        def cli(*a: str) -> str:
-            return subprocess.run(sb + list(a), env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-
-        cli("db", "upgrade")
         emails = [f"bench-{int(time.time())}-{i}@example.com" for i in range(args.users)]
-        keys = []
-        for email in emails:
-            cli("users", "create", email, "--plan", "pro")
-            cli("credits", "grant", email, "100000000", "--reason", "benchmark")
-            keys.append(cli("keys", "create", email))
+        keys = create_users(env, emails)
         key = ",".join(keys)  # client i uses key i mod users
         mock = subprocess.Popen([sys.executable, "bench/mock_upstream.py", "--port", str(mock_port)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -199,11 +214,16 @@ def main(argv: list[str] | None = None) -> None:
         if w.get("unit_answered_ms") is not None:
             console.print(f"a hold or settlement took {w['unit_answered_ms']:.2f} ms from submit to answer on average "
                           f"({w['unit_queued_ms']:.2f} ms of it queued); a request has one of each")
-    out = Path(args.out)
+    console.print(f"results: {write_results(args.out, 'gateway-stream' if args.stream else 'gateway-json', results)}")
+
+
+def write_results(folder: str, name: str, results: dict[str, Any]) -> Path:
+    """Keep a run's results as JSON in `folder` (NAME-TIME.json)."""
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gateway-{'stream' if args.stream else 'json'}-{int(time.time())}.json"
+    path = out / f"{name}-{int(time.time())}.json"
     path.write_text(json.dumps(results, indent=2))
-    console.print(f"results: {path}")
+    return path
 
 
 if __name__ == "__main__":
