@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import typer
+from rich.markup import escape
 from sqlalchemy import Connection, func, select
 
 from switchboard.channels import linking
@@ -48,13 +49,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     Also linked identities, the last message in and out, and Telegram's own view of its webhook."""
     store = open_store()
     settings = store.settings
-    report = [_channel_report(settings, name, store.read(lambda conn, n=name: _figures(conn, n))) for name in NAMES]
+    report = asyncio.run(_reports(settings, {name: store.read(lambda conn, n=name: _figures(conn, n)) for name in NAMES}))
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         return
     for r in report:
-        out.print(f"[bold]{r['channel']}[/bold]: {r['state']}" + (f" ({r['detail']})" if r.get("detail") else ""),
-                  soft_wrap=True, highlight=False)
+        detail = f" ({r['detail']})" if r.get("detail") else ""
+        out.print(f"[bold]{r['channel']}[/bold]: {escape(r['state'] + detail)}", soft_wrap=True, highlight=False)
         if r["state"] != "on" and not r["linked"] and not r["received"]:
             continue
         out.print(f"  linked identities: {r['linked']}; messages received: {r['received']}, waiting: "
@@ -93,29 +94,28 @@ def _figures(conn: Connection, name: str) -> dict[str, Any]:
     }
 
 
-def _channel_report(settings: Settings, name: str, figures: dict[str, Any]) -> dict[str, Any]:
-    on, off = build_channels(settings, httpx.AsyncClient())
-    if name in on:
-        state = "on"
-    elif name in off:
-        state = f"off: {off[name]}"
-    else:
-        state = f"off: no [channels.{name}] section in the configuration"
-    report = {"channel": name, "state": state, **figures}
-    channel = on.get(name)
-    if isinstance(channel, Telegram):
-        report["webhook"] = _webhook_info(channel)
-    return report
+async def _reports(settings: Settings, figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        on, off = build_channels(settings, client)
+        reports = []
+        for name in NAMES:
+            if name in on:
+                state = "on"
+            elif name in off:
+                state = f"off: {off[name]}"
+            else:
+                state = f"off: no [channels.{name}] section in the configuration"
+            report = {"channel": name, "state": state, **figures[name]}
+            channel = on.get(name)
+            if isinstance(channel, Telegram):
+                report["webhook"] = await _webhook_info(channel)
+            reports.append(report)
+        return reports
 
 
-def _webhook_info(channel: Telegram) -> str:
-    async def ask() -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=10) as client:
-            channel.client = client
-            return await channel.webhook_info()
-
+async def _webhook_info(channel: Telegram) -> str:
     try:
-        info = asyncio.run(ask())
+        info = await channel.webhook_info()
     except httpx.HTTPError as exc:
         return f"Telegram could not be reached ({type(exc).__name__})"
     if not info.get("ok"):
@@ -127,6 +127,10 @@ def _webhook_info(channel: Telegram) -> str:
     return text
 
 
+def _fail(message: str) -> NoReturn:
+    error_line(escape(message))  # (square brackets are text here, not markup)
+
+
 @telegram_app.command("set-webhook")
 def set_webhook(url: str) -> None:
     """Register URL (https://YOUR-HOST/channels/telegram/webhook) with Telegram.
@@ -135,22 +139,19 @@ def set_webhook(url: str) -> None:
     settings = load()
     config = settings.channels.telegram
     if config is None:
-        error_line("Telegram is not configured: add a [channels.telegram] section (docs/channels.md)")
-    try:
-        channel = Telegram(config, httpx.AsyncClient())
-    except ValueError as exc:
-        error_line(str(exc))
+        _fail("Telegram is not configured: add a [channels.telegram] section (docs/channels.md)")
+    if not config.bot_token() or not config.webhook_secret():
+        _fail(f"Telegram needs {config.bot_token_env} and {config.webhook_secret_env} in the environment")
 
     async def register() -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=30) as client:
-            channel.client = client
-            return await channel.set_webhook(url)
+            return await Telegram(config, client).set_webhook(url)
 
     try:
         answer = asyncio.run(register())
     except httpx.HTTPError as exc:
-        error_line(f"Telegram could not be reached at {config.api_base_url} ({type(exc).__name__})")
+        _fail(f"Telegram could not be reached at {config.api_base_url} ({type(exc).__name__})")
     if not answer.get("ok"):
-        error_line(f"Telegram refused the webhook: {answer.get('description') or answer}")
+        _fail(f"Telegram refused the webhook: {answer.get('description') or answer}")
     out.print(f"Telegram now sends the bot's updates to {url}, with the secret token. "
               "Check with `switchboard channels status`.", soft_wrap=True, highlight=False, markup=False)

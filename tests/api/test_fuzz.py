@@ -4,7 +4,8 @@ Schemathesis reads /openapi.json from the running server and generates requests 
 ones and ones that break the schema, at least 50 per operation, on SQLite and on PostgreSQL.
 The gateway runs in front of the fake OpenAI upstream (chat calls are real calls) and a fake
 Stripe. Whatever arrives: never a 5xx, and every error in OpenAI's shape (Anthropic's for
-/v1/messages), as the schema says. Stripe's webhook is fuzzed unsigned: 400.
+/v1/messages), as the schema says. Stripe's webhook is fuzzed unsigned: 400; the chat channels'
+webhooks (Telegram and WhatsApp on, against their fakes) unsigned: 401.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from switchboard.store.db import make_engine
 from switchboard.store.migrate import upgrade
 from tests.api.conftest import add_user, gateway_settings
 from tests.fakes import stripe_api as fs
+from tests.channels.conftest import channel_env, channels_config
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.whatsapp_api import FakeWhatsApp
 from tests.support.servers import ServerThread
 
 CASES = 50  # per operation and generation mode
@@ -52,8 +56,10 @@ class Target:
 def target(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_fake")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_fuzz")
-    with FakeOpenAI() as upstream, fs.FakeStripe("sk_test_fake") as stripe:
-        settings_ = gateway_settings(tmp_path, database_url, upstream.url, stripe={"api_base": stripe.url})
+    with FakeOpenAI() as upstream, fs.FakeStripe("sk_test_fake") as stripe, FakeTelegram() as tg, FakeWhatsApp() as wa:
+        channel_env(monkeypatch, tg, wa)  # the chat channels' webhooks on, fuzzed unsigned: 401 (the handshake 403)
+        settings_ = gateway_settings(tmp_path, database_url, upstream.url, stripe={"api_base": stripe.url},
+                                     channels=channels_config(tg, wa))
         engine = make_engine(database_url)
         upgrade(engine)
         _, key = add_user(engine, settings_, "fuzz@example.com", "pro")
