@@ -139,9 +139,11 @@ def test_groups_are_answered_only_when_mentioned_or_replied_to(channels: Channel
                                entities=mention(f"@{bot} ping", bot))
     stranger = message_update(31337, f"@{bot} hi", chat_id=group, chat_type="supergroup",
                               entities=mention(f"@{bot} hi", bot))
+    code_in_group = message_update(ADA, f"/start@{bot} {channels.code()}", chat_id=group, chat_type="supergroup",
+                                   entities=[{"type": "bot_command", "offset": 0, "length": len(f"/start@{bot}")}])
     outcomes = [post_update(channels.telegram_webhook, TELEGRAM_SECRET, u).json()["outcomes"]
-                for u in (quiet, mentioned, replied, other_bot, stranger)]
-    assert outcomes == [["ignored"], ["recorded"], ["recorded"], ["ignored"], ["ignored"]]
+                for u in (quiet, mentioned, replied, other_bot, stranger, code_in_group)]
+    assert outcomes == [["ignored"], ["recorded"], ["recorded"], ["ignored"], ["ignored"], ["ignored"]]
     wait_for(lambda: len(channels.telegram.texts(group)) == 2)
     time.sleep(0.5)
     assert len(channels.telegram.texts(group)) == 2  # the stranger got no linking message in the group
@@ -166,3 +168,12 @@ def test_chat_commands_work_on_telegram(channels: Channels) -> None:
     post_update(channels.telegram_webhook, TELEGRAM_SECRET, message_update(ADA, "/balance"))
     wait_for(lambda: any("credits" in t.lower() for t in channels.telegram.texts(ADA)[-1:]))
     assert channels.upstream.chat_requests() == []
+    # /new: the chat's next message goes to a new conversation.
+    post_update(channels.telegram_webhook, TELEGRAM_SECRET, message_update(ADA, "/new"))
+    wait_for(lambda: channels.telegram.texts(ADA)[-1].startswith("Started a new conversation"))
+    post_update(channels.telegram_webhook, TELEGRAM_SECRET, message_update(ADA, "fresh start"))
+    wait_for(lambda: channels.telegram.texts(ADA)[-1] == "Hello from the fake upstream.")
+    newest, older = channels.api("/v1/conversations")["data"]
+    assert newest["channel"] == older["channel"] == "telegram"
+    assert [m["content"] for m in channels.api(f"/v1/conversations/{newest['id']}/messages")["data"]] == [
+        "fresh start", "Hello from the fake upstream."]
