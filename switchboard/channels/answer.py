@@ -33,6 +33,7 @@ from switchboard.channels.inbox import Item
 from switchboard.channels.outbox import Part
 from switchboard.channels.split import split_text
 from switchboard.core.errors import SwitchboardError
+from switchboard.crypto import CryptoError
 
 if TYPE_CHECKING:
     from switchboard.channels.hub import ChannelHub
@@ -50,16 +51,16 @@ class Answerer:
         hub, me = self.hub, self.hub.process_id
         if me is None:
             return
-        keyring, lease_ms = hub.services.keyring, int(hub.config.lease_s * 1000)
-        await keyring.prepare(user_id)
-
-        def take(conn: Connection) -> Item | None:
-            if not inbox.claim(conn, item_id, me, now_ms(), lease_ms):
-                return None
-            return inbox.load(conn, keyring, item_id)
-
-        item = await hub.runtime.runner.run(take, order_key=user_id)
-        if item is None:
+        services, lease_ms = hub.services, int(hub.config.lease_s * 1000)
+        runner = hub.runtime.runner
+        if not await runner.run(lambda c: inbox.claim(c, item_id, me, now_ms(), lease_ms), order_key=user_id):
+            return
+        try:
+            item = await services.read(user_id, lambda c: inbox.load(c, services.keyring, item_id))
+        except CryptoError as exc:  # the user was deleted since: nothing of theirs can be read
+            log.warning("channel message %s cannot be read (%s): set aside", item_id, exc)
+            await runner.run(lambda c: inbox.unreadable(c, item_id, me, now_ms()), order_key=user_id)
+            hub.wake_inbox()
             return
         renewing = asyncio.create_task(self._renew(item, me))
         try:

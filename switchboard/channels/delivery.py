@@ -16,6 +16,7 @@ from switchboard.billing.accounts import now_ms
 from switchboard.channels import linking, outbox, replies
 from switchboard.channels.base import Channel, Outgoing, SendResult
 from switchboard.channels.outbox import Claimed
+from switchboard.crypto import CryptoError
 from switchboard.store.db import read
 
 if TYPE_CHECKING:
@@ -35,12 +36,17 @@ class Sender:
         hub, me = self.hub, self.hub.process_id
         if me is None:
             return
-        keyring, lease_ms = hub.services.keyring, int(hub.config.lease_s * 1000)
-        if user_id:
-            await keyring.prepare(user_id)
-        claimed = await hub.runtime.runner.run(lambda c: outbox.claim(c, keyring, part_id, me, now_ms(), lease_ms),
-                                               order_key=user_id)
-        if claimed is None:
+        keyring, lease_ms, runner = hub.services.keyring, int(hub.config.lease_s * 1000), hub.runtime.runner
+        if not await runner.run(lambda c: outbox.claim(c, part_id, me, now_ms(), lease_ms), order_key=user_id):
+            return
+        try:
+            if user_id:
+                await keyring.prepare(user_id)
+            claimed = await asyncio.to_thread(read, hub.runtime.engine, lambda c: outbox.load(c, keyring, part_id))
+        except CryptoError as exc:  # the user was deleted since: their text can never be read
+            await runner.run(lambda c: outbox.failed(c, part_id, me, f"cannot be read any more ({exc})"),
+                             order_key=user_id)
+            hub.wake_outbox()
             return
         try:
             channel = hub.adapters.get(claimed.channel)

@@ -96,3 +96,9 @@ def begin_turn(conn: Connection, item_id: int, me: int, conversation_id: str, ma
 def answered(conn: Connection, item_id: int, me: int, at: int) -> bool:
     """Mark the message answered, if this process still holds it."""
     return queue.settle(conn, channel_inbox, BUSY, item_id, me, status="answered", answered_ms=at)
+
+
+def unreadable(conn: Connection, item_id: int, me: int, at: int) -> bool:
+    """The message can no longer be read (its user was deleted: their data key is gone): it is
+    set aside, never retried, and the chat's next message goes ahead."""
+    return queue.settle(conn, channel_inbox, BUSY, item_id, me, status="failed", answered_ms=at)

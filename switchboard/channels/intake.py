@@ -30,6 +30,7 @@ from switchboard.billing.accounts import now_ms
 from switchboard.channels import inbox, linking, outbox, replies
 from switchboard.channels.base import Channel, Inbound
 from switchboard.channels.outbox import Part
+from switchboard.crypto import CryptoError
 from switchboard.store.db import read
 from switchboard.store.schema import users
 
@@ -75,9 +76,20 @@ class Intake:
             return await self._tell_how_to_link(channel, message) if private else "ignored"
         return await self._record(message, user_id)
 
+    async def _key_ready(self, user_id: int) -> bool:
+        """The user's data key, loaded; False for a user deleted since (their key destroyed):
+        nothing more is recorded for them, and the webhook still answers 200."""
+        try:
+            await self.hub.services.keyring.prepare(user_id)
+        except CryptoError as exc:
+            log.warning("a message for user %s, whose data key is gone (%s): not recorded", user_id, exc)
+            return False
+        return True
+
     async def _record(self, message: Inbound, user_id: int) -> str:
         keyring, at = self.hub.services.keyring, now_ms()
-        await keyring.prepare(user_id)
+        if not await self._key_ready(user_id):
+            return "ignored"
 
         def work(conn: Connection) -> bool:
             if not inbox.record(conn, keyring, message, user_id, at):
@@ -96,8 +108,7 @@ class Intake:
     async def _link(self, channel: Channel, message: Inbound, code: str) -> str:
         keyring, at = self.hub.services.keyring, now_ms()
         check = await self._read(lambda c: linking.check_code(c, code, at=at))
-        if check.user_id is not None:
-            await keyring.prepare(check.user_id)
+        usable = check.user_id is not None and await self._key_ready(check.user_id)
         by = f"{channel.name}:{message.sender_id}"
 
         def work(conn: Connection) -> str:
@@ -107,10 +118,10 @@ class Intake:
                                             message.sender_alt_id, at=at)
             if not linking.may_try_code(conn, ident.id, at=at):
                 return "ignored"  # too many wrong codes this hour: not heard on codes
-            user_id = linking.use_code(conn, code, by, at=at)
+            user_id = linking.use_code(conn, code, by, at=at) if usable else None
             if user_id is None:
                 linking.failed_code(conn, ident.id, at=at)
-                status = check.status if check.status != "ok" else "used"
+                status = (check.status if check.status != "ok" else "used") if usable else "unknown"
                 self._send(conn, message, replies.bad_code(status, channel.link_hint), None, at)
                 return "refused"
             linking.link(conn, ident, user_id, message.chat_id, at=at)
@@ -126,7 +137,8 @@ class Intake:
         if user_id is None:
             return await self._tell_how_to_link(channel, message)
         keyring, at = self.hub.services.keyring, now_ms()
-        await keyring.prepare(user_id)
+        if not await self._key_ready(user_id):
+            return "ignored"
 
         def work(conn: Connection) -> str:
             if not inbox.record(conn, keyring, message, None, at, status="done"):

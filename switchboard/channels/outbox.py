@@ -106,14 +106,19 @@ def due(conn: Connection, now: int) -> list[tuple[int, int]]:
     return [(int(r.id), int(r.user_id or 0)) for r in queue.heads(conn, channel_outbox, BUSY, now)]
 
 
-def claim(conn: Connection, keyring: KeyRing, part_id: int, me: int, now: int, lease_ms: int) -> Claimed | None:
-    """Claim the part for sending (counted as an attempt); None if another process has it. A
+def claim(conn: Connection, part_id: int, me: int, now: int, lease_ms: int) -> bool:
+    """Claim the part for sending (counted as an attempt); False if another process has it. A
     part found `sending` (its sender died mid-send) becomes uncertain."""
     before = conn.execute(select(channel_outbox.c.status).where(channel_outbox.c.id == part_id)).scalar_one_or_none()
     if before is None or not queue.claim(conn, channel_outbox, BUSY, part_id, me, now, lease_ms):
-        return None
+        return False
     if before == BUSY:
         conn.execute(update(channel_outbox).where(channel_outbox.c.id == part_id).values(uncertain=True))
+    return True
+
+
+def load(conn: Connection, keyring: KeyRing, part_id: int) -> Claimed:
+    """A claimed part, decrypted."""
     row = conn.execute(select(channel_outbox).where(channel_outbox.c.id == part_id)).one()
     if row.user_id is None:
         text = row.notice or ""

@@ -19,6 +19,7 @@ from switchboard.assistant.conversations import Message
 from switchboard.billing.accounts import now_ms
 from switchboard.channels import outbox
 from switchboard.channels.outbox import Part
+from switchboard.crypto import CryptoError
 from switchboard.store.assistant_schema import conversations, messages
 from switchboard.store.channels_schema import channel_state
 from switchboard.store.conflict import insert_or_ignore
@@ -52,7 +53,10 @@ class ReminderFeed:
         mark, found = await asyncio.to_thread(read, hub.runtime.engine, lambda c: _scan(c, names, at))
         queued = 0
         for row in found:
-            queued += await self._queue(row)
+            try:
+                queued += await self._queue(row)
+            except CryptoError:  # its user was deleted meanwhile: nothing to send
+                continue
         if len(found) == BATCH:
             mark = min(mark, int(found[-1].id))
         await hub.runtime.runner.run(lambda c: _advance(c, mark, at))

@@ -73,7 +73,7 @@ channel_inbox = Table(
     Column("reply_to", String(200)),  # the platform's id of the message (to reply to it, to mark it read)
     Column("thread_id", String(64)),
     Column("is_group", Boolean, nullable=False, server_default="0"),
-    Column("status", String(10), nullable=False),  # pending | running | answered (or handled at once: done)
+    Column("status", String(10), nullable=False),  # pending | running | answered | failed; done: handled at once
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("claimed_by", BigInteger),
     Column("claim_until_ms", BigInteger),

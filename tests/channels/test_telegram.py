@@ -177,3 +177,32 @@ def test_chat_commands_work_on_telegram(channels: Channels) -> None:
     assert newest["channel"] == older["channel"] == "telegram"
     assert [m["content"] for m in channels.api(f"/v1/conversations/{newest['id']}/messages")["data"]] == [
         "fresh start", "Hello from the fake upstream."]
+
+
+def test_a_message_that_cannot_be_read_is_set_aside_and_the_chat_goes_on(channels: Channels) -> None:
+    """A record whose ciphertext no longer decrypts (its user deleted, say) is never retried in
+    a loop and never blocks the chat's next message."""
+    from switchboard.store.channels_schema import channel_inbox
+
+    linked_on_telegram(channels, ADA)
+    with channels.engine.begin() as conn:
+        conn.execute(channel_inbox.insert().values(
+            channel="telegram", bot_id=str(channels.telegram.bot_id), external_id="999999999", user_id=channels.user_id,
+            chat_id=str(ADA), chat_key=f"telegram:{channels.telegram.bot_id}:{ADA}", kind="text",
+            text_ct=b"\x01not a ciphertext", status="pending", received_ms=int(time.time() * 1000)))
+    post_update(channels.telegram_webhook, TELEGRAM_SECRET, message_update(ADA, "still there?"))
+    wait_for(lambda: "Hello from the fake upstream." in channels.telegram.texts(ADA))
+    statuses = {row.external_id: (row.status, row.attempts) for row in channels.inbox()}
+    assert statuses["999999999"] == ("failed", 1)
+
+
+def test_a_message_from_a_deleted_users_chat_never_fails_the_webhook(channels: Channels) -> None:
+    from switchboard.crypto import keyring_for
+
+    linked_on_telegram(channels, ADA)
+    keyring = keyring_for(channels.settings, channels.engine)
+    with channels.engine.begin() as conn:  # what `switchboard users delete` does to the key
+        keyring.destroy(conn, channels.user_id)
+    time.sleep(1)  # (a server checks a cached key again within its verify interval; this one never loaded it)
+    response = post_update(channels.telegram_webhook, TELEGRAM_SECRET, message_update(ADA, "hello?"))
+    assert response.status_code == 200
