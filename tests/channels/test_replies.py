@@ -97,6 +97,11 @@ def test_out_of_credits_says_so_with_a_checkout_link_and_no_model_call(broke: tu
     assert "out of credits" in reply
     assert re.search(r"Top up 600 credits for \$3(\.00)?: https://checkout\.stripe\.test/c/pay/cs_test\d+", reply)
     assert stripe.sessions[-1]["metadata"] == {"user_id": str(user_id), "kind": "pack", "pack": "600"}
+    # The same on WhatsApp.
+    gw.whatsapp.deliver(gw.whatsapp_webhook, text_message(gw.whatsapp, PHONE, f"LINK {gw.code(user_id)}"))
+    gw.whatsapp.deliver(gw.whatsapp_webhook, text_message(gw.whatsapp, PHONE, "And another story"))
+    wait_for(lambda: len(gw.whatsapp.texts(PHONE)) == 2)
+    assert "out of credits" in gw.whatsapp.texts(PHONE)[1] and "https://checkout.stripe.test/" in gw.whatsapp.texts(PHONE)[1]
     assert gw.upstream.chat_requests() == []
 
 

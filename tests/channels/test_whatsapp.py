@@ -157,3 +157,81 @@ def _close_window(gw: Channels, phone: str) -> None:
         conn.execute(update(channel_identities).where(channel_identities.c.chat_id == phone)
                      .values(last_inbound_ms=int((time.time() - 25 * 3600) * 1000)))
     gw.whatsapp.users_wrote[phone] = time.time() - 25 * 3600
+
+
+def test_a_slow_model_is_still_acknowledged_within_a_second(channels: Channels) -> None:
+    linked_on_whatsapp(channels, PHONE)
+    channels.upstream.configure(text="slow but sure", chunks=2, first_byte_delay_s=3.0)
+    started = time.monotonic()
+    response = channels.whatsapp.deliver(channels.whatsapp_webhook, text_message(channels.whatsapp, PHONE, "hm?"))
+    assert response.status_code == 200 and time.monotonic() - started < 1.0
+    wait_for(lambda: "slow but sure" in channels.whatsapp.texts(PHONE), timeout=15)
+
+
+def test_429_is_retried_and_nothing_is_sent_twice(channels: Channels) -> None:
+    linked_on_whatsapp(channels, PHONE)
+    channels.whatsapp.fail(429, 4, message="Application request limit reached")
+    channels.whatsapp.deliver(channels.whatsapp_webhook, text_message(channels.whatsapp, PHONE, "hello"))
+    wait_for(lambda: "Hello from the fake upstream." in channels.whatsapp.texts(PHONE), timeout=15)
+    tries = [r for r in channels.whatsapp.requests if (r.get("text") or {}).get("body") == "Hello from the fake upstream."]
+    assert len(tries) == 2 and channels.whatsapp.texts(PHONE).count("Hello from the fake upstream.") == 1
+
+
+def test_a_reply_that_cannot_be_delivered_is_retried_then_reported(channels: Channels) -> None:
+    linked_on_whatsapp(channels, PHONE)
+    attempts = channels.settings.channels.delivery_attempts
+    channels.whatsapp.fail(500, 2, times=attempts)
+    channels.whatsapp.deliver(channels.whatsapp_webhook, text_message(channels.whatsapp, PHONE, "hello"))
+    wait_for(lambda: channels.outbox_count("failed") == 1, timeout=30)
+    [failed] = [row for row in channels.outbox() if row.status == "failed"]
+    assert failed.attempts == attempts and "(2)" in failed.last_error
+
+
+def test_linking_codes_expired_reused_and_the_unknown_sender_told_once(channels: Channels) -> None:
+    wa, other = channels.whatsapp, "447700900555"
+    code = channels.code()
+    assert wa.deliver(channels.whatsapp_webhook, text_message(wa, PHONE, f"LINK {code}")).json()["outcomes"] == ["linked"]
+    assert wa.deliver(channels.whatsapp_webhook, text_message(wa, other, f"LINK {code}")).json()["outcomes"] == ["refused"]
+    expired = channels.code(ttl_s=60)
+    from sqlalchemy import update
+
+    from switchboard.store.channels_schema import channel_link_codes
+
+    with channels.engine.begin() as conn:
+        conn.execute(update(channel_link_codes).where(channel_link_codes.c.used_ms.is_(None))
+                     .values(expires_ms=int(time.time() * 1000) - 1))
+    assert wa.deliver(channels.whatsapp_webhook, text_message(wa, other, f"LINK {expired}")).json()["outcomes"] == ["refused"]
+    wait_for(lambda: len(wa.texts(other)) == 2)
+    assert wa.texts(other)[0].startswith("That link code was used already")
+    assert wa.texts(other)[1].startswith("That link code has expired")
+    stranger = "447700900777"
+    outcomes = [wa.deliver(channels.whatsapp_webhook, text_message(wa, stranger, t)).json()["outcomes"][0]
+                for t in ("hi", "hello?", "anyone?")]
+    assert outcomes == ["told", "ignored", "ignored"]
+    wait_for(lambda: wa.texts(stranger))
+    time.sleep(0.5)
+    assert len(wa.texts(stranger)) == 1 and "LINK CODE" in wa.texts(stranger)[0]
+    assert channels.upstream.chat_requests() == []
+
+
+def test_groups_are_answered_only_when_replied_to_or_mentioned(channels: Channels) -> None:
+    linked_on_whatsapp(channels, PHONE)
+    wa, group = channels.whatsapp, "Y2FwaV9ncm91cDoxNzA1NTU1MDEzOToxMjAzNjM0MDQ2OTQyMzM4MjAZD"
+    quiet = text_message(wa, PHONE, "lunch anyone?", group_id=group)
+    mentioned = text_message(wa, PHONE, f"@{wa.display_phone_number} what time is it in Tokyo?", group_id=group)
+    replied = text_message(wa, PHONE, "and in Paris?", group_id=group,
+                           context={"from": wa.display_phone_number, "id": "wamid.earlier"})
+    stranger = text_message(wa, "447700900999", f"@{wa.display_phone_number} hi", group_id=group)
+    outcomes = [wa.deliver(channels.whatsapp_webhook, p).json()["outcomes"] for p in (quiet, mentioned, replied, stranger)]
+    assert outcomes == [["ignored"], ["recorded"], ["recorded"], ["ignored"]]
+    wait_for(lambda: len([m for m in wa.sent if m.get("to") == group]) == 2)
+    to_group = [m for m in wa.sent if m.get("to") == group]
+    assert all(m["recipient_type"] == "group" for m in to_group)
+    assert to_group[0]["context"]["message_id"] == mentioned["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+
+
+def test_a_reminder_within_the_window_is_sent_as_text(channels: Channels) -> None:
+    linked_on_whatsapp(channels, PHONE)
+    channels.whatsapp.deliver(channels.whatsapp_webhook, text_message(channels.whatsapp, PHONE, "/remind in 2 seconds drink water"))
+    wait_for(lambda: any(t.startswith("⏰ Reminder: drink water") for t in channels.whatsapp.texts(PHONE)), timeout=15)
+    assert not any(m.get("type") == "template" for m in channels.whatsapp.sent)

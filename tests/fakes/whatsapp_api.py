@@ -13,7 +13,7 @@
 
 Errors are Graph API errors: `{"error": {"message", "type", "code", "error_data": {"messaging_product",
 "details"}, "fbtrace_id"}}` (190 for a bad token, 100 for a bad parameter). Knobs:
-`fail(status, code, times)`; `users_wrote[...]` (set by `deliver`) opens the window.
+`fail(status, code, times)` (the next messages sent); `users_wrote[...]` (set by `deliver`) opens the window.
 
 Webhook payloads are built with `text_message(...)`, `status_update(...)`, and delivered with
 `deliver(...)`, signed with the app secret in X-Hub-Signature-256.
@@ -94,11 +94,6 @@ class FakeWhatsApp:
         self.requests.append(body)
         if body.get("messaging_product") != "whatsapp":
             return _error(400, 100, "Invalid parameter", details="messaging_product must be whatsapp")
-        with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
-        if failure is not None:
-            status, code, message = failure
-            return _error(status, code, message)
         if body.get("status") == "read":
             if body.get("message_id") not in self.delivered_ids:
                 return _error(400, 100, "Invalid parameter", details="message_id is not a received message")
@@ -107,6 +102,11 @@ class FakeWhatsApp:
                     return _error(400, 100, "Invalid parameter", details="typing_indicator.type must be text")
                 self.typing.append(body["message_id"])
             return JSONResponse({"success": True})
+        with self._lock:  # (failures are for messages sent; read receipts and typing go through)
+            failure = self._failures.pop(0) if self._failures else None
+        if failure is not None:
+            status, code, message = failure
+            return _error(status, code, message)
         to = _to(body)
         if not to:
             return _error(400, 100, "Invalid parameter", details="to or recipient is required")
