@@ -56,7 +56,9 @@ async def run_charged(runtime: Runtime, user_id: int, tool: Tool, run: Callable[
         outcome = await run()
         units, status, error = outcome.units, "ok", None
     except ToolFailed as exc:
-        outcome, units, status, error = exc, exc.units or 0, "error", str(exc)
+        # The failure's words may echo what the user wrote: they go to the model (in the
+        # encrypted conversation), never into the usage record, which is stored in the clear.
+        outcome, units, status, error = exc, exc.units or 0, "error", f"the tool {tool.name} failed"
     except BaseException:
         # Cancelled or a bug: release the hold (charged nothing), then let it propagate.
         runtime.runner.submit_nowait(SettleOp(runtime.ledger, user_id, held.hold_id, 0, None), order_key=user_id)
