@@ -163,7 +163,8 @@ class Gateway:
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline or self.server.poll() is not None:
-                    raise RuntimeError("the gateway did not start; see its log") from None
+                    self.log.seek(0)
+                    raise RuntimeError("the gateway did not start:\n" + self.log.read()[-3000:]) from None
                 time.sleep(0.2)
 
     def _cli(self, *args: str) -> str:
@@ -200,6 +201,7 @@ def load_before(path: Path) -> type:
     spec = importlib.util.spec_from_file_location("before_local_model", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.LocalModelProvider  # type: ignore[no-any-return]
 
@@ -223,10 +225,20 @@ def part_ttft(args: argparse.Namespace, model: Path, before: type | None, gatewa
         if before is not None:
             providers["before"] = await _provider(before, args.cache, args.threads)
         times: dict[str, list[float]] = {name: [] for name in ["direct", *providers, "gateway", "added"]}
+        async def settle() -> None:
+            # A pause between measurements: llama.cpp's worker threads spin a while after each
+            # step, and those of the previous measurement would steal the next one's cores.
+            await asyncio.sleep(0.5)
+
         for r in range(args.rounds + 1):  # round 0 warms every path up and is not counted
-            d = direct.first_token(tokens)
-            got = {name: await first_token(p, _request(messages, 10_000 + r)) for name, p in providers.items()}
             g = gateway.first_token(messages, r)[0] if gateway is not None else None
+            await settle()
+            d = direct.first_token(tokens)
+            got = {}
+            for name, p in providers.items():
+                await settle()
+                got[name] = await first_token(p, _request(messages, 10_000 + r))
+            await settle()
             if r == 0:
                 continue
             times["direct"].append(d)

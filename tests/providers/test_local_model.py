@@ -566,7 +566,7 @@ def test_cancelling_frees_the_engine_and_drops_queued_requests(provider: LocalMo
         await running.aclose()
         assert waiting_events == []
 
-        # The engine drops it before its next step (a step reads at most 512 prompt tokens):
+        # The engine drops it before its next step (a step reads at most 256 prompt tokens):
         # it never reads the whole prompt, let alone writes a reply.
         while provider.is_busy():
             await asyncio.sleep(0.005)

@@ -69,7 +69,9 @@ class EngineSettings:
     context_window: int  # the longest prompt + reply one request may use (the shared prefix aside)
     parallel: int  # sequences decoded together
     threads: int | None  # llama.cpp threads; None: its defaults
-    batch: int = 512  # tokens per llama_decode
+    # Tokens per llama_decode: a step reads at most this much of a prompt, so a short request
+    # arriving while a long prompt is read waits at most one such step (about a second here).
+    batch: int = 256
 
 
 @dataclass(eq=False)
@@ -166,11 +168,13 @@ class Engine:
         params.kv_unified = True
         params.swa_full = True
         params.no_perf = True
-        # One token at a time is memory-bound: half the cores (llama-cpp-python's default); a
-        # batch of prompt tokens or of many sequences' tokens is compute-bound: all of them.
+        # One token at a time is memory-bound: half the cores (llama-cpp-python's default). A
+        # batch is compute-bound: all the cores, but not on a machine of two or fewer, where two
+        # threads stall each other whenever anything else runs (a first token measured at 0.5 to
+        # 4.7 s through the gateway with two, 0.2 to 0.3 s with one; docs/local-model.md).
         cores = os.cpu_count() or 1
         params.n_threads = settings.threads or max(1, cores // 2)
-        params.n_threads_batch = settings.threads or cores
+        params.n_threads_batch = settings.threads or (cores if cores > 2 else params.n_threads)
         ctx = lib.llama_init_from_model(self._model, params)
         if not ctx:
             raise RuntimeError("llama.cpp could not create a context for the local model")
