@@ -9,7 +9,7 @@ file's "about"). Beside the score it counts the replies that are empty, that con
 (`<start_of_...>`, `<end_of_...>`, `<unused...>`), or that ran to max_tokens. Prints a table per
 variant and writes the replies and scores as JSON under bench/results/.
 
-Not a timed test: on a 2-core machine 33 questions x 5 samples x 8 variants take several minutes.
+Not a timed test: on a 2-core machine 32 questions x 5 samples x 14 variants take half an hour or more.
 """
 
 from __future__ import annotations
