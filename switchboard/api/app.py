@@ -97,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimit, default=limits.body_bytes,
         limits={"/v1/chat/completions": limits.inference_body_bytes, "/v1/messages": limits.inference_body_bytes,
                 "/webhooks/stripe": limits.webhook_body_bytes, "/channels/telegram/webhook": limits.webhook_body_bytes,
-                "/channels/whatsapp/webhook": limits.webhook_body_bytes},
+                "/channels/whatsapp/webhook": limits.webhook_body_bytes,
+                "/channels/discord/interactions": limits.webhook_body_bytes},
     )
     app.add_middleware(AccessLog, enabled=settings.access_log, auth_failures=FailureLimiter(limits.auth_failures_per_minute))
     # Plain Starlette routes: handlers parse their own input (see api.routes for why).

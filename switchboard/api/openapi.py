@@ -23,11 +23,14 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "stripe signature": [],
     "telegram secret token": [],
     "whatsapp signature": [],
+    "discord signature": [],
     "none": [],
 }
 _SIGNATURE_HEADERS = {
-    "telegram secret token": ("X-Telegram-Bot-Api-Secret-Token", "The secret_token given to setWebhook"),
-    "whatsapp signature": ("X-Hub-Signature-256", "sha256=HMAC-SHA256(app secret, raw body), hex"),
+    "telegram secret token": (("X-Telegram-Bot-Api-Secret-Token", "The secret_token given to setWebhook"),),
+    "whatsapp signature": (("X-Hub-Signature-256", "sha256=HMAC-SHA256(app secret, raw body), hex"),),
+    "discord signature": (("X-Signature-Ed25519", "Ed25519 signature of timestamp + raw body, hex"),
+                          ("X-Signature-Timestamp", "Unix seconds; more than 5 minutes off is refused")),
 }
 _SUCCESS_SCHEMAS: dict[str, dict[str, Any]] = {
     "application/json": {"type": "object"},
@@ -88,8 +91,7 @@ def _operation(e: Endpoint, ref: dict[type[BaseModel], dict[str, Any]]) -> dict[
     if e.auth == "stripe signature":
         op["parameters"].append({"name": "Stripe-Signature", "in": "header", "required": False,
                                  "description": "t=TIMESTAMP,v1=HMAC, as Stripe signs", "schema": {"type": "string"}})
-    if e.auth in _SIGNATURE_HEADERS:
-        name, description = _SIGNATURE_HEADERS[e.auth]
+    for name, description in _SIGNATURE_HEADERS.get(e.auth, ()):
         op["parameters"].append({"name": name, "in": "header", "required": False, "description": description,
                                  "schema": {"type": "string"}})
     if e.body is not None:

@@ -16,14 +16,14 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.api import (account, anthropic_messages, billing, channels, chat, conversations, embeddings, exports,
-                             memories)
+from switchboard.api import (account, anthropic_messages, billing, channels, chat, conversations, discord, embeddings,
+                             exports, memories)
 from switchboard.api.anthropic_schemas import MessagesBody
 from switchboard.api.params import ChoiceQuery, IdQuery, IntQuery, MonthQuery, PathId, TextQuery
 from switchboard.api.schemas import ChatCompletionBody, CheckoutBody, PlanChangeBody
 
 Auth = Literal["bearer", "bearer or x-api-key", "stripe signature", "telegram secret token", "whatsapp signature",
-               "none"]
+               "discord signature", "none"]
 JSON = ("application/json",)
 
 
@@ -124,4 +124,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/channels/whatsapp/webhook", channels.whatsapp_webhook,
              "WhatsApp Cloud API notifications (messages, statuses), signed with the app secret", "channels",
              auth="whatsapp signature", any_json_body=True),
+    Endpoint("POST", "/channels/discord/interactions", discord.discord_interactions,
+             "Discord's slash commands (PING, /ask, /link), signed with the application's Ed25519 key", "channels",
+             auth="discord signature", any_json_body=True),
 )

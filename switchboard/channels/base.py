@@ -10,20 +10,24 @@ outbox, worker, linking, split. An adapter only knows its platform's wire format
   whether to retry, after how long, and whether the platform may have it anyway);
 - `typing(...)`: the typing indicator; `render`/`measure`/`limit`: how text is counted and shown.
 
-Discord (and any later platform) is one more module like telegram.py and whatsapp.py.
+Discord (channels/discord/) is one more such adapter; what it runs beside the webhooks (its
+Gateway connection) it hands the hub through `attach`.
 """
 
 from __future__ import annotations
 
 import abc
 import hmac
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
 from switchboard.channels.split import split_text
+
+if TYPE_CHECKING:
+    from switchboard.channels.hub import ChannelHub
 
 
 @dataclass(slots=True)
@@ -117,9 +121,15 @@ class Channel(abc.ABC):
     limit: ClassVar[int]  # the most a message may hold, as `measure` counts
     typing_every_s: ClassVar[float]  # how often the typing indicator is repeated while a turn runs
     link_hint: ClassVar[str]  # how a user sends a link code here
+    link_help_in_groups: ClassVar[bool] = False  # an unknown sender who addresses the bot in a group is told how to link
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
+
+    def attach(self, hub: ChannelHub) -> list[Awaitable[None]]:
+        """What this channel runs for as long as the server does, beside the shared worker
+        (Discord's Gateway connection); the hub runs each as a task and cancels it at stop."""
+        return []
 
     @property
     @abc.abstractmethod

@@ -26,6 +26,7 @@ from switchboard.channels.answer import Answerer
 from switchboard.channels import outbox
 from switchboard.channels.base import Channel, StatusUpdate
 from switchboard.channels.delivery import Sender
+from switchboard.channels.discord import Discord
 from switchboard.channels.intake import Intake
 from switchboard.channels.reminder_feed import ReminderFeed
 from switchboard.channels.telegram import Telegram
@@ -44,6 +45,7 @@ def build_channels(settings: Settings, client: httpx.AsyncClient) -> tuple[dict[
     factories: list[tuple[str, object, Callable[[], Channel]]] = [
         ("telegram", config.telegram, lambda: Telegram(config.telegram, client)),  # type: ignore[arg-type]
         ("whatsapp", config.whatsapp, lambda: WhatsApp(config.whatsapp, client)),  # type: ignore[arg-type]
+        ("discord", config.discord, lambda: Discord(config.discord, client)),  # type: ignore[arg-type]
     ]
     on, off = {}, {}
     for name, section, make in factories:
@@ -71,6 +73,7 @@ class ChannelHub:
         self.reminders = ReminderFeed(self)
         self.worker = Worker(self)
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._attached: list[asyncio.Task[None]] = []  # what adapters run beside the worker (Discord's Gateway)
 
     @property
     def process_id(self) -> int | None:
@@ -88,11 +91,12 @@ class ChannelHub:
         self.assistant.scheduler.on_delivered.append(self.reminders.on_delivered)
         for name, channel in self.adapters.items():
             self._starting[name] = asyncio.create_task(self._introduce(name, channel))
+            self._attached += [asyncio.ensure_future(work) for work in channel.attach(self)]
         self.worker.start()
         log.info("channels on: %s", ", ".join(sorted(self.adapters)))
 
     async def stop(self) -> None:
-        for task in self._starting.values():
+        for task in [*self._attached, *self._starting.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -11,7 +11,8 @@ within a second whatever the model does. In order:
 3. A linked sender: the message is recorded (deduplicated) for the worker to answer.
 4. An unknown sender: a new Free account where `auto_create_accounts` is set; otherwise, in a
    private chat, how to link (at most once per sender per `link_help_interval_s`); nothing in
-   a group, and never a model call.
+   a group (on Discord, where a server member must mention the bot, the same once there), and
+   never a model call.
 
 Each outcome is a word the webhook logs: recorded, duplicate, ignored, linked, refused, told.
 """
@@ -73,7 +74,8 @@ class Intake:
         if user_id is None and private and self.hub.config.auto_create_accounts:
             user_id = await self._register(message)
         if user_id is None:
-            return await self._tell_how_to_link(channel, message) if private else "ignored"
+            told_here = private or channel.link_help_in_groups
+            return await self._tell_how_to_link(channel, message) if told_here else "ignored"
         return await self._record(message, user_id)
 
     async def _key_ready(self, user_id: int) -> bool:

@@ -12,17 +12,19 @@ import typer
 from rich.markup import escape
 from sqlalchemy import Connection, func, select
 
-from switchboard.channels import linking
+from switchboard.channels import connections, linking
 from switchboard.channels.hub import build_channels
 from switchboard.channels.telegram import Telegram
 from switchboard.cli.common import err, error_line, load, open_store, out, utc
+from switchboard.cli.discord import discord_app
 from switchboard.core.config import Settings
 from switchboard.store.channels_schema import channel_identities, channel_inbox, channel_outbox, channel_state
 
-channels_app = typer.Typer(help="Chat channels: Telegram, WhatsApp (docs/channels.md).", no_args_is_help=True)
+channels_app = typer.Typer(help="Chat channels: Telegram, WhatsApp, Discord (docs/channels.md).", no_args_is_help=True)
 telegram_app = typer.Typer(help="Telegram's side of the channel.", no_args_is_help=True)
 channels_app.add_typer(telegram_app, name="telegram")
-NAMES = ("telegram", "whatsapp")
+channels_app.add_typer(discord_app, name="discord")
+NAMES = ("telegram", "whatsapp", "discord")
 
 
 @channels_app.command("link-code")
@@ -38,7 +40,8 @@ def link_code(email: str) -> None:
                                                .where(channel_state.c.channel == "telegram")).scalar())
     deep_link = f" (or open https://t.me/{bot.lstrip('@')}?start={code})" if bot else ""
     err.print(f"A link code for {user.email}, valid once for {ttl // 60} minutes. On Telegram send /start {code} "
-              f"to the bot{deep_link}; on WhatsApp send LINK {code}.", soft_wrap=True, highlight=False, markup=False)
+              f"to the bot{deep_link}; on WhatsApp send LINK {code}; on Discord use /link {code}.",
+              soft_wrap=True, highlight=False, markup=False)
     sys.stdout.write(code + "\n")
 
 
@@ -68,6 +71,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                       highlight=False, markup=False)
         if r.get("webhook"):
             out.print(f"  Telegram's webhook: {r['webhook']}", soft_wrap=True, highlight=False, markup=False)
+        if r.get("connection"):
+            out.print(f"  connection: {r['connection']}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _figures(conn: Connection, name: str) -> dict[str, Any]:
@@ -91,7 +96,19 @@ def _figures(conn: Connection, name: str) -> dict[str, Any]:
         "detail": state.detail if state else None,
         "last_error": state.last_error if state else None,
         "last_error_ms": state.last_error_ms if state else None,
+        "connection": _connection(conn, name),
     }
+
+
+def _connection(conn: Connection, name: str) -> str | None:
+    """Who holds a channel's one connection (Discord's Gateway), if it has one."""
+    held = connections.holder(conn, name)
+    if held is None:
+        return None
+    if held.process_id is None:
+        return "not held by any server process" + (" (its session can be resumed)" if held.session.session_id else "")
+    since = utc(held.connected_ms) if held.connected_ms else "?"
+    return f"held by server process {held.process_id} since {since}; lease until {utc(held.lease_until_ms)}"
 
 
 async def _reports(settings: Settings, figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -319,12 +319,32 @@ class WhatsAppChannelConfig(BaseModel):
         return os.environ.get(self.verify_token_env) or None
 
 
+class DiscordChannelConfig(BaseModel):
+    """Discord (docs/channels.md): on when this section is present, `public_key` and
+    `application_id` are given and the bot token's variable is set. Plain messages arrive over
+    the Gateway websocket (one connection per bot across every server process, held under a
+    lease of `gateway_lease_s`); slash commands at POST /channels/discord/interactions, signed
+    with the application's Ed25519 key (`public_key`, hex: public, not a secret)."""
+
+    bot_token_env: str = "DISCORD_BOT_TOKEN"
+    public_key: str = ""
+    application_id: str = ""
+    api_base_url: str = "https://discord.com/api/v10"
+    # How long the Gateway connection stays this process's without a renewal (renewed every
+    # third of it): a holder that died without a word is replaced within about this long.
+    gateway_lease_s: float = Field(default=10.0, ge=2, le=300)
+
+    def bot_token(self) -> str | None:
+        return os.environ.get(self.bot_token_env) or None
+
+
 class ChannelsConfig(BaseModel):
     """The chat channels (switchboard.channels, docs/channels.md). There is no `enabled` key: a
     channel is on when its section is present and its secrets are set in the environment."""
 
     telegram: TelegramChannelConfig | None = None
     whatsapp: WhatsAppChannelConfig | None = None
+    discord: DiscordChannelConfig | None = None
     auto_create_accounts: bool = False  # an unknown sender gets a new Free account instead of how to link
     link_code_ttl_s: int = Field(default=900, ge=60, le=7 * 86_400)  # `channels link-code` codes expire
     link_help_interval_s: float = Field(default=3600.0, ge=0)  # one "how to link" message per sender per this

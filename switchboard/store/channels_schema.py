@@ -133,3 +133,36 @@ channel_state = Table(
     Column("reminder_mark", BigInteger),  # messages.id up to which reminders were enqueued
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# A platform connection that must be held by one server process at a time (Discord's Gateway
+# websocket, one per bot): the holder (a processes.id) keeps it while `lease_until_ms` is
+# renewed; a lapsed lease or a holder no longer alive in the registry is taken over. The
+# session (`session_id`, `resume_url`, the last `seq` recorded) lets the next holder RESUME it,
+# so that the events sent while no one was connected are replayed instead of lost (migration 0013).
+channel_connections = Table(
+    "channel_connections",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("bot_id", String(64), primary_key=True),
+    Column("holder", BigInteger),
+    Column("lease_until_ms", BigInteger),
+    Column("session_id", String(200)),
+    Column("resume_url", String(500)),
+    Column("seq", BigInteger),
+    Column("connected_ms", BigInteger),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Discord's slash commands are answered through the interaction's webhook (a deferred response
+# first, then the reply within 15 minutes): its token, until the reply is out. `original_done`:
+# the deferred "thinking" message was replaced by the first part (later parts are follow-ups).
+discord_interactions = Table(
+    "discord_interactions",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the interaction's id
+    Column("token", Text, nullable=False),
+    Column("ephemeral", Boolean, nullable=False, server_default="0"),
+    Column("original_done", Boolean, nullable=False, server_default="0"),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_discord_interactions_created", "created_ms"),
+)

@@ -70,7 +70,8 @@ def test_status_says_what_is_off_and_why_and_the_last_error(tmp_path: Path) -> N
         env = {"TELEGRAM_BOT_TOKEN": tg.token, "TELEGRAM_WEBHOOK_SECRET": SECRET}
         on = run(tmp_path, "channels", "status", "--json", config=config, env=env)
         assert on.returncode == 0, on.stderr
-        telegram, whatsapp = json.loads(on.stdout)
+        telegram, whatsapp, discord = json.loads(on.stdout)
+        assert discord["state"] == "off: no [channels.discord] section in the configuration"
         assert telegram["state"] == "on" and telegram["detail"] == "@SwitchboardTestBot"
         assert "blocked by the user" in telegram["last_error"] and telegram["webhook"].startswith("not set")
         assert whatsapp["state"].startswith("off: WhatsApp needs")
