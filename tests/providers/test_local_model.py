@@ -390,6 +390,24 @@ def test_follow_ups_use_what_was_said_before(provider: LocalModelProvider) -> No
     assert sum("Sam" in reply for reply in replies) >= HISTORY_SAMPLES - 2, replies
 
 
+def test_the_question_sets_follow_ups_are_all_answered_from_the_history(provider: LocalModelProvider) -> None:
+    # The six follow-ups of bench/local_model_questions.json (a name, a city, a colour, a number
+    # of cats, "And the capital of Spain?"), each answered by default settings.
+    from bench.local_model_eval import QUESTIONS, score
+
+    follow_ups = [q for q in json.loads(QUESTIONS.read_text())["questions"] if q["kind"] == "history"]
+    assert len(follow_ups) == 6
+
+    async def main() -> list[str]:
+        requests = [ChatRequest(SPEC.name, [ChatMessage(m["role"], m["content"]) for m in q["messages"]],
+                                max_tokens=48, account_id=250 + k) for k, q in enumerate(follow_ups)]
+        return [text for text, _ in await asyncio.gather(*(collect(provider, r) for r in requests))]
+
+    replies = asyncio.run(main())
+    wrong = [(q["id"], reply) for q, reply in zip(follow_ups, replies) if not score(q, reply)]
+    assert not wrong, wrong
+
+
 # --- speed: the cached conversation, and short requests beside long ones ------------------------
 
 # About 1,500 tokens of conversation: long enough that reading it takes seconds here.
