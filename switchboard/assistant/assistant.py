@@ -108,7 +108,9 @@ class Assistant:
     async def _run(self, target: Target, text: str, now: datetime | None, events: asyncio.Queue[TurnEvent | None]
                    ) -> None:
         try:
-            async with self.leases.hold(target.conversation.id):
+            async with self.leases.hold(target.conversation.id) as waited:
+                if waited:  # the turn before may have pinned a model or summarised: read again
+                    target = await self.open(target.profile.user_id, target.conversation.id)
                 async for event in self._turn(target, text, now):
                     events.put_nowait(event)
         except Exception as exc:  # noqa: BLE001 - told to the listener, never lost silently
@@ -121,8 +123,6 @@ class Assistant:
 
     async def _turn(self, target: Target, text: str, now: datetime | None) -> AsyncIterator[TurnEvent]:
         services, uid = self.services, target.profile.user_id
-        # Read again under the lease: the turn before may have pinned a model or summarised.
-        target = await self.open(uid, target.conversation.id)
         conv = target.conversation
         now = now or datetime.now(timezone.utc)
         conversations = services.conversations
@@ -143,7 +143,8 @@ class Assistant:
         said = await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user",
                                                                              content=text))
         reply = None
-        async for event in Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory).run():
+        async for event in Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory,
+                                message=text).run():
             if isinstance(event, TurnCompleted):
                 reply = event.message
             yield event

@@ -91,7 +91,7 @@ def fit(history: list[Message], budget_tokens: int, count: Callable[[str], int])
     groups = units(history)
     for index in range(len(groups) - 1, -1, -1):
         group = groups[index]
-        cost = sum(_PER_MESSAGE_TOKENS + count(_text_of(m)) for m in group)
+        cost = sum(_PER_MESSAGE_TOKENS + count(text_of(m)) for m in group)
         if used + cost > budget_tokens:
             dropped = [m for g in groups[: index + 1] for m in g]
             break
@@ -103,7 +103,7 @@ def fit(history: list[Message], budget_tokens: int, count: Callable[[str], int])
     return Fitted(chat, dropped, used)
 
 
-def _text_of(message: Message) -> str:
+def text_of(message: Message) -> str:
     calls = "".join(c["name"] + (c.get("arguments") or "") for c in message.tool_calls or ())
     return (message.content or "") + calls
 

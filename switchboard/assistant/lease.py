@@ -72,9 +72,12 @@ class ConversationLeases:
                 log.exception("could not renew the lease on conversation %s", conv_id)
 
     @contextlib.asynccontextmanager
-    async def hold(self, conv_id: str) -> AsyncIterator[None]:
-        """Run the block as the conversation's only turn; ConversationBusy after `wait_s`."""
+    async def hold(self, conv_id: str) -> AsyncIterator[bool]:
+        """Run the block as the conversation's only turn; ConversationBusy after `wait_s`. The
+        block gets whether it had to wait (another turn ran first, so what it read before may
+        have changed)."""
         lock, users = self._locks.get(conv_id, (asyncio.Lock(), 0))
+        waited = lock.locked()
         self._locks[conv_id] = (lock, users + 1)
         deadline = time.monotonic() + self.wait_s
         try:
@@ -85,13 +88,14 @@ class ConversationLeases:
                                        "try again in a moment.") from None
             try:
                 while not await asyncio.to_thread(self._claim, conv_id):
+                    waited = True
                     if time.monotonic() > deadline:
                         raise ConversationBusy("Another message to this conversation is still being answered "
                                                "(by another server); try again in a moment.")
                     await asyncio.sleep(self.poll_s)
                 renew = asyncio.create_task(self._renew(conv_id))
                 try:
-                    yield
+                    yield waited
                 finally:
                     renew.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

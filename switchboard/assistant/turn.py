@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 from switchboard.assistant import context
 from switchboard.assistant.charges import run_charged
@@ -42,11 +46,16 @@ from switchboard.core.money import credits_to_ucr, format_credits
 from switchboard.core.types import ChatMessage, ChatRequest, TextDelta as ModelText, ToolCall, ToolCallDelta
 from switchboard.inference.metered import Metering
 from switchboard.inference.resilience import UserHealth
+from switchboard.providers.tokenizers import utf8_len
 
 log = logging.getLogger(__name__)
 
 _OUTPUT_RESERVE = 1024  # tokens of the window kept for the reply when fitting history
+_PROBE_TTL_S = 5.0
+_PROBES: dict[tuple[Any, ...], tuple[float, ModelSpec, bool]] = {}  # see Turn._tools_and_model
 _MARGIN = 64
+_PER_TEXT_FRAMING = 8  # a message's role and framing, more than any vendor counts
+_TOOLS_FRAMING = 600  # the tools block's framing (Anthropic's is about 400 tokens), and more
 _REMINDER_INTENT = re.compile(r"\bremind(?:er)?s?\b|\brappel", re.IGNORECASE)
 REMIND_HINT = "(To set a reminder here, type /remind followed by when and what, e.g. /remind in 10 minutes stretch.)"
 
@@ -76,9 +85,10 @@ class _Stop(Exception):
 class Turn:
     def __init__(self, services: AssistantServices, registry: ToolRegistry, profile: Profile,
                  conversation: Conversation, *, now: datetime | None = None,
-                 memory_hooks: MemoryHooks | None = None) -> None:
+                 memory_hooks: MemoryHooks | None = None, message: str | None = None) -> None:
         self.services = services
         self.memory_hooks = memory_hooks  # long-term memory's recall (None: none)
+        self.message = message  # the user's message this turn answers (already stored)
         self.runtime = services.runtime
         self.settings = services.runtime.settings
         self.registry = registry
@@ -129,7 +139,7 @@ class Turn:
                         yield TextDelta("\n\n" + REMIND_HINT)
                     message = await self._store("assistant", reply, model=metering.model,
                                                 request_ids=[metering.request_id], credits_ucr=metering.charged_ucr)
-                    yield TurnCompleted(message, await self._final_totals())
+                    yield TurnCompleted(message, await self._final_totals(known=True))
                     return
                 await self._store("assistant", text, tool_calls=calls, model=metering.model,
                                   request_ids=[metering.request_id], credits_ucr=metering.charged_ucr)
@@ -155,8 +165,22 @@ class Turn:
             yield await self._failed(SwitchboardError("internal error"), "Sorry, something went wrong on our side.")
 
     def _tools_and_model(self) -> tuple[list[Tool], ModelSpec]:
-        """The tools this turn offers and the model it will most likely run on (for fitting)."""
+        """The tools this turn offers and the model it will most likely run on (for fitting).
+        Remembered for a few seconds per plan, pinned model and router: the metered call routes
+        the real request anyway, this only sizes the history."""
         tools = self.registry.for_plan(self.profile.plan)
+        inference = self.runtime.inference
+        key = (id(inference.router), self.profile.plan, self.conversation.model, tuple(t.name for t in tools))
+        known = _PROBES.get(key)
+        if known is not None and known[0] > time.monotonic():
+            return (tools if known[2] else []), known[1]
+        tools, spec = self._probe(tools)
+        if len(_PROBES) > 256:
+            _PROBES.clear()
+        _PROBES[key] = (time.monotonic() + _PROBE_TTL_S, spec, bool(tools))
+        return tools, spec
+
+    def _probe(self, tools: list[Tool]) -> tuple[list[Tool], ModelSpec]:
         inference = self.runtime.inference
         health = UserHealth(inference.breakers, self.profile.user_id, inference.latency_ms)
         probe_text = "hello"
@@ -173,14 +197,18 @@ class Turn:
         return tools, spec
 
     async def _context(self, tools: list[Tool], spec: ModelSpec) -> list[ChatMessage]:
-        """System prompt, summary and the newest history that fits `spec`'s window, counted as the
-        metered path counts it (the bound it holds for), so that what is sent is never refused."""
+        """System prompt, summary, memories and the newest history that fits `spec`'s window,
+        counted as the metered path counts it (the bound it holds for), so that what is sent is
+        never refused. When a bound from the text's size alone shows that everything fits, as
+        it usually does, nothing is counted at all."""
         conv, uid = self.conversation, self.profile.user_id
         services = self.services
-        history: list[Message] = await services.read(uid, lambda c: services.conversations.messages(
-            c, uid, conv.id, after=conv.summary_upto, limit=self.settings.assistant.history_messages, newest=True))
         provider = self.runtime.inference.provider_for(spec)
+        per_byte = provider.tokens_per_byte(spec)
         specs = [t.spec() for t in tools] or None
+
+        def upper(text: str) -> int:  # at least what `count` says, from the size alone
+            return math.ceil(per_byte * utf8_len(text)) + _PER_TEXT_FRAMING
 
         def count(text: str) -> int:
             return provider.count_prompt(spec, ChatRequest(spec.name, [ChatMessage("user", text)])).bound
@@ -188,21 +216,31 @@ class Turn:
         def whole(messages: list[ChatMessage]) -> int:
             return provider.count_prompt(spec, ChatRequest(spec.name, messages, tools=specs)).bound
 
+        # Memory search (an embedding and an index lookup) runs while the history is read.
+        recalling = asyncio.create_task(self._recall(self.message, spec, upper))
+        try:
+            history: list[Message] = await services.read(uid, lambda c: services.conversations.messages(
+                c, uid, conv.id, after=conv.summary_upto, limit=self.settings.assistant.history_messages, newest=True))
+        finally:
+            notes = await recalling
         system = context.system_prompt(self.settings.assistant.system_prompt, self.profile, self.now, tools=bool(tools))
         reserve = min(_OUTPUT_RESERVE, spec.max_output_tokens or _OUTPUT_RESERVE)
 
+        def head_with(summary: str | None) -> list[ChatMessage]:
+            return ([ChatMessage("system", system)] + ([context.summary_message(summary)] if summary else [])
+                    + ([context.memory_message(notes)] if notes else []))
+
         def fitted_after(head: list[ChatMessage]) -> context.Fitted:
+            texts = [m.text() for m in head] + [context.text_of(m) for m in history]
+            tool_text = orjson.dumps([[t.name, t.description, t.parameters] for t in tools]).decode() if tools else ""
+            quick = sum(upper(t) for t in texts) + upper(tool_text) + _TOOLS_FRAMING
+            if quick + reserve + _MARGIN <= spec.context_window:
+                return context.fit(history, sys.maxsize, upper)  # all of it fits: nothing to count
             fitted = context.fit(history, max(0, spec.context_window - reserve - whole(head) - _MARGIN), count)
             # The sum of per-message counts is close to the whole's; make sure of the whole.
             while len(fitted.messages) > 1 and whole(head + fitted.messages) + reserve > spec.context_window:
                 fitted = context.fit(history, max(0, fitted.tokens - count(fitted.messages[0].text()) - 1), count)
             return fitted
-
-        notes = await self._recall(history, spec, count)
-
-        def head_with(summary: str | None) -> list[ChatMessage]:
-            return ([ChatMessage("system", system)] + ([context.summary_message(summary)] if summary else [])
-                    + ([context.memory_message(notes)] if notes else []))
 
         head = head_with(conv.summary)
         fitted = fitted_after(head)
@@ -215,15 +253,13 @@ class Turn:
             fitted.messages = [context.to_chat(history[-1])]
         return head + fitted.messages
 
-    async def _recall(self, history: list[Message], spec: ModelSpec, count: Callable[[str], int]) -> list[str]:
-        """Long-term memory's notes for the newest user message, within `memory.recall_tokens`
+    async def _recall(self, message: str | None, spec: ModelSpec, count: Callable[[str], int]) -> list[str]:
+        """Long-term memory's notes for the user's message, within `memory.recall_tokens`
         (at most an eighth of the window)."""
-        newest = next((m for m in reversed(history) if m.role == "user" and m.content), None)
-        if newest is None or self.memory_hooks is None:
+        if not message or self.memory_hooks is None:
             return []
         budget = min(self.settings.memory.recall_tokens, spec.context_window // 8)
-        return await self.memory_hooks.notes(self.profile, self.conversation.id, newest.content or "", self.now,
-                                             budget, count)
+        return await self.memory_hooks.notes(self.profile, self.conversation.id, message, self.now, budget, count)
 
     async def _summarise(self, previous: str | None, dropped: list[Message]) -> str | None:
         """Fold the messages that no longer fit into the conversation's summary, with the
@@ -362,7 +398,11 @@ class Turn:
         if metering.model not in self.totals.models and metering.usage.total_tokens:
             self.totals.models.append(metering.model)
 
-    async def _final_totals(self) -> Totals:
+    async def _final_totals(self, *, known: bool = False) -> Totals:
+        """The turn's totals with the balance left: as the last settlement reported it (`known`:
+        the turn ended with a model call, nothing was charged after it), else read."""
+        if known and self.totals.remaining_ucr is not None:
+            return self.totals
         uid = self.profile.user_id
         balance = await self.services.read(uid, lambda c: self.runtime.ledger.balance(c, uid))
         self.totals.remaining_ucr = balance.available_ucr
