@@ -125,3 +125,15 @@ def test_a_reply_of_many_parts_waits_for_discords_rate_limit_instead_of_hitting_
     assert len(parts) > 5 and all(len(p) <= 2000 for p in parts)
     assert " ".join(parts).split() == words  # whole, in order
     assert gw.discord.rate_limited == []  # never over the limit
+
+
+def test_a_reminder_set_in_a_dm_is_delivered_there_once(discord_gw: DiscordGateway) -> None:
+    gw, ada = discord_gw, person()
+    gw.link(ada)
+    gw.dm(ada, "/remind in 2 seconds stretch")
+    wait_for(lambda: len(gw.discord.texts(ada.dm)) == 2)
+    assert "stretch" in gw.discord.texts(ada.dm)[1]
+    wait_for(lambda: any(t.startswith("⏰ Reminder: stretch") for t in gw.discord.texts(ada.dm)), timeout=15)
+    settle(6)  # past the next sweep: once, whatever sweeps and hooks ran
+    assert sum(t.startswith("⏰ Reminder") for t in gw.discord.texts(ada.dm)) == 1
+    assert gw.upstream.chat_requests() == []
