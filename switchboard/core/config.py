@@ -223,10 +223,10 @@ class RoutingConfig(BaseModel):
         "chat": "small", "factual": "small", "writing": "small", "coding": "mid", "math": "mid",
         "long_document": "mid", "vision": "small", "tool_use": "small",
     })
-    # Set from the difficulty score's distribution on the MMLU training prompts (its weights'
-    # metadata): about the top 20% of such questions go to mid, the top 5% to flagship.
-    difficulty_mid: float = Field(default=0.25, ge=0, le=1)
-    difficulty_flagship: float = Field(default=0.41, ge=0, le=1)
+    # The difficulty is a calibrated probability that the cheap model fails where a strong one
+    # succeeds (docs/routing.md): mid from one chance in three, flagship from two in five.
+    difficulty_mid: float = Field(default=0.33, ge=0, le=1)
+    difficulty_flagship: float = Field(default=0.40, ge=0, le=1)
     plan_max_tier: dict[str, Tier] = Field(default_factory=lambda: {"free": "small", "plus": "flagship", "pro": "flagship"})
     long_document_tokens: int = Field(default=8000, gt=0)  # prompts this long are "long_document"
     fallbacks: int = Field(default=2, ge=0, le=10)  # extra candidates kept after the winner

@@ -59,7 +59,15 @@ def classify(
         return "tool_use", "the request offers tools"
     if prompt_tokens >= long_document_tokens:
         return "long_document", f"the prompt is {prompt_tokens} tokens"
-    text = last_user_text(request) if text is None else text
+    return text_class(last_user_text(request) if text is None else text)
+
+
+TEXT_CLASSES = ("coding", "math", "writing", "chat", "factual")
+
+
+def text_class(text: str) -> tuple[str, str]:
+    """(task class, cue) from a message's text alone: one of TEXT_CLASSES. The difficulty
+    estimate uses the class as a feature, so it must not depend on anything but the text."""
     head = text[:HEAD_CHARS].lower()
     words = _WORDS.findall(head)
     vocabulary = set(words)

@@ -1,12 +1,13 @@
 """The difficulty estimate: shipped weights, score contract and speed, stable features, and the trainer.
 
-The trainer is exercised on tiny synthetic data only, so these tests need neither the MMLU data nor
-more than a few seconds.
+The trainer is exercised end to end on small synthetic data laid out like ../shared/data, so these
+tests need neither the real data nor more than a few seconds of fitting.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import csv
+import importlib
 import json
 import os
 import subprocess
@@ -18,58 +19,24 @@ import numpy as np
 import pytest
 
 from switchboard.router import difficulty as D
+from switchboard.router import difficulty_features as F
 from switchboard.router.difficulty import DEFAULT_WEIGHTS, DifficultyModel, features
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+T = importlib.import_module("train_difficulty")
+data = importlib.import_module("difficulty_data")
+fitting = importlib.import_module("difficulty_fit")
+metrics = importlib.import_module("difficulty_metrics")
 
-
-def _load_trainer():
-    spec = importlib.util.spec_from_file_location("train_difficulty", REPO_ROOT / "scripts" / "train_difficulty.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_difficulty", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-T = _load_trainer()
-
-EASY = [
+SAMPLES = [
     "hi",
-    "Hello! How are you today?",
+    "Remind me to buy milk",
+    "Janet has 3 boxes with 12 apples each. She gives 7 apples to each of 4 friends. How many are left?",
+    "Write a 300+ word essay on tides. Do not use any commas and highlight at least 3 sections in markdown.",
+    "Complete the following Python function:\n```python\ndef f(xs: list[int]) -> int:\n    '''Sum.'''\n```",
     "What is the capital of France?\nA. Paris\nB. London\nC. Rome\nD. Madrid\nAnswer:",
-    "Which ocean is the largest?\nA. Atlantic\nB. Pacific\nC. Indian\nD. Arctic\nAnswer:",
-    "Thanks, that's all.",
-]
-HARD = [
-    # professional-law style: long fact pattern, near-identical options
-    "A homeowner entered into a written contract with a contractor to renovate her kitchen for $40,000. "
-    "The contract provided that the contractor would not be paid until the homeowner's architect certified "
-    "that the work had been completed in accordance with the plans. After the contractor finished, the "
-    "architect refused to issue the certificate, although the work was substantially complete, because the "
-    "homeowner had asked him not to. The contractor sued the homeowner for breach of contract. In her "
-    "defense, the homeowner argued that the condition precedent had not been satisfied and that the "
-    "contractor's failure to install a specified brand of faucet was a material breach. The contractor "
-    "argued that the condition should be excused and that the substitution was immaterial. Which of the "
-    "following is the contractor's strongest argument for recovery?\n"
-    "A. The homeowner's interference with the architect excused the condition, and the contractor "
-    "substantially performed.\n"
-    "B. The homeowner's interference with the architect excused the condition, and the contractor fully "
-    "performed.\n"
-    "C. The architect's certification was not a condition, and the contractor substantially performed.\n"
-    "D. The architect's certification was not a condition, and the contractor fully performed.\nAnswer:",
-    # college mathematics
-    "Let f(x) = x^3 - 6x^2 + 11x - 6 and let g be the inverse of f restricted to [3, \\infty). "
-    "Compute g'(6) and determine the value of \\int_1^3 f(x) dx.\nA. 1/2 and 0\nB. 1/2 and 2\n"
-    "C. 1/11 and 0\nD. 1/26 and 0\nAnswer:",
-    # formal logic
-    "Identify the antecedent of the following conditional proposition: (A ⊃ B) ≡ (~B ⊃ ~A) holds whenever "
-    "the conjunction (C · D) is false.\nA. (A ⊃ B)\nB. (~B ⊃ ~A)\nC. (C · D)\nD. ~(C · D)\nAnswer:",
-    # paired judgements
-    "For which of these two scenarios does the main character do something clearly morally wrong, according "
-    "to ordinary moral standards? Scenario 1 | I took the last cookie although my sister had not eaten yet. "
-    "Scenario 2 | I told my friend her haircut looked nice even though I did not like it.\n"
-    "A. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong\nD. Not wrong, Not wrong\nAnswer:",
+    "Let f(x) = x^3 - 6x^2 + 11x - 6. Compute \\int_1^3 f(x) dx and prove that f has three real roots.",
 ]
 
 
@@ -78,20 +45,23 @@ def model() -> DifficultyModel:
     return DifficultyModel.load()
 
 
-def test_shipped_weights_load_with_metadata(model: DifficultyModel) -> None:
+def test_shipped_weights_say_what_they_are(model: DifficultyModel) -> None:
     assert DEFAULT_WEIGHTS.exists() and DEFAULT_WEIGHTS.stat().st_size < 20_000_000
     meta = model.metadata
-    assert meta["feature_version"] == D.FEATURE_VERSION and meta["label"] in T.LABELS
-    assert meta["label_definition"] and meta["score_meaning"] and meta["trained"]
-    assert meta["data"]["rows_used"] > 10_000 and meta["data"]["contaminated_excluded"] >= 1
+    assert meta["feature_version"] == F.FEATURE_VERSION and meta["label"] == T.LABEL
+    assert "fails" in meta["score_meaning"] and meta["trained"]
+    sources = meta["data"]["sources"]
+    assert {"mmlu", "arena_bench", "ifeval", "humaneval_plus", "mbpp_plus", "cruxeval", "mmlu_pro",
+            "theoremqa"} <= set(sources) and meta["data"]["rows"] > 20_000
     held_out = meta["held_out"]
-    assert held_out is not None and held_out["apgr"] > 0.55  # clearly better than random routing (0.5)
-    assert model.hashed_weights.shape == (D.HASH_DIM,) and np.isfinite(model.hashed_weights).all()
+    assert set(held_out) == set(sources)  # every source measured held out
+    assert model.slope > 0 and model.hashed_weights.shape == (F.HASH_DIM,)
+    assert np.isfinite(model.hashed_weights).all()
 
 
-def test_score_is_a_deterministic_number_in_unit_interval(model: DifficultyModel) -> None:
-    prompts = EASY + HARD + ["", " ", "\n\n", "ünïcödé ✓ 日本語のテキスト", "x" * 100_000, "word " * 20_000,
-                             "A. B. C. D.\nA. \nB.\n", "\x00\x01\x02", "$$\\frac{a}{b}$$ " * 300]
+def test_score_is_a_deterministic_probability(model: DifficultyModel) -> None:
+    prompts = SAMPLES + ["", " ", "\n\n", "ünïcödé ✓ 日本語のテキスト", "x" * 100_000, "word " * 20_000,
+                         "A. B. C. D.\nA. \nB.\n", "\x00\x01\x02", "$$\\frac{a}{b}$$ " * 300, "1 2 3 " * 5000]
     for p in prompts:
         s = model.score(p)
         assert isinstance(s, float) and 0.0 <= s <= 1.0, p[:40]
@@ -101,10 +71,8 @@ def test_score_is_a_deterministic_number_in_unit_interval(model: DifficultyModel
 
 
 def test_score_is_fast(model: DifficultyModel) -> None:
-    rng = np.random.default_rng(0)
-    base = HARD + EASY
-    prompts = [base[i % len(base)] * int(rng.integers(1, 4)) for i in range(200)]
-    for p in prompts[:20]:  # warm up
+    prompts = [SAMPLES[i % len(SAMPLES)] * (1 + i % 3) for i in range(300)]
+    for p in prompts[:30]:  # warm up
         model.score(p)
     t0 = time.perf_counter()
     for p in prompts:
@@ -113,30 +81,26 @@ def test_score_is_fast(model: DifficultyModel) -> None:
     assert mean_ms < 1.0, f"{mean_ms:.3f} ms per score"
 
 
-def test_harder_looking_prompts_score_higher_on_average(model: DifficultyModel) -> None:
-    easy = np.mean([model.score(p) for p in EASY])
-    hard = np.mean([model.score(p) for p in HARD])
-    assert hard > easy
-    assert model.score(HARD[0]) > model.score("hi")
+def test_a_longer_multi_step_problem_scores_higher_than_small_talk(model: DifficultyModel) -> None:
+    hard = ("A store sells pencils at $0.35 each and notebooks at $2.40 each. Maria buys 3 notebooks and twice as "
+            "many pencils as notebooks, pays with a $20 bill, then spends 40% of her change on stickers that cost "
+            "$0.15 each. How many stickers does she buy, and how much money does she have left?")
+    assert model.score(hard) > model.score("hi") and model.score(hard) > model.score("Remind me to buy milk")
 
 
 def test_long_prompts_only_read_head_and_tail() -> None:
-    middle_a = "alpha " * 5000
-    middle_b = "omega " * 5000
     head, tail = "Question about contracts. ", "\nWhich is right?\nA. yes\nB. no\nAnswer:"
-    ia, da = features(head + middle_a + tail)
-    ib, db = features(head + middle_b + tail)
-    assert len(ia) < 2000 and da[D.DENSE_NAMES.index("truncated")] == 1.0
+    ia, da = features(head + "alpha " * 5000 + tail)
+    ib, db = features(head + "omega " * 5000 + tail)
+    assert len(ia) < 2000 and da[F.DENSE_NAMES.index("truncated")] == 1.0
     assert np.array_equal(da, db, equal_nan=True)  # same length, options and cues: same dense features
 
 
 def test_features_are_stable_across_processes() -> None:
-    prompt = HARD[1]
+    prompt = SAMPLES[6]
     idx, dense = features(prompt)
-    code = (
-        "import json, sys; from switchboard.router.difficulty import features; "
-        "i, d = features(sys.argv[1]); print(json.dumps([i.tolist(), d.tolist()]))"
-    )
+    code = ("import json, sys; from switchboard.router.difficulty import features; "
+            "i, d = features(sys.argv[1]); print(json.dumps([i.tolist(), d.tolist()]))")
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", code, prompt], env=env, capture_output=True, text=True,
@@ -144,91 +108,164 @@ def test_features_are_stable_across_processes() -> None:
         other_idx, other_dense = json.loads(out.stdout)
         assert other_idx == idx.tolist()
         assert np.allclose(other_dense, dense, equal_nan=True)
-    assert idx.dtype == np.int64 and (np.diff(idx) > 0).all() and idx.min() >= 0 and idx.max() < D.HASH_DIM
-    assert dense.shape == (D.N_DENSE,) and np.isfinite(dense).all()  # multiple choice: no missing features
-    _, chat = features("hi there")
-    assert np.isnan(chat[D.DENSE_NAMES.index("option_word_overlap")])  # not multiple choice: missing
+    assert idx.dtype == np.int64 and (np.diff(idx) > 0).all() and idx.min() >= 0 and idx.max() < F.HASH_DIM
+    assert dense.shape == (F.N_DENSE,)
+
+
+def test_structure_features_see_numbers_constraints_code_and_steps() -> None:
+    def feat(prompt: str, name: str) -> float:
+        return float(features(prompt)[1][F.DENSE_NAMES.index(name)])
+
+    problem = SAMPLES[2]
+    assert feat(problem, "log_numbers") > feat("hi", "log_numbers") and feat(problem, "how_many_much") == 1.0
+    assert feat(SAMPLES[3], "constraints") > 0 and feat(SAMPLES[3], "requested_length") > 0
+    assert feat(SAMPLES[4], "code_fences") > 0 and feat(SAMPLES[4], "task_coding") == 1.0
+    assert feat("First do A, then B, and finally C.", "step_words") > 0
+    assert feat(SAMPLES[5], "n_options") == 4.0 and np.isnan(feat("hi", "log_option_bytes_mean"))
 
 
 # ------------------------------------------------------------------------------- the trainer
 
 
-def _synthetic(n: int = 600, seed: int = 1) -> T.Dataset:
-    """Prompts mentioning integrals/eigenvalues are won by the strong model; the rest are ties."""
+def _write_data(root: Path, seed: int = 1) -> None:
+    """Synthetic data in ../shared/data's layout: three router-mix sources and two MMLU subjects.
+    In every source, prompts mentioning hard words (and longer ones) are won by the strong model."""
     rng = np.random.default_rng(seed)
-    hard_words = ["integral", "eigenvalue", "derivative", "theorem", "matrix"]
-    easy_words = ["capital", "colour", "animal", "fruit", "city"]
-    prompts, subjects, weak, strong = [], [], [], []
-    for i in range(n):
-        hard = bool(rng.random() < 0.4)
-        word = rng.choice(hard_words if hard else easy_words)
-        filler = " ".join(rng.choice(["the", "a", "of", "which", "is", "what", "about"], size=6))
-        prompts.append(f"Question {i}: {filler} {word}?\nA. one\nB. two\nC. three\nD. four\nAnswer:")
-        subjects.append(f"subject_{i % 6}")
-        noise = rng.random() < 0.1
-        weak.append(not hard if not noise else hard)
-        strong.append(True)
-    return T.Dataset(prompts, np.array(subjects), np.array(weak), np.array(strong))
+    hard_words, easy_words = ["integral", "eigenvalue", "theorem", "recursion"], ["capital", "colour", "fruit", "city"]
+    (root / "router-mix").mkdir(parents=True)
+    (root / "routellm-mmlu").mkdir(parents=True)
+
+    def rows(n: int, template: str, graded: bool) -> list[list[str]]:
+        out = []
+        for i in range(n):
+            hard = bool(rng.random() < 0.4)
+            word = rng.choice(hard_words if hard else easy_words)
+            pad = " and then explain each step carefully" * (3 if hard else 0)
+            weak = float(not hard) if rng.random() > 0.1 else float(hard)
+            strong = 1.0 if rng.random() > 0.05 else 0.0
+            if graded:
+                weak, strong = round(0.2 + 0.6 * weak, 3), round(0.3 + 0.7 * strong, 3)
+            out.append([template.format(i=i, word=word) + pad, str(weak if graded else bool(weak)),
+                        str(strong if graded else bool(strong))])
+        return out
+
+    for name, template, graded in (("chat", "Tell me about the {word} number {i}", True),
+                                   ("code", "Write a function about {word} {i}", False),
+                                   ("maths", "Solve the {word} problem {i} with 3 and 4", False)):
+        with (root / "router-mix" / f"{name}.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["prompt", "weak/model", "strong/model", "category"])
+            w.writerows(r + [name] for r in rows(120, template, graded))
+    for subject in ("alpha", "high_school_mathematics"):
+        with (root / "routellm-mmlu" / f"mmlu_{subject}.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["prompt", "weak", "strong"])
+            w.writerows(rows(100, "Which {word} question " + subject + " {i}?\nA. a\nB. b\nC. c\nD. d\nAnswer:", False))
+    (root / "routellm-mmlu" / "contaminated_prompts.jsonl").write_text(
+        json.dumps({"eval_prompt": "Which capital question alpha 0?\nA. a\nB. b\nC. c\nD. d\nAnswer:"}) + "\n")
 
 
-def test_trainer_learns_an_obvious_signal(tmp_path: Path) -> None:
-    ds = _synthetic()
-    X = T.featurize(ds.prompts)
-    for label in ("weak_wrong_strong_right", "strong_wins"):
-        y = T.make_labels(ds, label)
-        params = T.fit(X, y, max_iter=100)
-        p = T._sigmoid(params.logits(X))
-        assert T.auc(p, ~ds.weak & ds.strong) > 0.85
-    oof, row_fold, folds = T.cross_validate(ds, X, "strong_wins", k=3, verbose=False, max_iter=100)
-    assert sorted(set(folds.values())) == [0, 1, 2] and len(folds) == 6
-    metrics = T.routing_metrics(oof, ds.weak, ds.strong)
-    # Perfect ranking of this data gives APGR ~0.73 and CPT(80%) ~0.37; random routing 0.5 and 0.8.
-    assert metrics["apgr"] > 0.65 and metrics["cpt80"] is not None and metrics["cpt80"] < 0.5
+def test_data_reads_both_sets_by_position_with_graded_outcomes(tmp_path: Path) -> None:
+    _write_data(tmp_path)
+    ds, stats = data.load(tmp_path)
+    assert set(stats["sources"]) == {"chat", "code", "maths", "mmlu"}
+    chat = ds.sources == "chat"
+    assert ((ds.weak[chat] > 0) & (ds.weak[chat] < 1)).all()  # graded scores kept as they are
+    assert set(np.unique(ds.weak[ds.sources == "code"])) <= {0.0, 1.0}
+    assert np.allclose(ds.label(), (1 - ds.weak) * ds.strong)
+    hs = ds.groups == "high_school_mathematics"
+    assert hs.sum() == 100 and not ds.trainable()[hs].any() and ds.trainable()[~hs].all()
+    assert stats["mmlu_contaminated_excluded"] <= 1 and (ds.sources == "mmlu").sum() >= 199
+    with pytest.raises(ValueError):
+        data.outcome("1.5")
 
-    # What the trainer writes is what the runtime serves.
-    meta = {**T.feature_config(), "label": "strong_wins", "score_transform": "net_gain"}
-    T.save_weights(tmp_path / "w.npz", params, meta)
+
+def test_trainer_end_to_end_on_synthetic_data(tmp_path: Path) -> None:
+    _write_data(tmp_path / "data")
+    # As an operator runs it (one command), in a process of its own (its BLAS set to one thread).
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "train_difficulty.py"), "--data",
+                           str(tmp_path / "data"), "--out", str(tmp_path / "w.npz"), "--report",
+                           str(tmp_path / "r.json"), "--max-iter", "40"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| held-out source |" in done.stdout  # the table docs/routing.md shows
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["sources"]) == {"chat", "code", "maths", "mmlu"}
+    for source, r in report["sources"].items():
+        assert r["random"] == {"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8}
+        assert 0 <= r["router"]["apgr"] <= 1 and 0 <= r["length"]["apgr"] <= 1
+        assert r["calibration"]["bins"] and 0 <= r["calibration"]["ece"] <= 1
+    # The signal is in the words and the length in every source: held out, the router finds it.
+    assert min(r["router"]["apgr"] for r in report["sources"].values()) > 0.6
+    assert report["blend"] in T.BLENDS
+    shares = report["tiers"]["all"]
+    assert abs(sum(shares.values()) - 1) < 1e-3
+
+    # What the trainer writes is what the runtime serves: the same calibrated number per prompt.
     served = DifficultyModel.load(tmp_path / "w.npz")
-    expected = D.transform_scores(T._sigmoid(params.logits(X)), "net_gain")
-    got = np.array([served.score(q) for q in ds.prompts])
-    assert np.allclose(got, expected, atol=1e-6)
+    assert served.metadata["blend"] == report["blend"] and served.slope > 0
+    ds, _ = data.load(tmp_path / "data")
+    easy = [served.score(p) for p, s in zip(ds.prompts, ds.label()) if s == 0]
+    hard = [served.score(p) for p, s in zip(ds.prompts, ds.label()) if s == 1]
+    assert np.mean(hard) > np.mean(easy)
+    X = fitting.featurize(ds.prompts[:50])
+    p = fitting.Params(served.hashed_weights.astype(np.float64), served.dense_weights, served.bin_edges,
+                       served.bin_weights, served.dense_fill, served.dense_lo, served.dense_hi, served.intercept)
+    expected = D.calibrate(p.logits(X), served.slope, served.offset)
+    assert np.allclose([served.score(q) for q in ds.prompts[:50]], expected, atol=1e-6)
 
 
 def test_routing_metrics_reference_points() -> None:
-    weak = np.array([1, 1, 0, 0, 1, 0, 1, 0], dtype=bool)
-    strong = np.array([1, 1, 1, 1, 0, 1, 1, 0], dtype=bool)
-    # Constant scores = random routing: PGR grows linearly, APGR 0.5, CPT(x) = x.
-    m = T.routing_metrics(np.zeros(8), weak, strong)
+    weak = np.array([1, 1, 0, 0, 1, 0, 1, 0], dtype=float)
+    strong = np.array([1, 1, 1, 1, 0, 1, 1, 0], dtype=float)
+    m = metrics.routing_metrics(np.zeros(8), weak, strong)  # constant scores = random routing
     assert m["apgr"] == pytest.approx(0.5) and m["cpt50"] == pytest.approx(0.5) and m["cpt80"] == pytest.approx(0.8)
     assert m["curve"][0]["accuracy"] == pytest.approx(weak.mean())
     assert m["curve"][-1]["accuracy"] == pytest.approx(strong.mean())
-    # Oracle order (strong-only first, weak-only last) beats random; its reverse is worse.
-    gain = strong.astype(int) - weak.astype(int)
-    assert T.routing_metrics(gain.astype(float), weak, strong)["apgr"] > 0.7
-    assert T.routing_metrics(-gain.astype(float), weak, strong)["apgr"] < 0.3
-    assert T.auc(np.arange(4.0), np.array([0, 0, 1, 1], dtype=bool)) == 1.0
-    assert T.auc(np.ones(4), np.array([0, 0, 1, 1], dtype=bool)) == 0.5
+    gain = strong - weak
+    assert metrics.apgr(gain, weak, strong) > 0.7 and metrics.apgr(-gain, weak, strong) < 0.3
+    graded_weak, graded_strong = weak * 0.5 + 0.2, strong * 0.5 + 0.4  # graded outcomes: means, same curve shape
+    assert metrics.apgr(np.zeros(8), graded_weak, graded_strong) == pytest.approx(0.5)
+    assert metrics.auc(np.arange(4.0), np.array([0, 0, 1, 1], dtype=bool)) == 1.0
+    lo, hi = metrics.apgr_interval(gain, gain, weak, strong, rounds=50)
+    assert lo == hi == 0.0
 
 
-def test_subject_folds_hold_every_subject_out_once() -> None:
-    subjects = np.array([f"s{i % 13}" for i in range(500)])
-    folds = T.subject_folds(subjects, k=5, seed=3)
-    assert set(folds) == set(subjects) and set(folds.values()) == set(range(5))
-    assert folds == T.subject_folds(subjects, k=5, seed=3)
+def test_platt_scaling_recovers_a_calibration_and_reports_it() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20_000)
+    p_true = 1 / (1 + np.exp(-(0.5 * z - 1.0)))
+    y = (rng.random(z.size) < p_true).astype(float)
+    slope, offset = metrics.platt(z, y)
+    assert slope == pytest.approx(0.5, abs=0.03) and offset == pytest.approx(-1.0, abs=0.05)
+    good = metrics.calibration_report(D.calibrate(z, slope, offset), y)
+    bad = metrics.calibration_report(D.calibrate(z, 1.0, 0.0), y)
+    assert good["ece"] < 0.02 < bad["ece"] and len(good["bins"]) == 10
+    assert good["mean_predicted"] == pytest.approx(good["mean_observed"], abs=0.01)
 
 
-def test_dataset_reads_columns_by_position_and_drops_contaminated(tmp_path: Path) -> None:
-    (tmp_path / "mmlu_toy.csv").write_text(
-        "prompt,some/weak-model,another/strong-model\n"
-        '"Q1?\nA. x\nB. y\nAnswer:",True,False\n'
-        '"Q2?\nA. x\nB. y\nAnswer:",False,True\n'
-        '"Q3 leaked\nAnswer:",False,False\n',
-        encoding="utf-8",
-    )
-    (tmp_path / "contaminated_prompts.jsonl").write_text(
-        json.dumps({"train_prompt": "other", "eval_prompt": "Q3 leaked\nAnswer:", "train_idx": 0, "eval_idx": 2})
-        + "\n", encoding="utf-8")
-    ds, stats = T.load_dataset(tmp_path)
-    assert stats["rows"] == 3 and stats["contaminated_excluded"] == 1 and len(ds) == 2
-    assert ds.weak.tolist() == [True, False] and ds.strong.tolist() == [False, True]
-    assert ds.subjects.tolist() == ["toy", "toy"]
+def test_source_weights_give_every_source_the_same_say() -> None:
+    sources = np.array(["a"] * 90 + ["b"] * 10)
+    w = fitting.source_weights(sources, 1.0)
+    assert w[sources == "a"].sum() == pytest.approx(w[sources == "b"].sum()) and w.mean() == pytest.approx(1.0)
+    assert np.allclose(fitting.source_weights(sources, 0.0), 1.0)
+
+
+def test_the_length_only_shortcut_gives_the_full_computation(model: DifficultyModel) -> None:
+    """With every weight but length's at zero, score() reads the prompt's length alone; the number
+    is the one the full feature computation gives."""
+    weights = np.load(DEFAULT_WEIGHTS)
+    keep = D._LENGTH
+    dense = np.zeros(F.N_DENSE)
+    dense[keep] = 0.7
+    bins = np.zeros_like(model.bin_weights)
+    bins[keep] = np.linspace(-0.2, 0.3, bins.shape[1])
+    edges = model.bin_edges.copy()
+    edges[keep] = np.linspace(3, 8, edges.shape[1])
+    args = (np.zeros(F.HASH_DIM, np.float32), dense, edges, bins, model.dense_fill, model.dense_lo, model.dense_hi,
+            -1.5, 0.9, -0.3)
+    short, full = DifficultyModel(*args), DifficultyModel(*args)
+    full._length_only = False
+    assert short._length_only and weights is not None
+    for p in SAMPLES + ["", "é" * 3000, "x" * 200_000]:
+        assert short.score(p) == pytest.approx(full.score(p), abs=1e-12)

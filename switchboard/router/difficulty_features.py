@@ -1,0 +1,280 @@
+"""Features of a prompt for the difficulty estimate: what predicts a cheap model's failure across
+kinds of work (chat, writing, code, maths), computed from the text alone in tens of microseconds.
+
+Two parts, both general rather than keyed to any benchmark's wording:
+
+* **hashed words**: lower-cased word unigrams and bigrams (ASCII punctuation splits words; every
+  digit folds to ``0``, so a number keeps only its length) plus the set of punctuation and symbol
+  characters used, hashed with zlib.crc32 (stable across processes, unlike Python's salted
+  ``hash()``) into ``HASH_DIM`` buckets; each bucket counts once and the bag is scaled by
+  1/sqrt(size). Only the first ``HEAD_BYTES`` and last ``TAIL_BYTES`` of the UTF-8 prompt are
+  tokenised, which bounds the cost of a call;
+* **dense structure features** (``DENSE_NAMES``): length (bytes, words, lines, sentences), numbers
+  and operations (numeric tokens, distinct numbers, arithmetic, quantity words, LaTeX and maths
+  symbols), constraints to satisfy (must / at least / exactly / do not, format rules), requested
+  length ("300 words", "3 paragraphs"), code (fences, code lines, keywords, tests), multiple steps
+  (sequencing words, enumerations, several questions), answer options of a multiple-choice block,
+  and the task class of ``tasks.text_class`` one-hot. Lengths and line counts come from the whole
+  prompt; the rest from the window.
+
+``features(prompt)`` is the one feature function: the runtime (difficulty.py) and the trainer
+(scripts/train_difficulty.py) both call it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+import numpy as np
+
+from switchboard.router.tasks import TEXT_CLASSES, text_class
+
+FEATURE_VERSION = 6
+HASH_BITS = 16
+HASH_DIM = 1 << HASH_BITS
+HEAD_BYTES = 512
+TAIL_BYTES = 1024
+
+_ASCII_PUNCT = bytes(c for c in range(33, 127) if not chr(c).isalnum())
+# Words: ASCII upper -> lower, digits -> "0", ASCII punctuation -> space (then bytes.split()).
+_WORD_TABLE = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ123456789" + _ASCII_PUNCT,
+    b"abcdefghijklmnopqrstuvwxyz000000000" + b" " * len(_ASCII_PUNCT),
+)
+# Lower-cased text that keeps punctuation (for literal cues such as "at least" or "```").
+_LOWER_TABLE = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_NOT_PUNCT = bytes(c for c in range(256) if c not in _ASCII_PUNCT)
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_DIGITS = b"0123456789"
+_MATH = b"=+*/^<>%|~"
+_BRACKETS = b"()[]{}"
+_NON_ASCII = bytes(range(128, 256))
+
+_M1 = np.uint64(0x9E3779B1)
+_M2 = np.uint64(0x85EBCA6B)
+_SHIFT = np.uint64(13)
+_MASK = np.uint64(HASH_DIM - 1)
+# Bucket of each punctuation byte's "symbol present" feature (crc32 of "\x01" + the byte).
+_PUNCT_BUCKET = np.array([zlib.crc32(b"\x01" + bytes((c,))) & (HASH_DIM - 1) for c in range(256)],
+                         dtype=np.int64)
+
+_NUMBER = re.compile(rb"(?<![A-Za-z_])\d+(?:[.,]\d+)*")
+_ARITHMETIC = re.compile(rb"\d\s*[-+*/^=<>]\s*\(?[\d.a-z]")
+_REQUESTED_LENGTH = re.compile(
+    rb"\b\d+\+?\s*(?:words?|sentences?|paragraphs?|lines?|bullet|items?|sections?|pages?|examples?|steps?|"
+    rb"questions?|characters?|letters?|times|verses?|stanzas?)\b")
+_ENUMERATION = re.compile(rb"(?m)^\s*(?:\d{1,2}[.)]|(?:[-*]|\xe2\x80\xa2)|\(?[a-h]\))\s")
+_CODE_LINE = re.compile(rb"(?m)^(?: {2,}|\t)\S|[;{}]\s*$|^\s*(?:def|class|return|import|for|while|if)\b")
+
+_OPTION_HEADS = frozenset(bytes((c, p)) for c in b"ABCDEFGHIJ" for p in b".):")
+_PAIR_OPTION = re.compile(rb"^[A-Za-z ]{1,20}, [A-Za-z ]{1,20}\.?$")
+_NUMERIC_OPTION = re.compile(rb"^[-+$(]?\s*[\d.,/ ]*\d[\d.,/ ]*\s*[%a-zA-Z]{0,6}\)?\.?$")
+
+_QUANTITY_WORDS = frozenset(
+    b"each per total remaining left more less fewer times twice half third quarter percent average every "
+    b"cost costs price spend spent earn earns earned pay paid buy buys bought sells sold profit rate speed "
+    b"hours minutes days weeks months years dollars cents miles km kg pounds altogether combined difference "
+    b"ratio share split change".split())
+_CALC_WORDS = frozenset(
+    b"calculate compute computed solve evaluate estimate determine find value sum product probability "
+    b"expected approximately integral derivative equation equations prove proof show derive theorem lemma "
+    b"matrix eigenvalue polynomial maximum minimum optimal minimize maximize".split())
+_CONSTRAINT_CUES = (b"at least", b"at most", b"exactly", b"no more than", b"no less than", b"less than",
+                    b"more than", b"must", b"do not", b"don't", b"without", b"make sure", b"ensure", b"avoid",
+                    b"only", b"should", b"never", b"always", b"instead", b"wrap", b"end your", b"start your",
+                    b"finish your", b"all lowercase", b"all capital", b"in english", b"in all", b"repeat the")
+_FORMAT_WORDS = frozenset(
+    b"json markdown bullet bullets table title titled section sections paragraph paragraphs words sentences "
+    b"lowercase uppercase capital capitals letters highlight highlighted format formatted placeholder "
+    b"placeholders postscript quotation quotes csv yaml xml html list numbered heading headings bold "
+    b"italic comma commas".split())
+_LENGTH_WORDS = frozenset(b"essay detailed comprehensive thorough long article report story chapter "
+                          b"elaborate extensive in-depth blog".split())
+_BRIEF_WORDS = frozenset(b"brief briefly short concise quick quickly simple simply one-word".split())
+_STEP_WORDS = frozenset(b"then after afterwards first second third finally next before step steps later "
+                        b"subsequently meanwhile until while during".split())
+_CODE_WORDS = frozenset(b"def return print include int void elif lambda var const function println printf "
+                        b"null bool str class import else while integer array assert self none true false "
+                        b"list dict tuple string len range append".split())
+_REASON_WORDS = frozenset(b"why explain reason reasoning justify analyze analyse compare evaluate discuss "
+                          b"argue critique implications tradeoffs trade".split())
+_CREATIVE_WORDS = frozenset(b"story poem poems song lyrics haiku limerick rap fiction character characters "
+                            b"imagine pretend roleplay role dialogue script joke riddle".split())
+_NEGATION_WORDS = frozenset(b"not except never least cannot false incorrect neither nor".split())
+_MATH_BLOCKS = (b"\xe2\x88", b"\xe2\x89", b"\xe2\x8a", b"\xe2\x8b", b"\xe2\x86")  # U+2190.., U+2200..
+
+# Names of the dense features, in order (stored with the weights and checked at load time).
+_TASK_NAMES = tuple(f"task_{c}" for c in TEXT_CLASSES)
+DENSE_NAMES: tuple[str, ...] = (
+    "log_bytes",
+    "log_words",
+    "log_lines",
+    "log_sentences",
+    "log_numbers",
+    "log_distinct_numbers",
+    "numbers_per_word",
+    "log_large_numbers",
+    "decimal_or_percent",
+    "currency",
+    "arithmetic",
+    "digit_ratio",
+    "math_symbol_ratio",
+    "latex",
+    "math_unicode",
+    "quantity_words",
+    "calc_words",
+    "how_many_much",
+    "constraints",
+    "format_words",
+    "requested_length",
+    "length_words",
+    "brief_words",
+    "step_words",
+    "enumerations",
+    "question_marks",
+    "reason_words",
+    "creative_words",
+    "code_fences",
+    "code_lines",
+    "code_words",
+    "bracket_ratio",
+    "tests_or_examples",
+    "n_options",
+    "log_option_bytes_mean",
+    "numeric_options_share",
+    "pair_options_share",
+    "negation_words",
+    "upper_ratio",
+    "non_ascii_ratio",
+    "mean_word_bytes",
+    "quote_marks",
+    "url_or_path",
+    "truncated",
+    *_TASK_NAMES,
+)
+N_DENSE = len(DENSE_NAMES)
+_MISSING = float("nan")  # a feature that does not apply (option features without options)
+
+
+def _window(raw: bytes) -> tuple[bytes, bool]:
+    if len(raw) <= HEAD_BYTES + TAIL_BYTES:
+        return raw, False
+    return raw[:HEAD_BYTES] + b"\n" + raw[-TAIL_BYTES:], True
+
+
+def _hash_tokens(words: list[bytes], window: bytes) -> np.ndarray:
+    punct = np.frombuffer(window.translate(None, _NOT_PUNCT), dtype=np.uint8)
+    parts = [_PUNCT_BUCKET[punct]]
+    if words:
+        h = np.array(list(map(zlib.crc32, words)), dtype=np.uint64)
+        parts.append((h & _MASK).astype(np.int64))
+        if len(words) > 1:
+            parts.append(((((h[:-1] * _M1 + h[1:]) * _M2) >> _SHIFT) & _MASK).astype(np.int64))
+    return np.unique(np.concatenate(parts))
+
+
+def _options(window: bytes) -> list[bytes]:
+    """Option texts of the last "A. ..." block of lines (multiple choice), at most ten."""
+    opts: list[bytes] = []
+    for line in window.split(b"\n"):
+        head = line[:2]
+        if head in _OPTION_HEADS:
+            if head[0] == 65:  # "A": a new block starts (only the last one counts)
+                opts = []
+            opts.append(line[2:].strip())
+    return opts[:10]
+
+
+def _count_any(text: bytes, cues: tuple[bytes, ...]) -> int:
+    return sum(map(text.count, cues))
+
+
+def _dense(raw: bytes, window: bytes, lower: bytes, words: list[bytes], truncated: bool, task: str) -> np.ndarray:
+    n = len(raw)
+    nwf = float(max(len(window), 1))
+    ntok = len(words)
+    vocab = set(words)
+    log1p = math.log1p
+
+    numbers = _NUMBER.findall(window)
+    n_numbers = len(numbers)
+    opts = _options(window)
+    n_opt = len(opts)
+    if n_opt >= 2:
+        mean_len = log1p(sum(map(len, opts)) / n_opt)
+        numeric = sum(1 for o in opts if _NUMERIC_OPTION.match(o)) / n_opt
+        pair = sum(1 for o in opts if _PAIR_OPTION.match(o)) / n_opt
+        n_options = float(n_opt)
+    else:
+        n_options, mean_len, numeric, pair = 0.0, _MISSING, _MISSING, _MISSING
+    words_whole = raw.count(b" ") + raw.count(b"\n") + 1 if truncated else ntok
+    fences = window.count(b"```")
+    return np.array(
+        (
+            log1p(n),
+            log1p(words_whole),
+            log1p(raw.count(b"\n")),
+            log1p(window.count(b". ") + window.count(b"? ") + window.count(b"! ") + window.count(b".\n")),
+            log1p(n_numbers),
+            log1p(len(set(numbers))),
+            min(n_numbers / ntok, 1.0) if ntok else 0.0,
+            log1p(sum(1 for x in numbers if len(x) >= 3)),
+            log1p(window.count(b"%") + sum(1 for x in numbers if b"." in x or b"," in x)),
+            log1p(window.count(b"$") - 2 * window.count(b"$$") if fences == 0 else 0),
+            log1p(len(_ARITHMETIC.findall(window))),
+            (len(window) - len(window.translate(None, _DIGITS))) / nwf,
+            (len(window) - len(window.translate(None, _MATH))) / nwf,
+            log1p(window.count(b"\\") + window.count(b"$$")),
+            log1p(_count_any(window, _MATH_BLOCKS)) if b"\xe2" in window else 0.0,
+            log1p(len(vocab & _QUANTITY_WORDS)),
+            log1p(len(vocab & _CALC_WORDS)),
+            float(b"how many" in lower or b"how much" in lower or b"how long" in lower),
+            log1p(_count_any(lower, _CONSTRAINT_CUES)),
+            log1p(len(vocab & _FORMAT_WORDS)),
+            log1p(len(_REQUESTED_LENGTH.findall(lower))),
+            log1p(len(vocab & _LENGTH_WORDS)),
+            log1p(len(vocab & _BRIEF_WORDS)),
+            log1p(len(vocab & _STEP_WORDS)),
+            log1p(len(_ENUMERATION.findall(window))),
+            log1p(window.count(b"?")),
+            log1p(len(vocab & _REASON_WORDS)),
+            log1p(len(vocab & _CREATIVE_WORDS)),
+            log1p(fences),
+            log1p(len(_CODE_LINE.findall(window))),
+            log1p(len(vocab & _CODE_WORDS)),
+            (len(window) - len(window.translate(None, _BRACKETS))) / nwf,
+            log1p(lower.count(b"assert") + lower.count(b">>>") + lower.count(b"example")),
+            n_options,
+            mean_len,
+            numeric,
+            pair,
+            log1p(len(vocab & _NEGATION_WORDS)),
+            (len(window) - len(window.translate(None, _UPPER))) / nwf,
+            (len(window) - len(window.translate(None, _NON_ASCII))) / nwf,
+            sum(map(len, words)) / ntok if ntok else _MISSING,
+            log1p(window.count(b'"') + window.count(b"\xe2\x80\x9c")),
+            float(b"http" in lower or b"://" in lower or b".py" in lower or b"/" in lower and b"./" in lower),
+            float(truncated),
+            *(float(task == c) for c in TEXT_CLASSES),
+        ),
+        dtype=np.float64,
+    )
+
+
+def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """(hashed bucket indices, dense feature vector) of a prompt.
+
+    Indices are sorted, unique int64 in [0, HASH_DIM); each present bucket has the value
+    1/sqrt(len(indices)). The dense vector holds N_DENSE unscaled float64 values, NaN where a
+    feature does not apply (option features of a prompt without options); the model fills those
+    in (training median) and clips to its training range.
+    """
+    raw = prompt.encode("utf-8", "replace")
+    window, truncated = _window(raw)
+    text = window.translate(_WORD_TABLE)
+    words = text.split()
+    lower = window.translate(_LOWER_TABLE)
+    task = text_class(prompt)[0]
+    return _hash_tokens(words, window), _dense(raw, window, lower, words, truncated, task)
