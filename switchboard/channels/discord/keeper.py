@@ -48,7 +48,6 @@ class GatewayKeeper:
         self.channel = channel
         self.lease_s = channel.config.gateway_lease_s
         self.session = Session()
-        self.connected = False  # this process holds the lease (for tests and status)
         self._gateway_url: str | None = None
         self._last_identify = 0.0
         self._failures = 0
@@ -85,7 +84,6 @@ class GatewayKeeper:
 
     async def _hold(self, me: int) -> None:
         lost = asyncio.Event()
-        self.connected = True
         renewing = asyncio.create_task(self._renew(me, lost))
         try:
             await self._housekeeping()
@@ -98,7 +96,6 @@ class GatewayKeeper:
                     break
             log.warning("discord: the Gateway connection is another process's now")
         finally:
-            self.connected = False
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
