@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from switchboard.assistant.commands import CommandContext, is_command, run_command
@@ -43,10 +44,14 @@ MAX_MESSAGE_CHARS = 32_000
 
 @dataclass(slots=True)
 class Target:
-    """Where a message goes: whose it is and which conversation."""
+    """Where a message goes: whose it is and which conversation, as read at `loaded`."""
 
     profile: Profile
     conversation: Conversation
+    loaded: float = field(default_factory=time.monotonic)
+
+
+FRESH_S = 2.0  # a target read this recently, with no turn run since, is not read again
 
 
 def default_registry() -> ToolRegistry:
@@ -109,8 +114,11 @@ class Assistant:
                    ) -> None:
         try:
             async with self.leases.hold(target.conversation.id) as waited:
-                if waited:  # the turn before may have pinned a model or summarised: read again
-                    target = await self.open(target.profile.user_id, target.conversation.id)
+                if waited or time.monotonic() - target.loaded > FRESH_S:
+                    # Another turn ran since it was read (a model pinned, a summary, a time zone
+                    # set), or a caller keeps targets (the terminal chat): read it again.
+                    fresh = await self.open(target.profile.user_id, target.conversation.id)
+                    target.profile, target.conversation, target.loaded = fresh.profile, fresh.conversation, fresh.loaded
                 async for event in self._turn(target, text, now):
                     events.put_nowait(event)
         except Exception as exc:  # noqa: BLE001 - told to the listener, never lost silently
@@ -130,6 +138,8 @@ class Assistant:
             await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user", kind="command",
                                                                           content=text))
             reply = await run_command(CommandContext(services, target.profile, conv, now), text)
+            if reply.profile is not None:  # /timezone, /name: the caller's target follows
+                target.profile = reply.profile
             message = await services.write(uid, lambda c: conversations.add_message(
                 c, uid, conv.id, role="assistant", kind="command", content=reply.text))
             if reply.new_conversation is not None:  # the new one is now the most recent on its channel
@@ -143,11 +153,12 @@ class Assistant:
         said = await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user",
                                                                              content=text))
         reply = None
-        async for event in Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory,
-                                message=text).run():
+        turn = Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory, message=text)
+        async for event in turn.run():
             if isinstance(event, TurnCompleted):
                 reply = event.message
             yield event
+        target.profile = turn.profile  # a set_timezone tool call: the caller's target follows
         self.memory.after_turn(target.profile, conv.id, [said] + ([reply] if reply is not None else []))
 
 

@@ -83,7 +83,9 @@ def test_async_client(gateway: Gateway) -> None:
 
 def test_models_lists_the_catalog(gateway: Gateway) -> None:
     models = client(gateway).models.list()
-    assert [m.id for m in models.data] == ["fake-small"]
+    # The chat models, then the embedding model (never chosen by auto), each with its type.
+    assert [(m.id, m.model_extra["type"]) for m in models.data] == [("fake-small", "chat"),
+                                                                    ("all-minilm-l6-v2", "embedding")]
 
 
 def test_auth_errors(gateway: Gateway) -> None:
@@ -268,7 +270,7 @@ def test_responses_validate_against_the_sdk_types(gateway: Gateway) -> None:
     models = httpx.get(gateway.api + "/models", headers=headers).json()
     from openai.types import Model
 
-    assert [Model.model_validate(m).id for m in models["data"]] == ["fake-small"]
+    assert [Model.model_validate(m).id for m in models["data"]] == ["fake-small", "all-minilm-l6-v2"]
 
 
 def test_usage_summary_and_export(gateway: Gateway) -> None:
