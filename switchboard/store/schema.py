@@ -209,6 +209,7 @@ notifications = Table(
     Index("ix_notifications_pending", "delivered_ms", "id"),
 )
 
+
 # Envelope encryption (switchboard.crypto): each user's data key, wrapped (AES-256-GCM) by the
 # master key named by `master_key_id`. Rotating the master key re-wraps these rows only.
 data_keys = Table(
