@@ -42,8 +42,12 @@ run: setup
 	@[ "$$SWITCHBOARD_SANDBOX__BACKEND" != none ] || echo "note: not root, so no sandboxes (code-running tools are off); see docs/sandbox.md"
 	$(BIN)/switchboard serve $(if $(PORT),--port $(PORT))
 
+# The suite in two passes: most tests in parallel, then the timing-sensitive and multi-process
+# ones (marked `serial` in tests/conftest.py) alone, so that no other test's load skews them.
+TEST_WORKERS ?= 4
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 bench: setup
 	$(BIN)/python -m bench.gateway

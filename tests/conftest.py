@@ -72,6 +72,27 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
+# Tests that assert how fast something happens (a restart within 10 s, a first token, an
+# acknowledgement within a second) or run several server processes: `make test` runs them on
+# their own after the rest, which runs in parallel (pytest-xdist), so that no other test's load
+# makes their clocks lie.
+SERIAL_MODULES = frozenset({
+    "tests/api/test_crash_recovery.py", "tests/api/test_multiprocess.py", "tests/api/test_first_hour.py",
+    "tests/api/test_local_model_api.py", "tests/providers/test_local_model.py",
+    "tests/assistant/test_assistant_processes.py", "tests/channels/test_channel_processes.py",
+    "tests/channels/test_discord_processes.py", "tests/channels/test_discord_interactions.py",
+    "tests/channels/test_telegram.py", "tests/channels/test_whatsapp.py", "tests/sandbox/test_sandbox_contract.py",
+    "tests/router/test_difficulty.py", "tests/cli/test_assistant_cli.py",
+})
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    root = Path(str(config.rootpath))
+    for item in items:
+        if Path(str(item.fspath)).relative_to(root).as_posix() in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
     if _pg_state.get("ok") is False:
         terminalreporter.write_sep("!", f"PostgreSQL at {POSTGRES_URL} was not reachable: PostgreSQL tests were SKIPPED", red=True)
