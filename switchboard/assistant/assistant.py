@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from sqlalchemy import Connection
+
 from switchboard.assistant.commands import CommandContext, is_command, run_command
-from switchboard.assistant.conversations import Conversation
+from switchboard.assistant.conversations import Conversation, Message
 from switchboard.assistant.events import TextDelta, Totals, TurnCompleted, TurnEvent, TurnFailed
 from switchboard.assistant.lease import ConversationLeases
 from switchboard.assistant.memory_hooks import MemoryHooks
@@ -97,21 +99,26 @@ class Assistant:
         profile, conversation = await services.read(user_id, load)
         return Target(profile, conversation)
 
-    def send(self, target: Target, text: str, *, now: datetime | None = None) -> AsyncIterator[TurnEvent]:
+    def send(self, target: Target, text: str, *, now: datetime | None = None,
+             message_uid: str | None = None) -> AsyncIterator[TurnEvent]:
         """Start the turn now (it runs to its end whether or not the events are read) and return
-        its events."""
+        its events.
+
+        `message_uid` names the user's message: a caller that may run the same message's turn
+        again (a channel answering it after a crash) passes the same uid each time, and the
+        message is stored once, however many times its turn starts."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequest("content must be a non-empty string", param="content")
         if len(text) > MAX_MESSAGE_CHARS:
             raise InvalidRequest(f"content is longer than {MAX_MESSAGE_CHARS} characters", param="content")
         events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
-        task = asyncio.create_task(self._run(target, text, now, events))
+        task = asyncio.create_task(self._run(target, text, now, message_uid, events))
         self._turns.add(task)
         task.add_done_callback(self._turns.discard)
         return _drain(events)
 
-    async def _run(self, target: Target, text: str, now: datetime | None, events: asyncio.Queue[TurnEvent | None]
-                   ) -> None:
+    async def _run(self, target: Target, text: str, now: datetime | None, message_uid: str | None,
+                   events: asyncio.Queue[TurnEvent | None]) -> None:
         try:
             async with self.leases.hold(target.conversation.id) as waited:
                 if waited or time.monotonic() - target.loaded > FRESH_S:
@@ -119,7 +126,7 @@ class Assistant:
                     # set), or a caller keeps targets (the terminal chat): read it again.
                     fresh = await self.open(target.profile.user_id, target.conversation.id)
                     target.profile, target.conversation, target.loaded = fresh.profile, fresh.conversation, fresh.loaded
-                async for event in self._turn(target, text, now):
+                async for event in self._turn(target, text, now, message_uid):
                     events.put_nowait(event)
         except Exception as exc:  # noqa: BLE001 - told to the listener, never lost silently
             log.exception("assistant turn failed before it started")
@@ -129,14 +136,25 @@ class Assistant:
         finally:
             events.put_nowait(None)
 
-    async def _turn(self, target: Target, text: str, now: datetime | None) -> AsyncIterator[TurnEvent]:
+    async def _turn(self, target: Target, text: str, now: datetime | None, message_uid: str | None
+                    ) -> AsyncIterator[TurnEvent]:
         services, uid = self.services, target.profile.user_id
         conv = target.conversation
         now = now or datetime.now(timezone.utc)
         conversations = services.conversations
+
+        def said(kind: str) -> Callable[[Connection], Message]:
+            def store(c: Connection) -> Message:
+                if message_uid is not None:  # the same message's turn again: stored once
+                    found = conversations.message_by_uid(c, uid, conv.id, message_uid)
+                    if found is not None:
+                        return found
+                return conversations.add_message(c, uid, conv.id, role="user", kind=kind, content=text,
+                                                 uid=message_uid)
+            return store
+
         if is_command(text):
-            await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user", kind="command",
-                                                                          content=text))
+            await services.write(uid, said("command"))
             reply = await run_command(CommandContext(services, target.profile, conv, now), text)
             if reply.profile is not None:  # /timezone, /name: the caller's target follows
                 target.profile = reply.profile
@@ -150,8 +168,7 @@ class Assistant:
             yield TurnCompleted(message, Totals(remaining_ucr=balance.available_ucr),
                                 conversation_id=reply.new_conversation.id if reply.new_conversation else None)
             return
-        said = await services.write(uid, lambda c: conversations.add_message(c, uid, conv.id, role="user",
-                                                                             content=text))
+        asked = await services.write(uid, said("text"))
         reply = None
         turn = Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory, message=text)
         async for event in turn.run():
@@ -159,7 +176,7 @@ class Assistant:
                 reply = event.message
             yield event
         target.profile = turn.profile  # a set_timezone tool call: the caller's target follows
-        self.memory.after_turn(target.profile, conv.id, [said] + ([reply] if reply is not None else []))
+        self.memory.after_turn(target.profile, conv.id, [asked] + ([reply] if reply is not None else []))
 
 
 async def _drain(events: asyncio.Queue[TurnEvent | None]) -> AsyncIterator[TurnEvent]:

@@ -62,7 +62,9 @@ def to_chat(message: Message) -> ChatMessage:
 
 def units(messages: list[Message]) -> list[list[Message]]:
     """Messages grouped so that a tool-calling message and its results stay together; oldest first.
-    A result whose call is not in the list (cut off before it) is dropped: it cannot stand alone."""
+    A result whose call is not in the list (cut off before it) is dropped: it cannot stand alone.
+    So is a tool-calling message some of whose calls have no result (its turn was interrupted, by
+    a crash say): vendors refuse a call left unanswered."""
     grouped: list[list[Message]] = []
     open_calls: set[str] = set()
     for message in messages:
@@ -71,9 +73,14 @@ def units(messages: list[Message]) -> list[list[Message]]:
         if message.role == "tool":
             if message.tool_call_id in open_calls and grouped:
                 grouped[-1].append(message)
+                open_calls.discard(message.tool_call_id)
             continue
+        if open_calls:
+            grouped.pop()
         grouped.append([message])
         open_calls = {c["id"] for c in message.tool_calls or ()}
+    if open_calls:
+        grouped.pop()
     return grouped
 
 

@@ -180,8 +180,9 @@ class Conversations:
     def add_message(self, conn: Connection, user_id: int, conv_id: str, *, role: str, kind: str = "text",
                     content: str | None, tool_calls: list[dict[str, Any]] | None = None,
                     tool_call_id: str | None = None, name: str | None = None, model: str | None = None,
-                    request_ids: list[str] | None = None, credits_ucr: int = 0, at: int | None = None) -> Message:
-        uid = new_uid("msg")
+                    request_ids: list[str] | None = None, credits_ucr: int = 0, at: int | None = None,
+                    uid: str | None = None) -> Message:
+        uid = uid or new_uid("msg")
         at = now_ms() if at is None else at
         calls_json = json.dumps(tool_calls, separators=(",", ":")) if tool_calls else None
         result = conn.execute(insert(messages).values(
@@ -194,6 +195,12 @@ class Conversations:
         conn.execute(update(conversations).where(conversations.c.id == conv_id).values(updated_ms=at))
         return Message(int(result.inserted_primary_key[0]), uid, conv_id, role, kind, content, at, tool_calls,
                        tool_call_id, name, model, list(request_ids or ()), credits_ucr)
+
+    def message_by_uid(self, conn: Connection, user_id: int, conv_id: str, uid: str) -> Message | None:
+        """The message `uid` of this user's conversation, if it was stored."""
+        row = conn.execute(select(messages).where(messages.c.uid == uid, messages.c.user_id == user_id,
+                                                  messages.c.conversation_id == conv_id)).first()
+        return None if row is None else self._message(row)
 
     def _message(self, row: Any) -> Message:
         user_id = int(row.user_id)

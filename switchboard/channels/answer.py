@@ -117,7 +117,8 @@ class Answerer:
         try:
             target = await assistant.open(item.user_id, conv_id)
             final: TurnCompleted | TurnFailed | None = None
-            async for event in assistant.send(target, item.text or ""):
+            # Named after the inbox row: a turn run again after a crash stores the message once.
+            async for event in assistant.send(target, item.text or "", message_uid=f"msg_in{item.id:020d}"):
                 if isinstance(event, (TurnCompleted, TurnFailed)):
                     final = event
         except SwitchboardError as exc:  # refused before the turn began (a message too long...)

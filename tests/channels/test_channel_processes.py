@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from switchboard.channels import linking
+from switchboard.store.assistant_schema import messages
 from switchboard.store.channels_schema import channel_inbox
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
@@ -163,5 +164,11 @@ def test_a_server_killed_between_acknowledging_and_answering_is_answered_once(
         last = _inbox(engine)[-1]
         assert (last.status, last.attempts) == ("answered", 2)
         assert _charged_requests(engine) == 1  # the killed turn had produced nothing: not charged
+        # The question was stored by the killed turn; the turn run again does not store it twice,
+        # so neither the model nor the conversation sees it twice.
+        asked = [m for m in upstream.chat_requests()[-1].json["messages"] if m["role"] == "user"]
+        assert [m["content"] for m in asked].count("what's the weather?") == 1
+        with reading(engine) as conn:
+            assert len(list(conn.execute(select(messages.c.id).where(messages.c.role == "user")))) == 1
     _ledger_verify_cli(env)
     engine.dispose()
