@@ -68,6 +68,9 @@ async def _receive(request: Request, name: str) -> Response:
     outcomes = [await hub.intake.accept(channel, message) for message in parsed.messages]
     if parsed.statuses:
         await hub.statuses(channel, parsed.statuses)
+    if parsed.moves:  # a Telegram group upgraded to a supergroup: never a turn
+        await hub.moved(channel, parsed.moves)
+        outcomes += ["moved"] * len(parsed.moves)
     return _ok({"ok": True, "outcomes": outcomes})
 
 

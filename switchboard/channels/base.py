@@ -62,10 +62,20 @@ class StatusUpdate:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ChatMove:
+    """A chat that now has another id (a Telegram group upgraded to a supergroup): what was
+    kept under `old_chat_id` belongs to `new_chat_id` from now on. Never a turn."""
+
+    old_chat_id: str
+    new_chat_id: str
+
+
 @dataclass(slots=True)
 class Parsed:
     messages: list[Inbound] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
+    moves: list[ChatMove] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -89,6 +99,7 @@ class SendResult:
     retry_after_s: float | None = None
     uncertain: bool = False  # the request may have reached the platform: a resend must say so
     outside_window: bool = False  # WhatsApp: free-form messages are closed (24 hours passed)
+    moved_to: str | None = None  # the chat has a new id (Telegram's migrate_to_chat_id): this outcome is from there
 
 
 class BadPayload(ValueError):

@@ -1,7 +1,10 @@
 """Sending one queued part, and recording what the platform said (see channels.outbox).
 
 A reminder to WhatsApp outside the 24-hour customer service window goes out as the configured
-template, or is recorded as undeliverable with the reason: never silently dropped.
+template, or is recorded as undeliverable with the reason: never silently dropped. A part the
+platform refused because its chat has a new id (a Telegram group upgraded to a supergroup) was
+sent again there by the adapter; what that said is recorded, and the chat moves (channels.moves)
+in the same transaction, so that its next parts and any retry go to the new id.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from sqlalchemy import Connection
 from switchboard.billing.accounts import now_ms
 from switchboard.channels import linking, outbox, replies
 from switchboard.channels.base import Channel, Outgoing, SendResult
+from switchboard.channels.moves import move_chat
 from switchboard.channels.outbox import Claimed
 from switchboard.crypto import CryptoError
 from switchboard.store.db import read
@@ -107,4 +111,13 @@ class Sender:
 
             def work(conn: Connection) -> bool:
                 return outbox.failed(conn, claimed.id, me, error)
-        await self.hub.runtime.runner.run(work, order_key=claimed.user_id or 0)
+        moved_to = result.moved_to
+
+        def recorded(conn: Connection) -> bool:
+            if moved_to is not None:
+                done = move_chat(conn, claimed.channel, claimed.bot_id, claimed.chat_id, moved_to)
+                log.info("%s chat %s is now %s (learned from a refused send): moved %s", claimed.channel,
+                         claimed.chat_id, moved_to, done)
+            return work(conn)
+
+        await self.hub.runtime.runner.run(recorded, order_key=claimed.user_id or 0)

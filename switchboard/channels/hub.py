@@ -24,10 +24,11 @@ from switchboard.assistant.assistant import Assistant
 from switchboard.billing.accounts import now_ms
 from switchboard.channels.answer import Answerer
 from switchboard.channels import outbox
-from switchboard.channels.base import Channel, StatusUpdate
+from switchboard.channels.base import Channel, ChatMove, StatusUpdate
 from switchboard.channels.delivery import Sender
 from switchboard.channels.discord import Discord
 from switchboard.channels.intake import Intake
+from switchboard.channels.moves import move_chat
 from switchboard.channels.reminder_feed import ReminderFeed
 from switchboard.channels.telegram import Telegram
 from switchboard.channels.whatsapp import WhatsApp
@@ -135,6 +136,18 @@ class ChannelHub:
                 lambda c, s=status: outbox.failed_later(c, s.platform_message_id, s.error))
             if changed:
                 await self.note_error(channel.name, f"a sent message failed on the platform: {status.error}")
+
+    async def moved(self, channel: Channel, moves: list[ChatMove]) -> None:
+        """Chats that have a new id (a Telegram group upgraded to a supergroup): their
+        conversations and queued work move there (channels.moves). Never a turn; the same move
+        again (Telegram says it in both groups, and retries) changes nothing."""
+        for move in moves:
+            done = await self.runtime.runner.run(
+                lambda c, m=move: move_chat(c, channel.name, channel.bot_id, m.old_chat_id, m.new_chat_id))
+            if done.any:
+                log.info("%s chat %s is now %s: moved %s", channel.name, move.old_chat_id, move.new_chat_id, done)
+        self.wake_inbox()
+        self.wake_outbox()
 
     def wake_inbox(self) -> None:
         self.worker.inbox_event.set()

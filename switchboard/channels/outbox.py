@@ -91,7 +91,7 @@ class Claimed:
     id: int
     channel: str
     bot_id: str
-    chat_id: str
+    chat_id: str  # where it goes now (see destination)
     kind: str
     text: str
     user_id: int | None
@@ -125,9 +125,17 @@ def load(conn: Connection, keyring: KeyRing, part_id: int) -> Claimed:
     else:
         key = _row_key(row.channel, row.chat_id, row.message_uid, int(row.part), int(row.created_ms))
         text = keyring.decrypt(_binding(int(row.user_id), key), bytes(row.text_ct)).decode("utf-8")
-    return Claimed(int(row.id), row.channel, row.bot_id, row.chat_id, row.kind, text,
+    return Claimed(int(row.id), row.channel, row.bot_id, destination(row), row.kind, text,
                    None if row.user_id is None else int(row.user_id), row.reply_to, row.thread_id,
                    int(row.attempts), bool(row.uncertain))
+
+
+def destination(row: Any) -> str:
+    """Where a part goes: the chat its `chat_key` (channel:bot:chat) names. That is the chat it
+    was queued for (`chat_id`, which its text is bound to) unless the chat moved since
+    (channels.moves)."""
+    prefix = f"{row.channel}:{row.bot_id}:"
+    return str(row.chat_key)[len(prefix):] if str(row.chat_key).startswith(prefix) else str(row.chat_id)
 
 
 def delivered(conn: Connection, part_id: int, me: int, platform_id: str | None, at: int) -> bool:

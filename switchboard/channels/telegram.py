@@ -4,12 +4,16 @@ In: `Update` objects POSTed to /channels/telegram/webhook with the secret set by
 in `X-Telegram-Bot-Api-Secret-Token`. Updates are deduplicated by `update_id` (per bot: the
 bot id is the token's number). Only `message` updates are answered: edits, channel posts and
 membership changes are not conversation. In groups the bot answers when it is mentioned
-(@username, a text mention, /command@username) or replied to, and never to a bot.
+(@username, a text mention, /command@username) or replied to, and never to a bot. A group
+upgraded to a supergroup gets a new chat id: the service messages that say so
+(`migrate_to_chat_id` in the old group, `migrate_from_chat_id` in the new) are a `ChatMove`,
+never a turn (channels.moves).
 
 Out: `sendMessage` with `parse_mode` HTML (fenced code as <pre><code>, inline code as <code>,
 everything else escaped), at most 4,096 characters after entity parsing, counted here in UTF-16
 code units as Telegram counts entities (never less than the characters); `sendChatAction`
-typing, repeated every 4 s (it shows for 5). A 429 carries `parameters.retry_after`.
+typing, repeated every 4 s (it shows for 5). A 429 carries `parameters.retry_after`; a 400
+with `parameters.migrate_to_chat_id` (the group became a supergroup) is sent again, once, there.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -25,6 +30,7 @@ import orjson
 from switchboard.channels.base import (
     BadPayload,
     Channel,
+    ChatMove,
     Inbound,
     Outgoing,
     Parsed,
@@ -124,6 +130,9 @@ class Telegram(Channel):
         if not isinstance(msg, dict) or not isinstance(msg.get("chat"), dict):
             return Parsed()  # edits, channel posts, membership changes: nothing to answer
         chat, sender = msg["chat"], msg.get("from") or {}
+        move = _chat_move(msg)
+        if move is not None:
+            return Parsed(moves=[move])
         if chat.get("type") == "channel" or "id" not in chat or "id" not in sender:
             return Parsed()
         text = msg.get("text")
@@ -184,6 +193,11 @@ class Telegram(Channel):
         if message.reply_to:
             params["reply_parameters"] = {"message_id": int(message.reply_to), "allow_sending_without_reply": True}
         result = await self._send(params)
+        if result.moved_to is not None:
+            # Never delivered to the old group (it is gone): once to the supergroup, never more.
+            params["chat_id"] = result.moved_to
+            again = await self._send(params)
+            result = replace(again, moved_to=again.moved_to or result.moved_to)
         if not result.ok and not result.retryable and "can't parse entities" in (result.error or ""):
             # Our HTML was refused: the same text, plain, rather than nothing.
             params.pop("parse_mode")
@@ -200,7 +214,11 @@ class Telegram(Channel):
         if response.status_code == 200 and body.get("ok"):
             return SendResult(True, platform_id=str((body.get("result") or {}).get("message_id")))
         description = str(body.get("description") or f"HTTP {response.status_code}")
-        retry_after = (body.get("parameters") or {}).get("retry_after")
+        parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+        moved_to = parameters.get("migrate_to_chat_id")
+        if isinstance(moved_to, int) and not isinstance(moved_to, bool):
+            return SendResult(False, error=description, moved_to=str(moved_to))
+        retry_after = parameters.get("retry_after")
         if response.status_code == 429 or isinstance(retry_after, (int, float)):
             return SendResult(False, error=description, retryable=True,
                               retry_after_s=float(retry_after) if isinstance(retry_after, (int, float)) else None)
@@ -212,6 +230,19 @@ class Telegram(Channel):
         if thread_id:
             params["message_thread_id"] = int(thread_id)
         await self.call("sendChatAction", params)
+
+
+def _chat_move(msg: dict[str, Any]) -> ChatMove | None:
+    """The service message of a group upgraded to a supergroup: in the old group it carries
+    `migrate_to_chat_id`, in the supergroup `migrate_from_chat_id`; either says the same move."""
+    here, to, came_from = msg["chat"].get("id"), msg.get("migrate_to_chat_id"), msg.get("migrate_from_chat_id")
+    if not isinstance(here, int):
+        return None
+    if isinstance(to, int) and not isinstance(to, bool):
+        return ChatMove(str(here), str(to))
+    if isinstance(came_from, int) and not isinstance(came_from, bool):
+        return ChatMove(str(came_from), str(here))
+    return None
 
 
 def _entity_text(text: str, entity: dict[str, Any]) -> str:

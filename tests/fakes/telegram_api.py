@@ -9,11 +9,15 @@ Answers are `{"ok": true, "result": ...}`. What it checks like Telegram does:
   in UTF-16 code units, must be at most 4,096 ("Bad Request: message is too long");
 - sendChatAction: a known action; setWebhook: `secret_token` of 1-256 of A-Z a-z 0-9 _ -.
 
-Knobs: `fail(method, status, retry_after=..., times=n)` answers the next calls with an error
-(429 with `parameters.retry_after`, 5xx, 403 "bot was blocked by the user"...); `stall(s)`
+Knobs: `fail(method, status, retry_after=..., times=n, chat_id=...)` answers the next calls
+(naming that chat, if given) with an error (429 with `parameters.retry_after`, 5xx, 403 "bot
+was blocked by the user"...); `stall(s)`
 accepts the next sendMessage but answers only after `s` seconds (a client that gave up cannot
-know it arrived). Every call is recorded in `calls`; accepted messages in `sent` with the text
-as the user sees it.
+know it arrived). `upgrade(old, new)` makes group `old` a supergroup `new`, as Telegram does:
+from then on every call naming the old chat is refused with 400 "Bad Request: group chat was
+upgraded to a supergroup chat" and `parameters.migrate_to_chat_id` (ResponseParameters), and
+`migration_updates(...)` builds the two service messages the bot receives about it. Every call
+is recorded in `calls`; accepted messages in `sent` with the text as the user sees it.
 
 Updates to a webhook are built with `message_update(...)` and POSTed with `post_update`, the
 secret in X-Telegram-Bot-Api-Secret-Token, as Telegram does.
@@ -97,8 +101,9 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.sent: list[dict[str, Any]] = []  # accepted sendMessage: params plus "visible" text
         self.webhook: dict[str, Any] = {}
-        self._failures: list[tuple[str, int, int | None, str | None]] = []
+        self._failures: list[tuple[str, int, int | None, str | None, str | None]] = []
         self._stalls: list[float] = []
+        self._upgraded: dict[str, int] = {}  # a group's old chat id -> its supergroup's
         self._ids = itertools.count(1000)
         self._lock = threading.Lock()
         self._server = ServerThread(Starlette(routes=[Route("/bot{token}/{method}", self._call, methods=["GET", "POST"])]))
@@ -113,13 +118,19 @@ class FakeTelegram:
 
     # -- knobs ---------------------------------------------------------------------------------
     def fail(self, method: str, status: int, *, retry_after: int | None = None, times: int = 1,
-             description: str | None = None) -> None:
+             description: str | None = None, chat_id: int | None = None) -> None:
+        where = None if chat_id is None else str(chat_id)
         with self._lock:
-            self._failures.extend([(method, status, retry_after, description)] * times)
+            self._failures.extend([(method, status, retry_after, description, where)] * times)
 
     def stall(self, seconds: float) -> None:
         """Accept the next sendMessage, but answer only after `seconds`."""
         self._stalls.append(seconds)
+
+    def upgrade(self, old_chat_id: int, new_chat_id: int) -> None:
+        """Group `old_chat_id` is now supergroup `new_chat_id`; the old id is refused from now on."""
+        with self._lock:
+            self._upgraded[str(old_chat_id)] = new_chat_id
 
     def calls_of(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -138,16 +149,21 @@ class FakeTelegram:
             return _error(400, "Bad Request: invalid JSON")
         self.calls.append(Call(method, params))
         with self._lock:
-            failure = next((f for f in self._failures if f[0] == method), None)
+            failure = next((f for f in self._failures
+                            if f[0] == method and f[4] in (None, str(params.get("chat_id")))), None)
             if failure is not None:
                 self._failures.remove(failure)
         if failure is not None:
-            _, status, retry_after, description = failure
+            _, status, retry_after, description, _ = failure
             if status == 429:
                 return _error(429, description or f"Too Many Requests: retry after {retry_after}",
                               {"retry_after": retry_after or 1})
             return _error(status, description or {403: "Forbidden: bot was blocked by the user"}.get(
                 status, "Internal Server Error"))
+        moved_to = self._upgraded.get(str(params.get("chat_id")))
+        if moved_to is not None:
+            return _error(400, "Bad Request: group chat was upgraded to a supergroup chat",
+                          {"migrate_to_chat_id": moved_to})
         handler = {"getMe": self._get_me, "sendMessage": self._send_message, "sendChatAction": self._chat_action,
                    "setWebhook": self._set_webhook, "getWebhookInfo": self._webhook_info}.get(method)
         if handler is None:
@@ -247,6 +263,18 @@ def message_update(sender: int, text: str | None = None, *, chat_id: int | None 
         message["reply_to_message"] = reply_to
     message.update(extra or {})
     return {"update_id": next(_update_ids) if update_id is None else update_id, "message": message}
+
+
+def migration_updates(old_chat_id: int, new_chat_id: int, by: int, title: str = "Test group"
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two service messages a bot in group `old_chat_id` gets when user `by` upgrades it to
+    supergroup `new_chat_id`: in the old group, `migrate_to_chat_id`; in the new, `migrate_from_chat_id`."""
+    when = int(time.time())
+    old = {"message_id": next(_message_ids), "from": user(by), "date": when,
+           "chat": {"id": old_chat_id, "type": "group", "title": title}, "migrate_to_chat_id": new_chat_id}
+    new = {"message_id": 1, "from": user(by), "date": when,
+           "chat": {"id": new_chat_id, "type": "supergroup", "title": title}, "migrate_from_chat_id": old_chat_id}
+    return {"update_id": next(_update_ids), "message": old}, {"update_id": next(_update_ids), "message": new}
 
 
 def mention(text: str, username: str) -> list[dict[str, Any]]:
