@@ -133,3 +133,18 @@ def test_counting_a_small_request_is_cheap_and_large_ones_go_to_a_thread() -> No
     assert not is_heavy(hi)
     assert is_heavy(ChatRequest("m", [ChatMessage("user", "x" * (HEAVY_CHARS + 1))]))
     assert is_heavy(ChatRequest("m", [ChatMessage("user", "hi")], tools=[ToolSpec("f", "d" * (HEAVY_CHARS + 1), {})]))
+
+
+def test_remembered_counts_are_exact_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts are remembered (an assistant turn counts the same history several times) without
+    changing any count, and what is remembered stays within its character budget."""
+    monkeypatch.setattr(tokenizers, "_MEMO_CHARS", 4000)
+    memo = tokenizers._Memo("cl100k_base")
+    enc = tokenizers.encoding("cl100k_base")  # the shipped files: tiktoken's own would download them
+    texts = [f"message {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 7 + 1) for i in range(200)]
+    for _ in range(2):
+        for text in texts:
+            assert memo.tokens(text) == len(enc.encode_ordinary(text))
+    assert 0 < memo._chars <= 4000 and memo._chars == sum(len(t) for t in memo._memo)
+    assert memo.tokens("x" * 2000) == len(enc.encode_ordinary("x" * 2000))  # over a quarter: not kept
+    assert "x" * 2000 not in memo._memo
