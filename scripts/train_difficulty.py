@@ -16,10 +16,14 @@ Reads ``../shared/data/router-mix`` and ``../shared/data/routellm-mmlu`` in plac
    ``TOLERANCE``; 0 (prompt length alone) when none qualifies. Prompt length is the one signal
    that held on nearly every source; the regression only reorders prompts where it agrees across
    sources.
-3. **Calibration** (Platt scaling) on the held-out logits against the label, every source
+3. **Quantities**: for maths and word problems (``difficulty_features.quantity``), a weight times
+   the standardised log count of their numbers is added to the logit. The weight a held-out source
+   is scored with is the one that gives the best mean APGR over the *other* sources (so its
+   figures are held out too); the shipped weight is the best over all sources.
+4. **Calibration** (Platt scaling) on the held-out logits against the label, every source
    weighing the same, so that the served number is a probability on kinds of prompts the
    regression had not seen; reported per source with a calibration fitted without that source.
-4. **Training on everything** and writing the weights (with the calibration, the held-out
+5. **Training on everything** and writing the weights (with the calibration, the held-out
    figures and the configuration in their metadata) and docs/routing-results.json, including the
    share of prompts each difficulty tier receives under the configured thresholds.
 """
@@ -58,6 +62,7 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_REPORT = REPO_ROOT / "docs" / "routing-results.json"
 CONFIG = fitting.FitConfig()
 BLENDS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
+QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 PREVIOUS_THRESHOLDS = (0.25, 0.41)  # difficulty_mid, difficulty_flagship before the calibrated estimate
 TOLERANCE = 0.005  # a blend may lose this much APGR to prompt length on a source (well inside the noise)
 LABEL = "weak_fails_strong_succeeds"
@@ -116,6 +121,40 @@ def per_source_mean(apgrs: dict[str, float]) -> float:
     return float(np.mean(list(apgrs.values())))
 
 
+def quantity_signal(prompts: list[str]) -> tuple[np.ndarray, float, float]:
+    """(standardised signal, mean, spread): ``F.quantity`` of each prompt, standardised over the
+    prompts it applies to, 0 for the others (their logit is left as it is)."""
+    q = np.array([np.nan if (v := F.quantity(p)) is None else v for p in prompts], dtype=np.float64)
+    on = ~np.isnan(q)
+    if not on.any():
+        return np.zeros(len(prompts)), 0.0, 1.0
+    mean, spread = float(q[on].mean()), float(q[on].std()) or 1.0
+    return np.where(on, (q - mean) / spread, 0.0), mean, spread
+
+
+def choose_quantity_weight(ds: data.Dataset, base: np.ndarray, zq: np.ndarray) -> tuple[float, np.ndarray, dict]:
+    """(shipped weight, held-out logits, report). Each held-out source is scored with the weight
+    that the other sources chose (best mean APGR over them; ties: the smaller weight), so that the
+    choice itself is held out; the shipped weight is the best over all sources."""
+    names = list(np.unique(ds.sources))
+    table = {w: per_source(ds, base + w * zq) for w in QUANTITY_WEIGHTS}
+
+    def best(sources: list[str]) -> float:
+        return max(QUANTITY_WEIGHTS, key=lambda w: (float(np.mean([table[w][s] for s in sources])), -w))
+
+    held, chosen = base.copy(), {}
+    for source in names:
+        chosen[source] = best([s for s in names if s != source])
+        m = ds.sources == source
+        held[m] = base[m] + chosen[source] * zq[m]
+    weight = best(names)
+    report = {"weight": weight, "held_out_weights": chosen,
+              "share_applied": {s: round(float(np.mean(zq[ds.sources == s] != 0)), 4) for s in names},
+              "weights": [{"weight": w, "mean_apgr": round(per_source_mean(a), 4),
+                           "apgr": {s: round(v, 4) for s, v in a.items()}} for w, a in table.items()]}
+    return weight, held, report
+
+
 def held_out_report(ds: data.Dataset, served_logit: np.ndarray, z_len: np.ndarray) -> tuple[dict, tuple[float, float]]:
     """Per source: routing beside random and length, and calibration with a Platt scaling fitted
     on the other sources' held-out logits. Returns (report, Platt scaling fitted on all sources)."""
@@ -168,7 +207,8 @@ def feature_config(cfg: fitting.FitConfig) -> dict:
     }
 
 
-def save_weights(path: Path, params: fitting.Params, slope: float, offset: float, meta: dict) -> None:
+def save_weights(path: Path, params: fitting.Params, slope: float, offset: float, meta: dict,
+                 quantity: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         np.savez_compressed(
@@ -176,6 +216,7 @@ def save_weights(path: Path, params: fitting.Params, slope: float, offset: float
             bin_edges=params.bin_edges.astype(np.float64), bin_weights=params.bin_weights.astype(np.float64),
             dense_fill=params.fill, dense_lo=params.lo, dense_hi=params.hi, intercept=np.float64(params.intercept),
             calibration_slope=np.float64(slope), calibration_offset=np.float64(offset),
+            quantity=np.array(quantity, dtype=np.float64),
             metadata=np.array(json.dumps(meta, sort_keys=True)),
         )
 
@@ -192,7 +233,9 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
     len_sd, model_sd = float(length.std()), float(model.std()) or 1.0
     z_len, z_model = length / len_sd, model / model_sd
     blend, blends = choose_blend(ds, z_len, z_model)
-    served = z_len + blend * z_model
+    zq, q_mean, q_spread = quantity_signal(ds.prompts)
+    q_weight, served, quantities = choose_quantity_weight(ds, z_len + blend * z_model, zq)
+    quantities.update(mean=round(q_mean, 6), spread=round(q_spread, 6))
     per, (slope, offset) = held_out_report(ds, served, z_len)
 
     t1 = time.perf_counter()
@@ -200,7 +243,7 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
     params = fitting.fit(X.take(trainable), ds.label()[trainable], ds.sources[trainable], cfg)
     final = blended_params(params, blend, len_sd, model_sd)
     train_s = time.perf_counter() - t1
-    shipped = D.calibrate(final.logits(X), slope, offset)
+    shipped = D.calibrate(final.logits(X) + q_weight * zq, slope, offset)
     routing = RoutingConfig()
     report = {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -212,12 +255,14 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
             "baselines": "random routing (APGR 0.5, CPT(x) = x) and prompt length alone (log bytes, longer = harder)",
             "blend": f"served logit = z(length) + blend * z(regression); blend chosen on the held-out predictions "
                      f"(best mean APGR among blends losing at most {TOLERANCE} to length on every source)",
+            "quantity": "served logit += weight * standardised log count of numbers, for maths and word problems "
+                        "only; each held-out source scored with the weight chosen on the other sources",
             "calibration": "Platt scaling on held-out logits, sources weighted equally; per-source figures use a "
                            "scaling fitted without that source",
             "interval": "90% bootstrap interval (rows resampled) of router APGR minus length APGR",
         },
         "model": feature_config(cfg),
-        "blend": blend, "blends": blends,
+        "blend": blend, "blends": blends, "quantity": quantities,
         "calibration": {"slope": round(slope, 5), "offset": round(offset, 5)},
         "mean_apgr": {"router": round(per_source_mean({s: r["router"]["apgr"] for s, r in per.items()}), 4),
                       "length": round(per_source_mean({s: r["length"]["apgr"] for s, r in per.items()}), 4)},
@@ -231,11 +276,13 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
     meta = {
         "trained": report["generated"], "data": stats, "label": LABEL, "label_definition": LABEL_DEFINITION,
         "score_meaning": SCORE_MEANING, "blend": blend, **feature_config(cfg),
+        "quantity": {"weight": q_weight, "mean": q_mean, "spread": q_spread,
+                     "held_out_weights": quantities["held_out_weights"]},
         "held_out": {s: {"apgr": r["router"]["apgr"], "length_apgr": r["length"]["apgr"],
                          "ece": r["calibration"]["ece"]} for s, r in per.items()},
         "train_seconds": round(train_s, 1),
     }
-    save_weights(out, final, slope, offset, meta)
+    save_weights(out, final, slope, offset, meta, (q_weight, q_mean, q_spread))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if verbose:
@@ -246,6 +293,8 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
 
 
 def print_summary(report: dict) -> None:
+    q = report["quantity"]
+    print(f"quantity weight {q['weight']} (held out: {json.dumps(q['held_out_weights'])})")
     print(f"blend {report['blend']}; calibration slope {report['calibration']['slope']} "
           f"offset {report['calibration']['offset']}")
     print("| held-out source | rows | weak | strong | router APGR | length APGR | router - length (90%) | "

@@ -9,8 +9,10 @@ The model is a logistic regression over ``difficulty_features.features`` (hashed
 structure features: length, numbers and operations, constraints, code, steps, options, task
 class), trained on router-mix and routellm-mmlu by scripts/train_difficulty.py; its served logit
 is prompt length plus ``metadata["blend"]`` times the regression (the blend the held-out sources
-allowed), then a Platt calibration (``slope``, ``offset``). Runtime needs only numpy and the
-standard library; the weights load once per process (difficulty_loader.py).
+allowed), plus, for maths and word problems, a weight times how many numbers they hold
+(``difficulty_features.quantity``), then a Platt calibration (``slope``, ``offset``). Runtime
+needs only numpy and the standard library; the weights load once per process
+(difficulty_loader.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from switchboard.router.difficulty_features import DENSE_NAMES, FEATURE_VERSION, HASH_DIM, N_DENSE, features
+from switchboard.router.difficulty_features import DENSE_NAMES, FEATURE_VERSION, HASH_DIM, N_DENSE, features, quantity
 
 __all__ = ["DEFAULT_WEIGHTS", "DENSE_NAMES", "FEATURE_VERSION", "HASH_DIM", "N_DENSE", "DifficultyModel",
            "dense_bins", "features", "prepare_dense"]
@@ -85,6 +87,9 @@ class DifficultyModel:
     slope: float = 1.0  # calibration: score = sigmoid(slope * logit + offset)
     offset: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    # (weight, mean, spread): the logit adds weight * (quantity(prompt) - mean) / spread where
+    # quantity() applies (maths and word problems); weight 0 turns it off.
+    quantity: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
     @classmethod
     def load(cls, path: Path = DEFAULT_WEIGHTS) -> DifficultyModel:
@@ -97,6 +102,7 @@ class DifficultyModel:
             fill, lo, hi = (np.asarray(data[k], dtype=np.float64) for k in ("dense_fill", "dense_lo", "dense_hi"))
             intercept = float(data["intercept"])
             slope, offset = (float(data[k]) for k in ("calibration_slope", "calibration_offset"))
+            q = tuple(float(x) for x in data["quantity"]) if "quantity" in data.files else (0.0, 0.0, 1.0)
         if meta.get("feature_version") != FEATURE_VERSION or hashed.shape != (HASH_DIM,):
             raise ValueError(
                 f"{path}: weights are for feature version {meta.get('feature_version')} with "
@@ -107,7 +113,9 @@ class DifficultyModel:
                 or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)
                 or not fill.shape == lo.shape == hi.shape == (N_DENSE,)):
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
-        return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta)
+        if len(q) != 3 or not q[2] > 0:
+            raise ValueError(f"{path}: quantity must be (weight, mean, spread > 0); retrain")
+        return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta, (q[0], q[1], q[2]))
 
     def __post_init__(self) -> None:
         # Compute only what the weights use: with every weight but prompt length's at zero (the
@@ -118,7 +126,16 @@ class DifficultyModel:
                                  or self.bin_weights[rest].any())
 
     def logit(self, prompt: str) -> float:
-        """The regression's logit (uncalibrated): higher = harder."""
+        """The served logit (uncalibrated): higher = harder."""
+        z = self._regression(prompt)
+        weight, mean, spread = self.quantity
+        if weight:
+            q = quantity(prompt)
+            if q is not None:
+                z += weight * (q - mean) / spread
+        return z
+
+    def _regression(self, prompt: str) -> float:
         if self._length_only:
             x = min(max(math.log1p(len(prompt.encode("utf-8", "replace"))), self.dense_lo[_LENGTH]),
                     self.dense_hi[_LENGTH])

@@ -61,6 +61,7 @@ _PUNCT_BUCKET = np.array([zlib.crc32(b"\x01" + bytes((c,))) & (HASH_DIM - 1) for
                          dtype=np.int64)
 
 _NUMBER = re.compile(rb"(?<![A-Za-z_])\d+(?:[.,]\d+)*")
+_HOW_MUCH = (b"how many", b"how much", b"how long")  # a question about a quantity
 _ARITHMETIC = re.compile(rb"\d\s*[-+*/^=<>]\s*\(?[\d.a-z]")
 _REQUESTED_LENGTH = re.compile(
     rb"\b\d+\+?\s*(?:words?|sentences?|paragraphs?|lines?|bullet|items?|sections?|pages?|examples?|steps?|"
@@ -191,6 +192,10 @@ def _count_any(text: bytes, cues: tuple[bytes, ...]) -> int:
     return sum(map(text.count, cues))
 
 
+def _asks_quantity(lower: bytes) -> bool:
+    return any(cue in lower for cue in _HOW_MUCH)
+
+
 def _dense(raw: bytes, window: bytes, lower: bytes, words: list[bytes], truncated: bool, task: str) -> np.ndarray:
     n = len(raw)
     nwf = float(max(len(window), 1))
@@ -230,7 +235,7 @@ def _dense(raw: bytes, window: bytes, lower: bytes, words: list[bytes], truncate
             log1p(_count_any(window, _MATH_BLOCKS)) if b"\xe2" in window else 0.0,
             log1p(len(vocab & _QUANTITY_WORDS)),
             log1p(len(vocab & _CALC_WORDS)),
-            float(b"how many" in lower or b"how much" in lower or b"how long" in lower),
+            float(_asks_quantity(lower)),
             log1p(_count_any(lower, _CONSTRAINT_CUES)),
             log1p(len(vocab & _FORMAT_WORDS)),
             log1p(len(_REQUESTED_LENGTH.findall(lower))),
@@ -278,3 +283,24 @@ def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
     lower = window.translate(_LOWER_TABLE)
     task = text_class(prompt)[0]
     return _hash_tokens(words, window), _dense(raw, window, lower, words, truncated, task)
+
+
+def quantity(prompt: str) -> float | None:
+    """log1p of how many numbers a quantitative prompt holds; None for any other prompt.
+
+    Quantitative: maths (``tasks.text_class`` says so), or a word problem (not code, at least two
+    numbers and a "how many / how much / how long" question). Why a signal of its own: there,
+    each number is a quantity the answer has to combine, so more numbers mean more steps for the
+    cheap model to get wrong; held out by source it ranks maths better than length alone does
+    (docs/routing.md). Elsewhere numbers mean other things (word counts in format rules, test
+    values in code, option letters), which is why the plain number features did not transfer.
+    Cheaper than ``features``: the task class and one scan for numbers of the window.
+    """
+    task = text_class(prompt)[0]
+    if task == "coding":
+        return None
+    window, _ = _window(prompt.encode("utf-8", "replace"))
+    n = len(_NUMBER.findall(window))
+    if task != "math" and (n < 2 or not _asks_quantity(window.translate(_LOWER_TABLE))):
+        return None
+    return math.log1p(n)

@@ -124,6 +124,38 @@ def test_structure_features_see_numbers_constraints_code_and_steps() -> None:
     assert feat(SAMPLES[5], "n_options") == 4.0 and np.isnan(feat("hi", "log_option_bytes_mean"))
 
 
+def test_quantity_counts_the_numbers_of_maths_and_word_problems_only() -> None:
+    """Numbers count where they are quantities to combine: maths and "how many / how much" word
+    problems (the class need not say maths); not in code, format rules, options or small talk."""
+    story = SAMPLES[2]  # Janet: 3, 12, 7, 4 and "How many"
+    assert F.quantity(story) == pytest.approx(np.log1p(4))
+    assert F.quantity(SAMPLES[6]) is not None  # maths by its class, whatever its numbers
+    longer = ("A baker makes 24 rolls an hour for 6 hours, sells 85 of them at $1.25 and gives 12 away. "
+              "How much money does she make, and how many rolls are left?")
+    assert F.quantity(longer) > F.quantity(story)
+    for other in ("hi", "Remind me to buy milk at 5", SAMPLES[3], SAMPLES[4], SAMPLES[5],
+                  "Is 1 bigger than 2?", "```python\nx = [1, 2, 3]\nprint(len(x))  # how many?\n```"):
+        assert F.quantity(other) is None, other
+
+
+def test_the_quantity_term_moves_only_quantitative_prompts(model: DifficultyModel) -> None:
+    """The served logit adds weight * (quantity - mean) / spread where quantity() applies, nothing
+    elsewhere; saved and loaded with the weights."""
+    weights = np.load(DEFAULT_WEIGHTS)
+    base = {k: weights[k] for k in weights.files}
+    plain = DifficultyModel(model.hashed_weights, model.dense_weights, model.bin_edges, model.bin_weights,
+                            model.dense_fill, model.dense_lo, model.dense_hi, model.intercept, model.slope,
+                            model.offset, model.metadata, (0.0, 0.0, 1.0))
+    with_q = DifficultyModel(plain.hashed_weights, plain.dense_weights, plain.bin_edges, plain.bin_weights,
+                             plain.dense_fill, plain.dense_lo, plain.dense_hi, plain.intercept, plain.slope,
+                             plain.offset, plain.metadata, (0.8, 1.5, 0.5))
+    story = SAMPLES[2]
+    assert with_q.logit(story) - plain.logit(story) == pytest.approx(0.8 * (np.log1p(4) - 1.5) / 0.5)
+    for other in ("hi", SAMPLES[3], SAMPLES[4]):
+        assert with_q.logit(other) == plain.logit(other)
+    assert len(base["quantity"]) == 3 and tuple(base["quantity"]) == model.quantity
+
+
 # ------------------------------------------------------------------------------- the trainer
 
 
@@ -211,7 +243,10 @@ def test_trainer_end_to_end_on_synthetic_data(tmp_path: Path) -> None:
     X = fitting.featurize(ds.prompts[:50])
     p = fitting.Params(served.hashed_weights.astype(np.float64), served.dense_weights, served.bin_edges,
                        served.bin_weights, served.dense_fill, served.dense_lo, served.dense_hi, served.intercept)
-    expected = D.calibrate(p.logits(X), served.slope, served.offset)
+    weight, mean, spread = served.quantity
+    assert weight == report["quantity"]["weight"] in T.QUANTITY_WEIGHTS and spread > 0
+    q = np.array([0.0 if (v := F.quantity(x)) is None else weight * (v - mean) / spread for x in ds.prompts[:50]])
+    expected = D.calibrate(p.logits(X) + q, served.slope, served.offset)
     assert np.allclose([served.score(q) for q in ds.prompts[:50]], expected, atol=1e-6)
 
 
