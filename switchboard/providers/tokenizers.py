@@ -131,6 +131,10 @@ class _Memo:
         return n
 
 
+    def fresh(self, text: str) -> int:
+        """The count of a text not worth remembering (a model's output: new every time)."""
+        return len(self._encode(text)) if text else 0
+
     def head(self, text: str, tokens: int) -> str:
         """The start of `text` that is its first `tokens` tokens (a token split inside a
         character is left out)."""
@@ -151,12 +155,13 @@ class TextTokens:
     caller can tell from a text's length alone that it is short enough not to need counting.
     """
 
-    __slots__ = ("_head", "bound_factor", "estimate_factor", "exact", "name", "per_byte", "tokens")
+    __slots__ = ("_fresh", "_head", "bound_factor", "estimate_factor", "exact", "name", "per_byte", "tokens")
 
     def __init__(self, encoding_name: str, *, estimate_factor: float = 1.0, bound_factor: float = 1.0) -> None:
         self.name = encoding_name
         memo = _memo(encoding_name)
         self.tokens = memo.tokens  # the tokenizer's own count (unscaled)
+        self._fresh = memo.fresh
         self._head = memo.head
         self.exact = estimate_factor == 1.0 and bound_factor == 1.0
         self.estimate_factor = estimate_factor
@@ -168,7 +173,8 @@ class TextTokens:
         return n if self.bound_factor == 1.0 else math.ceil(n * self.bound_factor)
 
     def estimate(self, text: str) -> int:
-        n = self.tokens(text)
+        """Produced text's count (not remembered: an output is new each time)."""
+        n = self._fresh(text)
         return n if self.estimate_factor == 1.0 else math.ceil(n * self.estimate_factor)
 
     def head(self, text: str, tokens: int) -> str:
