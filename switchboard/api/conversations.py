@@ -9,11 +9,12 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from switchboard.api.auth import authenticate
 from switchboard.api.params import IdQuery, IntQuery, PathId
 from switchboard.api.schemas import invalid_from_validation
+from switchboard.api.sse import EventStream
 from switchboard.api.state import AppState
 from switchboard.assistant.conversations import Conversation, Message
 from switchboard.assistant.events import TextDelta, ToolFinished, ToolStarted, TurnCompleted, TurnFailed
@@ -153,8 +154,7 @@ async def send_message(request: Request) -> Response:
     target = await assistant.open(principal.user_id, conv_id)
     events = assistant.send(target, body.content)
     if body.stream:
-        return StreamingResponse(_sse(events), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return EventStream(_sse(events))  # type: ignore[return-value]  # an ASGI response
     async for event in events:
         if isinstance(event, TurnCompleted):
             return _json(_completed(event))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Gateway, balance, usage_records
-from tests.assistant.conftest import history, new_conversation, say, say_streaming
+import httpx
+
+from tests.api.conftest import Gateway, balance, usage_records, wait_for
+from tests.assistant.conftest import auth, history, new_conversation, say, say_streaming
 from tests.fakes.openai_upstream import Behaviour
 
 
@@ -40,3 +42,20 @@ def test_a_streamed_turn_sends_text_deltas_then_the_totals(assistant_gateway: Ga
     assert "".join(data["text"] for name, data in events if name == "text.delta") == "one two three"
     assert events[-1][1]["message"]["content"] == "one two three"
     assert events[-1][1]["credits_charged"] > 0
+
+
+def test_a_streamed_turn_whose_client_goes_runs_to_its_end_and_is_kept(assistant_gateway: Gateway) -> None:
+    """Closing the connection after the first words does not stop the turn: the whole reply is
+    kept in the conversation and charged once, as a user who reconnects expects to find it."""
+    gw = assistant_gateway
+    gw.fake.behaviour = Behaviour(text="one two three four", chunks=4, chunk_delay_s=0.3)
+    conv = new_conversation(gw)
+    before = float(balance(gw)["available"])
+    with httpx.stream("POST", f"{gw.api}/conversations/{conv['id']}/messages", headers=auth(gw.key),
+                      json={"content": "Count to four", "stream": True}, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: text.delta"):
+                break  # the client goes after the first words
+    wait_for(lambda: len(history(gw, conv["id"])) == 2, timeout=15)
+    assert history(gw, conv["id"])[-1]["content"] == "one two three four"
+    assert len(usage_records(gw)) == 1 and float(balance(gw)["available"]) < before
