@@ -46,8 +46,8 @@ run: setup
 # ones (marked `serial` in tests/conftest.py) alone, so that no other test's load skews them.
 TEST_WORKERS ?= 4
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial"
-	$(BIN)/python -m pytest -m serial
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial" --durations=10
+	$(BIN)/python -m pytest -m serial --durations=15
 
 bench: setup
 	$(BIN)/python -m bench.gateway
