@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidTag
@@ -221,6 +221,35 @@ class KeyRing:
         except InvalidTag:
             raise DecryptionFailed(f"ciphertext for {binding.table}.{binding.field} of row {binding.row} "
                                    f"does not authenticate (altered, or moved from elsewhere)") from None
+
+    def decrypt_many(self, user_id: int, table: str, field: str,
+                     values: Sequence[tuple[int | str, bytes]]) -> list[bytes]:
+        """`decrypt` of one field of many rows of one user's table: (row, ciphertext) pairs to
+        plaintexts, in order. The same checks, associated data and failure (DecryptionFailed
+        naming the row) as one `decrypt` per value, with the key looked up and the associated
+        data's fixed part built once: a cold index decrypts tens of thousands of values, and
+        the per-value bookkeeping of `decrypt` cost more than AES-GCM itself."""
+        key = self.data_key(user_id)
+        header = _HEADER.pack(VERSION, key.id)
+        head, start = _HEADER.size, _HEADER.size + NONCE_BYTES
+        suffix = b"\x00" + field.encode()
+        prefix = Binding(user_id, table, "", field).aad(header)[:-len(suffix)]  # the row goes between them
+        blobs = [bytes(blob) for _, blob in values]
+        if blobs and (min(map(len, blobs)) < start + 16 or {blob[:head] for blob in blobs} != {header}):
+            row = next(row for (row, _), blob in zip(values, blobs) if len(blob) < start + 16 or blob[:head] != header)
+            raise DecryptionFailed(f"ciphertext for {table}.{field} of row {row} is not under the data key of "
+                                   f"user {user_id} (or too short)")
+        aads = [prefix + str(row).encode() + suffix for row, _ in values]
+        try:  # the loop in C (map), and the row that failed looked for only when one did
+            return list(map(key.aead.decrypt, [b[head:start] for b in blobs], [b[start:] for b in blobs], aads))
+        except InvalidTag:
+            for (row, _), blob, aad in zip(values, blobs, aads):
+                try:
+                    key.aead.decrypt(blob[head:start], blob[start:], aad)
+                except InvalidTag:
+                    raise DecryptionFailed(f"ciphertext for {table}.{field} of row {row} does not authenticate "
+                                           f"(altered, or moved from elsewhere)") from None
+            raise DecryptionFailed(f"a ciphertext for {table}.{field} does not authenticate") from None
 
     # -- master key rotation ----------------------------------------------------------------
     def rewrap(self, *, batch: int = 500) -> int:

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, and_, delete, func, or_, select, update
 
 from switchboard.core.errors import NotFound, SwitchboardError
 from switchboard.crypto import Binding, CryptoError, KeyRing
+from switchboard.memory.embedder import DIMENSIONS
 from switchboard.store.conflict import insert_or_ignore
 from switchboard.store.memory_schema import memories, memory_users
 
@@ -79,6 +80,22 @@ class Memory:
     @property
     def thread(self) -> str | None:
         return self.meta.get("thread")
+
+
+@dataclass(slots=True)
+class Changed:
+    """Memories written after a version, as an index takes them in (`MemoryStore.changed_since`):
+    the ids of those no longer active (only removed from an index, never decrypted), and the
+    active ones decrypted, column by column in id order, the embeddings as one matrix."""
+
+    gone: list[int]
+    ids: list[int]
+    uids: list[str]
+    kinds: list[str]
+    created_ms: list[int]
+    texts: list[str]
+    metas: list[dict[str, Any]]
+    embeddings: np.ndarray  # (len(ids), DIMENSIONS) float16, as stored (the index widens them as it copies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +243,42 @@ class MemoryStore:
         rows = conn.execute(query.order_by(memories.c.created_ms.desc(), memories.c.id.desc()).limit(limit)).all()
         return [self._memory(row) for row in rows]
 
-    def changed_since(self, conn: Connection, user_id: int, rev: int) -> list[Memory]:
-        """Every memory written after version `rev` (all of them for 0), with embeddings, in id order."""
-        rows = conn.execute(select(memories).where(memories.c.user_id == user_id, memories.c.rev > rev)
-                            .order_by(memories.c.id)).all()
-        return [self._memory(row, with_embedding=True) for row in rows]
+    def changed_since(self, conn: Connection, user_id: int, rev: int) -> Changed:
+        """Every memory written after version `rev` (all of them for 0), in id order, the active
+        ones decrypted. This is a cold index's build: 10,000 memories must take well under 200 ms
+        on one core, so each field is decrypted in one batch (`KeyRing.decrypt_many`), the
+        metadata parsed as one JSON array and the embeddings read as one matrix."""
+        c = memories.c
+        # Sorted here, not by ORDER BY: SQLite would sort the rows, ciphertexts and all, in a
+        # temporary B-tree (a third of the read's time at 10,000 memories).
+        rows = sorted(conn.execute(select(c.id, c.uid, c.kind, c.status, c.created_ms, c.text_ct, c.meta_ct,
+                                          c.embedding_ct).where(c.user_id == user_id, c.rev > rev)).all(),
+                      key=lambda r: r[0])
+        gone = [int(r[0]) for r in rows if r[3] != "active"]
+        if gone:
+            rows = [r for r in rows if r[3] == "active"]
+        uids = [r[1] for r in rows]
+        texts = self._open_many(user_id, "text", list(zip(uids, [r[5] for r in rows])))
+        metas = self._open_many(user_id, "meta", list(zip(uids, [r[6] for r in rows])))
+        vectors = self._open_many(user_id, "embedding", list(zip(uids, [r[7] for r in rows])))
+        width = 2 * DIMENSIONS  # float16
+        if set(map(len, vectors)) - {width}:
+            uid = next(uid for uid, raw in zip(uids, vectors) if len(raw) != width)
+            raise MemoryUnreadable(f"The stored embedding of memory {uid} does not have {DIMENSIONS} dimensions.")
+        embeddings = np.frombuffer(b"".join(vectors), dtype=np.float16).reshape(len(rows), DIMENSIONS)
+        parsed = json.loads(b"[" + b",".join(metas) + b"]")  # one parse: authenticated JSON objects, joined
+        if len(parsed) != len(rows) or not all(type(m) is dict for m in parsed):
+            raise MemoryUnreadable("The stored metadata of this account's memories is not what was written.")
+        return Changed(gone, [int(r[0]) for r in rows], uids, [r[2] for r in rows], [int(r[4]) for r in rows],
+                       [t.decode() for t in texts], parsed, embeddings)
+
+    def _open_many(self, user_id: int, name: str, values: list[tuple[str, bytes]]) -> list[bytes]:
+        try:
+            return self.keyring.decrypt_many(user_id, TABLE, name, values)
+        except CryptoError as exc:
+            log.error("a stored memory's %s does not decrypt: %s", name, exc)
+            raise MemoryUnreadable(f"A stored {name} of this account's memories cannot be decrypted: it was "
+                                   f"altered or damaged in storage ({exc}). Nothing of it can be shown.") from None
 
     def count(self, conn: Connection, user_id: int) -> int:
         return int(conn.execute(select(func.count()).select_from(memories)

@@ -66,6 +66,15 @@ def test_a_ciphertext_moved_elsewhere_does_not_decrypt(ring: KeyRing, elsewhere:
     blob = ring.encrypt(Binding(1, "notes", 10, "body"), SECRET)
     with pytest.raises(DecryptionFailed):
         ring.decrypt(elsewhere, blob)
+    fine = ring.encrypt(Binding(elsewhere.user_id, elsewhere.table, 9, elsewhere.field), b"fine")
+    with pytest.raises(DecryptionFailed, match=f"row {elsewhere.row}"):  # in a batch, too, naming the row
+        ring.decrypt_many(elsewhere.user_id, elsewhere.table, elsewhere.field, [(9, fine), (elsewhere.row, blob)])
+
+
+def test_a_batch_decrypts_what_single_decrypts_do(ring: KeyRing) -> None:
+    values = [(f"mem_{n}", ring.encrypt(Binding(1, "memories", f"mem_{n}", "text"), b"value %d" % n)) for n in range(5)]
+    assert ring.decrypt_many(1, "memories", "text", values) == [b"value %d" % n for n in range(5)]
+    assert ring.decrypt_many(1, "memories", "text", []) == []
 
 
 def test_a_wrapped_data_key_moved_to_another_user_does_not_unwrap(ring: KeyRing, engine: Engine) -> None:

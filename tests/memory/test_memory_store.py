@@ -73,7 +73,20 @@ def test_a_ciphertext_moved_to_another_row_does_not_decrypt(setup: Setup) -> Non
         conn.execute(update(memories).where(memories.c.id == second.id).values(text_ct=blob))
     with pytest.raises(MemoryUnreadable):
         asyncio.run(setup.memory.get(uid, second.uid))
+    with pytest.raises(MemoryUnreadable):  # nor when a search builds the index, all memories at once
+        asyncio.run(setup.memory.search(uid, "secret", 5))
     assert asyncio.run(setup.memory.get(uid, first.uid)).text == "First secret."
+
+
+@pytest.mark.parametrize("column", ["embedding_ct", "meta_ct"])
+def test_an_embedding_or_metadata_moved_to_another_row_does_not_decrypt(setup: Setup, column: str) -> None:
+    uid = setup.user("ada@example.com")
+    first, second = asyncio.run(setup.memory.keep(uid, [fact("First secret."), fact("Second secret.")]))
+    with setup.engine.begin() as conn:
+        blob = conn.execute(select(memories.c[column]).where(memories.c.id == first.id)).scalar_one()
+        conn.execute(update(memories).where(memories.c.id == second.id).values({column: blob}))
+    with pytest.raises(MemoryUnreadable):
+        asyncio.run(setup.memory.search(uid, "secret", 5))
 
 
 def test_searches_never_return_another_users_memory(setup: Setup) -> None:
@@ -153,3 +166,16 @@ def test_the_cache_stays_under_its_budget(setup: Setup) -> None:
         assert texts(asyncio.run(setup.memory.search(uid, f"number {n}", 1))) == [f"User {n} likes number {n}."]
     assert len(setup.memory.cache._indexes) == 1
     assert texts(asyncio.run(setup.memory.search(users[0], "number 0", 1))) == ["User 0 likes number 0."]
+
+
+def test_an_index_caught_up_twice_with_the_same_rows_holds_each_memory_once(setup: Setup) -> None:
+    uid = setup.user("ada@example.com")
+    asyncio.run(setup.memory.keep(uid, [fact("I keep bees."), fact("The hive is by the pear tree.")]))
+    index = setup.memory.index_sync(uid)
+    asyncio.run(setup.memory.keep(uid, [fact("The bees swarmed in June.")]))
+    with setup.engine.connect() as conn:
+        everything = setup.memory.store.changed_since(conn, uid, 0)  # two already indexed, one new
+    index.apply(everything, index.version + 1)
+    assert len(index) == 3
+    assert sorted(texts(index.search(None, ["bees", "hive"], None, 10))) == [
+        "I keep bees.", "The bees swarmed in June.", "The hive is by the pear tree."]
