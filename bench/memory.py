@@ -2,7 +2,7 @@
 with 10,000 memories.
 
     .venv/bin/python -m bench.memory [--data ../shared/data/locomo-dev/locomo-dev.json] [--k 10]
-        [--scale 10000] [--out bench/results/memory.json]
+        [--scale 10000] [--scale-only] [--out bench/results/memory.json]
 
 Quality: each conversation is imported as one user's history, exactly as
 `switchboard memory import` does it (one memory per turn: role, speaker's name, the turn's
@@ -15,7 +15,7 @@ evidence turns among the source_ids of the top k results; hit@k: whether any is.
 
 Scale: one user with `--scale` memories (the conversations' turns repeated, each copy a thread
 of its own and a year later), searched warm (p50/p95 over the questions), cold (the index
-decrypted and built, then the search: p50/p95 over 5 builds), and the index's size in RAM.
+decrypted and built, then the search: p50/p95 over 10 builds), and the index's size in RAM.
 Everything runs on one thread (onnxruntime and numpy), as a server process's search does.
 """
 
@@ -174,7 +174,7 @@ async def scale(setup: Setup, data: list[dict[str, Any]], size: int, k: int) -> 
     asked = [q["question"] for sample in data for q in questions(sample)][:200]
     vectors = setup.memory.embedder.embed(asked).vectors
     cold = []
-    for n in range(5):
+    for n in range(10):
         setup.memory.cache.drop(uid)
         started = time.perf_counter()
         query_vector = setup.memory.embedder.embed([asked[n]]).vectors[0]
@@ -198,20 +198,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--scale", type=int, default=10_000, help="memories of the scale test (0: skip it)")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="skip the questions (quality); the other figures of an existing --out are kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memory.json")
     args = parser.parse_args()
+    if args.scale_only and not args.scale:
+        sys.exit("--scale-only needs --scale above 0")
     if not args.data.is_file():
         sys.exit(f"no data at {args.data} (LoCoMo's development split: ../shared/data/locomo-dev/)")
     data = json.loads(args.data.read_text())
     with tempfile.TemporaryDirectory(prefix="sb-memory-bench-") as tmp:
         setup = Setup(Path(tmp))
-        result: dict[str, Any] = {"data": str(args.data), "quality": asyncio.run(quality(setup, data, args.k))}
-        q = result["quality"]
-        print(f"recall@{args.k} {q[f'recall@{args.k}']:.3f}  hit@{args.k} {q[f'hit@{args.k}']:.3f}  "
-              f"({q['questions']} questions; search p50 {q['search_ms']['p50']:.1f} ms, p95 {q['search_ms']['p95']:.1f} ms)")
-        for name, row in q["by_category"].items():
-            print(f"  {name:12} {row['questions']:4} questions  recall@{args.k} {row[f'recall@{args.k}']:.3f}  "
-                  f"hit@{args.k} {row[f'hit@{args.k}']:.3f}")
+        result: dict[str, Any] = {"data": str(args.data)}
+        if args.scale_only:
+            if args.out.is_file():
+                result = json.loads(args.out.read_text()) | result
+        else:
+            result["quality"] = q = asyncio.run(quality(setup, data, args.k))
+            print(f"recall@{args.k} {q[f'recall@{args.k}']:.3f}  hit@{args.k} {q[f'hit@{args.k}']:.3f}  ({q['questions']} "
+                  f"questions; search p50 {q['search_ms']['p50']:.1f} ms, p95 {q['search_ms']['p95']:.1f} ms)")
+            for name, row in q["by_category"].items():
+                print(f"  {name:12} {row['questions']:4} questions  recall@{args.k} {row[f'recall@{args.k}']:.3f}  "
+                      f"hit@{args.k} {row[f'hit@{args.k}']:.3f}")
         if args.scale:
             s = result["scale"] = asyncio.run(scale(setup, data, args.scale, args.k))
             print(f"{s['memories']} memories of one user: warm p50 {s['warm_ms']['p50']:.1f} ms, p95 "
