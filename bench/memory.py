@@ -126,7 +126,7 @@ async def quality(setup: Setup, data: list[dict[str, Any]], k: int) -> dict[str,
         uid = setup.user(f"{sample['sample_id']}@bench.invalid")
         lines = import_lines(sample)
         started = time.perf_counter()
-        kept = await import_items(setup.memory, uid, parse_lines(lines))
+        kept = (await import_items(setup.memory, uid, parse_lines(lines))).kept
         imports.append({"conversation": sample["sample_id"], "lines": kept, "seconds": time.perf_counter() - started})
         await asyncio.to_thread(setup.memory.index_sync, uid)  # warm, as a server that searched once
         for q in questions(sample):

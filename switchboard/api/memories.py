@@ -194,15 +194,15 @@ async def import_memories(request: Request) -> Response:
         except ValueError as exc:
             raise InvalidRequest(f"messages[{n}]: {exc}", param=f"messages[{n}].created_at") from None
         items.append(from_line(ImportLine.model_validate(message.model_dump()), created, thread))
-    kept = await import_items(memory, principal.user_id, items)
+    imported = await import_items(memory, principal.user_id, items)
     facts: list[str] = []
     plan = state.runtime.settings.plans.get(principal.plan)
     if body.extract and plan is not None and plan.memory_extraction:
         said = [Said(i.meta["source_ids"][0] if i.meta["source_ids"] else f"line{n}", i.meta["role"], i.text,
-                     i.created_ms, thread) for n, i in enumerate(items)]
+                     i.created_ms, thread) for n, i in enumerate(imported.fresh)]
         facts = (await extract(state.runtime.inference, memory, principal.user_id, principal.plan, said,
                                now=datetime.now(timezone.utc))).facts
-    return _json({"object": "memory.import", "imported": kept, "facts": facts,
+    return _json({"object": "memory.import", "imported": imported.kept, "skipped": imported.skipped, "facts": facts,
                   "extracted": bool(body.extract and plan is not None and plan.memory_extraction)}, 201)
 
 

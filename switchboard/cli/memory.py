@@ -59,7 +59,7 @@ def memory_import(
     from rich.progress import Progress
 
     from switchboard.core.errors import SwitchboardError
-    from switchboard.memory.importer import import_items, parse_lines
+    from switchboard.memory.importer import Imported, import_items, parse_lines
 
     _quiet_logs()
     store = open_store()
@@ -72,18 +72,19 @@ def memory_import(
     except UnicodeDecodeError:
         error_line(f"{file} is not UTF-8 text")
 
-    async def run() -> int:
+    async def run() -> Imported:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
             task = progress.add_task("importing", total=len(items))
             return await import_items(memory, user.id, items, progress=lambda n: progress.advance(task, n))
 
     try:
-        kept = asyncio.run(run())
+        imported = asyncio.run(run())
     except SwitchboardError as exc:
         fail(exc)
-    err.print(f"imported {kept} memories for {escape(user.email)}")
+    err.print(f"imported {imported.kept} memories for {escape(user.email)}"
+              + (f" ({imported.skipped} lines already imported, skipped)" if imported.skipped else ""))
     if extract:
-        facts = asyncio.run(_extract(store, user, items))
+        facts = asyncio.run(_extract(store, user, imported.fresh))
         err.print(f"extracted {facts} facts")
 
 

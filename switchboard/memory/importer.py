@@ -12,9 +12,11 @@ written in batches.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -74,13 +76,35 @@ def from_line(line: ImportLine, created_ms: int, thread: str) -> Remembered:
     return Remembered("message", line.content, created_ms, meta)
 
 
+@dataclass(slots=True)
+class Imported:
+    kept: int  # memories kept now
+    skipped: int  # lines whose source_id the user's memory already holds (imported before)
+    fresh: list[Remembered]  # the lines kept now (facts are extracted from these alone)
+
+
 async def import_items(memory: MemoryService, user_id: int, items: list[Remembered], *,
-                       progress: Callable[[int], None] | None = None) -> int:
-    """Keep `items` in batches (MemoryOff when the user's memory is off); how many were kept."""
+                       progress: Callable[[int], None] | None = None) -> Imported:
+    """Keep `items` in batches (MemoryOff when the user's memory is off). A line whose
+    `source_id` the user's memory already holds is skipped: importing the same history twice
+    (a retried upload, an export imported again) keeps each message once. Lines without a
+    `source_id` cannot be told apart, and are always kept."""
+    index = await asyncio.to_thread(memory.index_sync, user_id)
+    known = index.source_ids()
+    fresh: list[Remembered] = []
+    for item in items:
+        ids = item.meta.get("source_ids") or []
+        if ids and all(i in known for i in ids):
+            continue
+        known.update(ids)
+        fresh.append(item)
+    skipped = len(items) - len(fresh)
+    if progress is not None and skipped:
+        progress(skipped)
     kept = 0
-    for start in range(0, len(items), BATCH):
-        batch = items[start:start + BATCH]
+    for start in range(0, len(fresh), BATCH):
+        batch = fresh[start:start + BATCH]
         kept += len(await memory.keep(user_id, batch))
         if progress is not None:
             progress(len(batch))
-    return kept
+    return Imported(kept, skipped, fresh)

@@ -132,6 +132,11 @@ class UserIndex:
         self._text_bytes = 0
         self.closed = False
 
+    def source_ids(self) -> set[str]:
+        """Every source id the user's memories cite (to recognise what was imported before)."""
+        with self.lock:
+            return {sid for entry in self._entries if entry is not None for sid in entry.source_ids}
+
     def close(self) -> None:
         self.closed = True
         self._db.close()

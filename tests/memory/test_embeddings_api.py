@@ -66,6 +66,10 @@ def test_the_memories_api(gateway: Gateway) -> None:
          "created_at": "2025-06-01T10:00:00"},
         {"role": "assistant", "content": "Great, the lake cabin?", "source_id": "t2", "created_at": None}]})
     assert imported.status_code == 201 and imported.json()["imported"] == 2
+    again = httpx.post(gateway.api + "/memories/import", headers=h, json={"messages": [
+        {"role": "user", "content": "We booked the cabin for the 14th.", "source_id": "t1"},
+        {"role": "user", "content": "And the boat for the 15th.", "source_id": "t3"}]})
+    assert (again.json()["imported"], again.json()["skipped"]) == (1, 1)  # t1 was imported before
     found = httpx.post(gateway.api + "/memories/search", headers=h, json={"query": "food allergy", "limit": 1}).json()
     assert found["data"][0]["id"] == mid
     fixed = httpx.patch(f"{gateway.api}/memories/{mid}", headers=h, json={"text": "I am allergic to peanuts and cashews."})
@@ -76,5 +80,5 @@ def test_the_memories_api(gateway: Gateway) -> None:
     assert old["status"] == "superseded" and old["superseded_by"] == fixed.json()["id"]
     assert httpx.get(gateway.api + "/memories/mem_00", headers=h).status_code == 404
     assert httpx.delete(f"{gateway.api}/memories/{fixed.json()['id']}", headers=h).json()["versions_deleted"] == 2
-    assert httpx.delete(gateway.api + "/memories", headers=h).json()["deleted"] == 2
+    assert httpx.delete(gateway.api + "/memories", headers=h).json()["deleted"] == 3
     assert httpx.get(gateway.api + "/memories", headers=h).json()["data"] == []

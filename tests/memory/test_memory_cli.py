@@ -89,3 +89,11 @@ def test_a_bad_line_is_refused_naming_it(cli: None, tmp_path: Path) -> None:
     bad.write_text('{"role": "user", "content": "fine"}\n{"role": "robot", "content": "no"}\n')
     result = CliRunner().invoke(app, ["memory", "import", EMAIL, str(bad)])
     assert result.exit_code == 1 and "line 2" in result.output
+
+
+def test_importing_the_same_history_twice_keeps_each_message_once(cli: None) -> None:
+    run("memory", "import", EMAIL, str(DATA / "history.jsonl"))
+    _, said = run("memory", "import", EMAIL, str(DATA / "history.jsonl"))
+    assert "imported 0 memories" in said and "24 lines already imported" in said
+    stdout, _ = run("memory", "list", EMAIL, "--json")
+    assert len(stdout.splitlines()) == 24
