@@ -157,8 +157,10 @@ def memory_search(
             sys.stdout.write(json.dumps({"results": [result_json(h) for h in hits]}, ensure_ascii=False) + "\n")
             continue
         table = Table(title=f"{escape(text)}")
-        for column in ("score", "when", "text", "sources", "id"):
+        for column in ("score", "when", "text"):
             table.add_column(column)
+        table.add_column("sources", overflow="fold")  # ids whole on any width: folded, never cut
+        table.add_column("id", no_wrap=True)  # what `memory forget` takes: the text wraps instead
         for h in hits:
             body = result_json(h)
             table.add_row(f"{h.score:.4f}", (body["created_at"] or "")[:10], escape(body["text"]),
@@ -180,8 +182,10 @@ def memory_list(email: str, as_json: bool = typer.Option(False, "--json", help="
             sys.stdout.write(json.dumps(memory_json(m), ensure_ascii=False) + "\n")
         return
     table = Table(title=f"memories of {escape(user.email)} ({len(found)})")
-    for column in ("id", "kind", "status", "when", "text", "sources"):
+    table.add_column("id", no_wrap=True)  # what `memory forget` takes: never cut, the text wraps instead
+    for column in ("kind", "status", "when", "text"):
         table.add_column(column)
+    table.add_column("sources", overflow="fold")  # folded onto more lines, never cut
     for m in found:
         body = memory_json(m)
         table.add_row(m.uid, m.kind, m.status, (body["created_at"] or "")[:16], escape(m.text[:200]),

@@ -5,6 +5,7 @@ them): import, single and batch search as JSON lines, list, forget."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +98,17 @@ def test_importing_the_same_history_twice_keeps_each_message_once(cli: None) -> 
     assert "imported 0 memories" in said and "24 lines already imported" in said
     stdout, _ = run("memory", "list", EMAIL, "--json")
     assert len(stdout.splitlines()) == 24
+
+
+def test_the_tables_show_whole_ids_on_an_80_column_terminal(cli: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `memory forget` takes the ids the tables show: on a narrow terminal the text wraps and the
+    # ids stay whole (they were cut to "mem_ae1c9a7…" at 80 and even 120 columns).
+    monkeypatch.setenv("COLUMNS", "80")
+    run("memory", "import", EMAIL, str(DATA / "history.jsonl"))
+    stdout, _ = run("memory", "list", EMAIL, "--json")
+    ids = {json.loads(line)["id"] for line in stdout.splitlines()}
+    table, _ = run("memory", "list", EMAIL)
+    assert set(re.findall(r"mem_\w+", table)) == ids  # a cut id ("mem_ae1c9a7…") would not be one of them
+    table, _ = run("memory", "search", EMAIL, "What is the name of Maya's dog?", "--limit", "3")
+    shown = re.findall(r"mem_\w+", table)
+    assert len(shown) == 3 and set(shown) <= ids
