@@ -27,6 +27,45 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.whatsapp_api import FakeWhatsApp
 from tests.support.servers import ServerThread
 
+
+# -- servers in processes of their own (test_channel_processes, test_discord_processes) ---------
+
+# The plan and channel timings of a configuration file; each test adds its platforms' sections.
+PROCESS_TOML = """
+[plans.exact]
+name = "exact"
+monthly_usd = 0
+monthly_credits = 100000
+turn_credits = 5000
+
+[channels]
+poll_interval_s = 0.2
+retry_base_s = 0.2
+lease_s = 5
+"""
+# Heartbeats fast enough that a dead process is known within seconds; a conversation's turn
+# lease short enough that a killed process's lease does not hold the next turn long.
+FAST_PROCESSES = {"SWITCHBOARD_HEARTBEAT_INTERVAL_S": "0.5", "SWITCHBOARD_HEARTBEAT_LAPSE_S": "3",
+        "SWITCHBOARD_PROGRESS_INTERVAL_S": "0.5", "SWITCHBOARD_ASSISTANT__LEASE_S": "3"}
+
+
+def process_env(tmp_path: Path, database_url: str, toml: str, secrets: dict[str, str]) -> dict[str, str]:
+    """The environment of `switchboard serve` processes on `database_url`, configured by `toml`
+    (written to a file) with the platforms' `secrets`."""
+    config = tmp_path / "switchboard.toml"
+    config.write_text(toml)
+    return {
+        "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
+        "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
+        "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "info",
+        **secrets, **FAST_PROCESSES,
+    }
+
+
+def link_code(engine: Engine, user_id: int, ttl_s: int = 900) -> str:
+    """A link code, as `switchboard channels link-code` makes one."""
+    return TransactionRunner(engine).run_sync(lambda c: linking.create_code(c, user_id, ttl_s))
+
 TELEGRAM_SECRET = "tg_webhook-Secret_42"
 WHATSAPP_VERIFY = "verify-me-please"
 # Short intervals so that retries and takeovers happen within a test's patience.
@@ -68,9 +107,7 @@ class Channels:
         return self.url + "/channels/whatsapp/webhook"
 
     def code(self, user_id: int | None = None, ttl_s: int = 900) -> str:
-        """A link code, as `switchboard channels link-code` makes one."""
-        uid = self.user_id if user_id is None else user_id
-        return TransactionRunner(self.engine).run_sync(lambda c: linking.create_code(c, uid, ttl_s))
+        return link_code(self.engine, self.user_id if user_id is None else user_id, ttl_s)
 
     def api(self, path: str) -> Any:
         response = httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.key}"}, timeout=10)

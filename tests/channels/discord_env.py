@@ -14,14 +14,12 @@ import pytest
 from sqlalchemy import Engine, Table, select
 
 from switchboard.api.app import create_app
-from switchboard.channels import linking
 from switchboard.core.config import Settings
 from switchboard.store.channels_schema import channel_inbox, channel_outbox
 from switchboard.store.db import make_engine, reading
 from switchboard.store.migrate import upgrade
-from switchboard.store.runner import TransactionRunner
 from tests.api.conftest import add_user, gateway_settings, wait_for
-from tests.channels.conftest import roomy_plans
+from tests.channels.conftest import link_code, roomy_plans
 from tests.fakes.discord_api import FakeDiscord, snowflake, user
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.servers import ServerThread
@@ -71,8 +69,7 @@ class DiscordGateway:
         return self.url + "/channels/discord/interactions"
 
     def code(self, user_id: int | None = None, ttl_s: int = 900) -> str:
-        uid = self.user_id if user_id is None else user_id
-        return TransactionRunner(self.engine).run_sync(lambda c: linking.create_code(c, uid, ttl_s))
+        return link_code(self.engine, self.user_id if user_id is None else user_id, ttl_s)
 
     def dm(self, who: Person, text: str, **kwargs: Any) -> dict[str, Any]:
         """`who` writes to the bot in their direct messages; the MESSAGE_CREATE sent."""

@@ -21,7 +21,7 @@ from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import usage_records
 from tests.api.conftest import add_user, wait_for
 from tests.api.test_multiprocess import _ledger_verify_cli, _settings
-from tests.channels.conftest import TELEGRAM_SECRET, WHATSAPP_VERIFY
+from tests.channels.conftest import PROCESS_TOML, TELEGRAM_SECRET, WHATSAPP_VERIFY, process_env
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram, message_update, post_update
 from tests.fakes.whatsapp_api import FakeWhatsApp, text_message
@@ -30,18 +30,7 @@ from tests.support.servers import ServerProcess
 
 ADA = 4242
 PHONE = "16505551234"
-CHANNELS_TOML = """
-[plans.exact]
-name = "exact"
-monthly_usd = 0
-monthly_credits = 100000
-turn_credits = 5000
-
-[channels]
-poll_interval_s = 0.2
-retry_base_s = 0.2
-lease_s = 5
-
+CHANNELS_TOML = PROCESS_TOML + """
 [channels.telegram]
 api_base_url = "{telegram}"
 
@@ -49,24 +38,16 @@ api_base_url = "{telegram}"
 phone_number_id = "{phone_number_id}"
 api_base_url = "{whatsapp}"
 """
-# Heartbeats fast enough that a dead process is known within seconds; a conversation's turn
-# lease short enough that the killed process's lease does not hold the next turn long.
-FAST = {"SWITCHBOARD_HEARTBEAT_INTERVAL_S": "0.5", "SWITCHBOARD_HEARTBEAT_LAPSE_S": "3",
-        "SWITCHBOARD_PROGRESS_INTERVAL_S": "0.5", "SWITCHBOARD_ASSISTANT__LEASE_S": "3"}
 
 
 def _env(tmp_path: Path, database_url: str, upstream: FakeOpenAI, tg: FakeTelegram, wa: FakeWhatsApp) -> dict[str, str]:
-    config = tmp_path / "switchboard.toml"
-    config.write_text(fake_model_toml(upstream.url, CHANNELS_TOML.format(
-        telegram=tg.url, whatsapp=wa.base_url, phone_number_id=wa.phone_number_id)))
-    return {
-        "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
-        "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
-        "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "info",
+    toml = fake_model_toml(upstream.url, CHANNELS_TOML.format(
+        telegram=tg.url, whatsapp=wa.base_url, phone_number_id=wa.phone_number_id))
+    return process_env(tmp_path, database_url, toml, {
         "TELEGRAM_BOT_TOKEN": tg.token, "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET,
         "WHATSAPP_ACCESS_TOKEN": wa.access_token, "WHATSAPP_APP_SECRET": wa.app_secret,
-        "WHATSAPP_VERIFY_TOKEN": WHATSAPP_VERIFY, **FAST,
-    }
+        "WHATSAPP_VERIFY_TOKEN": WHATSAPP_VERIFY,
+    })
 
 
 def _prepared(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, upstream: FakeOpenAI,

@@ -18,6 +18,7 @@ from switchboard.store.runner import TransactionRunner
 from switchboard.store.schema import processes
 from tests.api.conftest import add_user, wait_for
 from tests.api.test_multiprocess import _ledger_verify_cli, _settings
+from tests.channels.conftest import PROCESS_TOML, process_env
 from tests.channels.discord_env import person
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -25,39 +26,19 @@ from tests.support.config import fake_model_toml
 from tests.support.servers import ServerProcess
 
 HELLO = "Hello from the fake upstream."
-DISCORD_TOML = """
-[plans.exact]
-name = "exact"
-monthly_usd = 0
-monthly_credits = 100000
-turn_credits = 5000
-
-[channels]
-poll_interval_s = 0.2
-retry_base_s = 0.2
-lease_s = 5
-
+DISCORD_TOML = PROCESS_TOML + """
 [channels.discord]
 public_key = "{public_key}"
 application_id = "{application_id}"
 api_base_url = "{api}"
 gateway_lease_s = 3
 """
-# Heartbeats fast enough that a dead process is known within seconds.
-FAST = {"SWITCHBOARD_HEARTBEAT_INTERVAL_S": "0.5", "SWITCHBOARD_HEARTBEAT_LAPSE_S": "3",
-        "SWITCHBOARD_PROGRESS_INTERVAL_S": "0.5", "SWITCHBOARD_ASSISTANT__LEASE_S": "3"}
 
 
 def _env(tmp_path: Path, database_url: str, upstream: FakeOpenAI, fake: FakeDiscord) -> dict[str, str]:
-    config = tmp_path / "switchboard.toml"
-    config.write_text(fake_model_toml(upstream.url, DISCORD_TOML.format(
-        public_key=fake.public_key, application_id=fake.application_id, api=fake.api_url)))
-    return {
-        "SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_DATABASE_URL": database_url,
-        "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_LOCAL_MODEL__ENABLED": "false",
-        "SWITCHBOARD_RATE_LIMIT__REQUESTS_PER_MINUTE": "0", "SWITCHBOARD_LOG_LEVEL": "info",
-        "DISCORD_BOT_TOKEN": fake.token, **FAST,
-    }
+    toml = fake_model_toml(upstream.url, DISCORD_TOML.format(
+        public_key=fake.public_key, application_id=fake.application_id, api=fake.api_url))
+    return process_env(tmp_path, database_url, toml, {"DISCORD_BOT_TOKEN": fake.token})
 
 
 def _holder_pid(engine: Engine) -> int | None:
