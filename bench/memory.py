@@ -2,7 +2,7 @@
 with 10,000 memories.
 
     .venv/bin/python -m bench.memory [--data ../shared/data/locomo-dev/locomo-dev.json] [--k 10]
-        [--scale 10000] [--scale-only] [--out bench/results/memory.json]
+        [--scale 10000] [--scale-only] [--random-vectors] [--out bench/results/memory.json]
 
 Quality: each conversation is imported as one user's history, exactly as
 `switchboard memory import` does it (one memory per turn: role, speaker's name, the turn's
@@ -15,8 +15,14 @@ evidence turns among the source_ids of the top k results; hit@k: whether any is.
 
 Scale: one user with `--scale` memories (the conversations' turns repeated, each copy a thread
 of its own and a year later), searched warm (p50/p95 over the questions), cold (the index
-decrypted and built, then the search: p50/p95 over 10 builds), and the index's size in RAM.
-Everything runs on one thread (onnxruntime and numpy), as a server process's search does.
+dropped, then the search, the query's embedding included: p50/p95 over 10 cold searches) two
+ways: loaded from its encrypted snapshot (memory.snapshot; `cold_snapshot_ms`, with how many of
+the 10 were loaded from it) and built in full from every memory (`cold_ms`), and the index's size
+in RAM either way. Everything runs on one thread (onnxruntime and numpy), as a server process's
+search does. `--random-vectors` (with --scale-only) puts random unit vectors in place of the
+model's embeddings (the same sizes): the scale test then takes seconds instead of minutes of
+embedding, for A/B runs of the index's code; its search times leave out the query's embedding
+(about 5 ms).
 """
 
 from __future__ import annotations
@@ -83,6 +89,23 @@ def questions(sample: dict[str, Any]) -> list[dict[str, Any]]:
         if qa["category"] in CATEGORIES and evidence:
             found.append({"question": qa["question"], "evidence": evidence, "category": qa["category"]})
     return found
+
+
+class RandomEmbedder:
+    """Random unit vectors of the model's size, for `--random-vectors`."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._rng = np.random.default_rng(0)
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        from switchboard.memory.embedder import DIMENSIONS, Embedded
+
+        vectors = self._rng.standard_normal((len(texts), DIMENSIONS)).astype(np.float32)
+        return Embedded(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), 0)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -153,7 +176,12 @@ async def scale(setup: Setup, data: list[dict[str, Any]], size: int, k: int) -> 
     from switchboard.memory.importer import import_items, parse_lines
 
     uid = setup.user("scale@bench.invalid")
-    base = [line for sample in data for line in import_lines(sample)]
+    base = []
+    for sample in data:  # each turn's source_id made unique (the conversations' dia_ids repeat)
+        for raw in import_lines(sample):
+            line = json.loads(raw)
+            line["source_id"] = f"{sample['sample_id']}/{line['source_id']}"
+            base.append(json.dumps(line))
     copies = []
     copy = 0
     while len(copies) < size:  # each copy a thread of its own, a year later
@@ -173,13 +201,42 @@ async def scale(setup: Setup, data: list[dict[str, Any]], size: int, k: int) -> 
     import_s = time.perf_counter() - started
     asked = [q["question"] for sample in data for q in questions(sample)][:200]
     vectors = setup.memory.embedder.embed(asked).vectors
-    cold = []
-    for n in range(10):
+
+    def cold_searches(service: Any) -> tuple[list[float], float]:
+        """10 cold searches (the index dropped before each); the index's RAM after the last."""
+        took = []
+        for n in range(10):
+            service.cache.drop(uid)
+            started = time.perf_counter()
+            query_vector = service.embedder.embed([asked[n]]).vectors[0]
+            service.search_sync(uid, asked[n], query_vector, k)
+            took.append((time.perf_counter() - started) * 1000)
+        return took, service.index_sync(uid).ram_bytes / 2**20
+
+    from sqlalchemy import text as sql
+
+    from switchboard.memory.service import MemoryService
+
+    # Built in full: a process that neither reads nor writes snapshots (all there was before them).
+    full = MemoryService(setup.engine, setup.keyring, setup.settings.memory.model_copy(
+        update={"snapshot_min_memories": 0}), embedder=setup.memory.embedder)
+    cold, full_mb = cold_searches(full)
+    snapshot: dict[str, Any] = {}
+    writer = getattr(setup.memory, "snapshots", None)
+    if writer is not None:
         setup.memory.cache.drop(uid)
+        setup.memory.index_sync(uid)  # built in full; its snapshot written on the writer's thread
         started = time.perf_counter()
-        query_vector = setup.memory.embedder.embed([asked[n]]).vectors[0]
-        setup.memory.search_sync(uid, asked[n], query_vector, k)
-        cold.append((time.perf_counter() - started) * 1000)
+        writer.flush()
+        write_ms = (time.perf_counter() - started) * 1000
+        thaws = setup.memory.cache.thaws
+        cold_snap, snap_mb = cold_searches(setup.memory)
+        with setup.engine.connect() as conn:
+            size = conn.execute(sql("SELECT length(snapshot_ct) FROM memory_snapshots WHERE user_id = :u"),
+                                {"u": uid}).scalar()
+        snapshot = {"cold_snapshot_ms": {"p50": pct(cold_snap, 0.5), "p95": pct(cold_snap, 0.95)},
+                    "cold_from_snapshot": setup.memory.cache.thaws - thaws, "snapshot_mb": (size or 0) / 2**20,
+                    "snapshot_write_ms": write_ms, "index_from_snapshot_mb": snap_mb}
     warm = []
     for question, vector in zip(asked, vectors):
         started = time.perf_counter()
@@ -190,7 +247,8 @@ async def scale(setup: Setup, data: list[dict[str, Any]], size: int, k: int) -> 
     return {"memories": len(index), "import_s": import_s,
             "warm_ms": {"p50": pct(warm, 0.5), "p95": pct(warm, 0.95)},
             "cold_ms": {"p50": pct(cold, 0.5), "p95": pct(cold, 0.95)},
-            "index_mb": index.ram_bytes / 2**20}
+            "index_mb": index.ram_bytes / 2**20, "index_built_mb": full_mb, **snapshot,
+            "random_vectors": isinstance(setup.memory.embedder, RandomEmbedder)}
 
 
 def main() -> None:
@@ -200,15 +258,21 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10_000, help="memories of the scale test (0: skip it)")
     parser.add_argument("--scale-only", action="store_true",
                         help="skip the questions (quality); the other figures of an existing --out are kept")
+    parser.add_argument("--random-vectors", action="store_true",
+                        help="random unit vectors in place of the model's embeddings (with --scale-only; A/B runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memory.json")
     args = parser.parse_args()
     if args.scale_only and not args.scale:
         sys.exit("--scale-only needs --scale above 0")
+    if args.random_vectors and not args.scale_only:
+        sys.exit("--random-vectors is for the scale test alone: add --scale-only")
     if not args.data.is_file():
         sys.exit(f"no data at {args.data} (LoCoMo's development split: ../shared/data/locomo-dev/)")
     data = json.loads(args.data.read_text())
     with tempfile.TemporaryDirectory(prefix="sb-memory-bench-") as tmp:
         setup = Setup(Path(tmp))
+        if args.random_vectors:
+            setup.memory.embedder = RandomEmbedder()  # type: ignore[assignment]
         result: dict[str, Any] = {"data": str(args.data)}
         if args.scale_only:
             if args.out.is_file():
@@ -223,8 +287,13 @@ def main() -> None:
         if args.scale:
             s = result["scale"] = asyncio.run(scale(setup, data, args.scale, args.k))
             print(f"{s['memories']} memories of one user: warm p50 {s['warm_ms']['p50']:.1f} ms, p95 "
-                  f"{s['warm_ms']['p95']:.1f} ms; cold p50 {s['cold_ms']['p50']:.0f} ms, p95 {s['cold_ms']['p95']:.0f} ms; "
-                  f"index {s['index_mb']:.1f} MB; import {s['import_s']:.1f} s")
+                  f"{s['warm_ms']['p95']:.1f} ms; cold (built in full) p50 {s['cold_ms']['p50']:.0f} ms, p95 "
+                  f"{s['cold_ms']['p95']:.0f} ms; index {s['index_mb']:.1f} MB; import {s['import_s']:.1f} s")
+            if "cold_snapshot_ms" in s:
+                print(f"  cold from the snapshot ({s['cold_from_snapshot']} of 10 loaded from it): p50 "
+                      f"{s['cold_snapshot_ms']['p50']:.0f} ms, p95 {s['cold_snapshot_ms']['p95']:.0f} ms; snapshot "
+                      f"{s['snapshot_mb']:.1f} MB, written in {s['snapshot_write_ms']:.0f} ms off the request path; "
+                      f"index {s['index_from_snapshot_mb']:.1f} MB")
         setup.engine.dispose()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

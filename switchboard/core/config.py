@@ -370,6 +370,11 @@ class MemoryConfig(BaseModel):
     recall_min_similarity: float = Field(default=0.3, ge=-1, le=1)  # below it a memory is not relevant enough
     index_ram_mb: int = Field(default=256, ge=1)  # per-process budget of cached per-user indexes (LRU)
     neighbour_gap_s: float = Field(default=3 * 3600.0, ge=0)  # turns further apart are not one exchange
+    # An index of at least this many memories, once built, is kept as one encrypted snapshot in the
+    # database (memory.snapshot), so that a cold search loads it instead of decrypting every memory;
+    # 0: no snapshots. It is written again once this many memories changed since.
+    snapshot_min_memories: int = Field(default=500, ge=0)
+    snapshot_refresh_memories: int = Field(default=1000, ge=1)
     extraction_delay_s: float = Field(default=10.0, ge=0)  # a conversation quiet this long has its facts extracted
     extraction_max_tokens: int = Field(default=400, gt=0)
 

@@ -18,7 +18,9 @@ indexed.
 
 Each index remembers the user's memory version it reflects; before a search the caller reads
 the version (one indexed query) and the index catches up with what any process wrote since
-(`apply`), or is rebuilt after a deletion.
+(`apply`), or is rebuilt after a deletion. A built index can be frozen (`UserIndex.freeze`: its
+entries, arrays and the keyword table's database as bytes) and thawed in another process
+(`UserIndex.thaw`) far faster than it is built: memory.snapshot keeps it, encrypted.
 """
 
 from __future__ import annotations
@@ -78,6 +80,23 @@ class Entry:
 
 
 @dataclass(slots=True)
+class Frozen:
+    """An index's state, captured under its lock (`UserIndex.freeze`) and restored by
+    `UserIndex.thaw`. Position k is the k-th entry taken in (None: removed since); the keyword
+    table's rowid is k + 1."""
+
+    user_id: int
+    version: int
+    entries: list[Entry | None]
+    vectors: np.ndarray  # (n, DIMENSIONS): float32 from freeze, float16 from a snapshot
+    created: np.ndarray  # (n,) int64
+    active: np.ndarray  # (n,) bool
+    threads: dict[str, list[int]]  # thread -> positions, in the order taken in
+    fts: bytes  # the keyword table's in-memory database (sqlite3 Connection.serialize)
+    text_bytes: int
+
+
+@dataclass(slots=True)
 class Hit:
     """One result: a memory, or a passage of neighbouring turns (oldest first) around a hit."""
 
@@ -131,6 +150,37 @@ class UserIndex:
                          "tokenize='porter unicode61 remove_diacritics 2')")
         self._text_bytes = 0
         self.closed = False
+        # The version of the stored snapshot this index matches (None: none), and how many
+        # memories were taken in or removed since: memory.snapshot writes it again past a bound.
+        self.snapshot_version: int | None = None
+        self.unsaved = 0
+
+    def freeze(self) -> Frozen:
+        """The index's state (call with its lock held). Cheap: rows below len(entries) of the
+        vectors and created arrays are never written again (new ones go after them; growing
+        copies), so views of them are kept; the rest is copied."""
+        n = len(self._entries)
+        self._db.commit()  # the table's inserts are in an open (implicit) transaction: serialize leaves them out
+        return Frozen(self.user_id, self.version, list(self._entries), self._vectors[:n], self._created[:n],
+                      self._active[:n].copy(), {t: list(m) for t, m in self._threads.items()},
+                      self._db.serialize(), self._text_bytes)
+
+    @classmethod
+    def thaw(cls, frozen: Frozen, *, neighbour_gap_ms: int) -> UserIndex:
+        """An index in the state `frozen` captured, its keyword table's database taken as is."""
+        index = cls(frozen.user_id, neighbour_gap_ms=neighbour_gap_ms)
+        index._db.deserialize(frozen.fts)
+        n = len(frozen.entries)
+        index._entries = frozen.entries
+        index._by_id = {e.id: pos for pos, e in enumerate(frozen.entries) if e is not None}
+        index._vectors = np.empty((n, DIMENSIONS), dtype=np.float32)
+        index._vectors[:] = frozen.vectors  # float16 widened as it is copied
+        index._created = np.array(frozen.created, dtype=np.int64)
+        index._active = np.array(frozen.active, dtype=bool)
+        index._threads = frozen.threads
+        index._text_bytes = frozen.text_bytes
+        index.version = index.snapshot_version = frozen.version
+        return index
 
     def source_ids(self) -> set[str]:
         """Every source id the user's memories cite (to recognise what was imported before)."""
@@ -161,6 +211,7 @@ class UserIndex:
                 self._remove(pos)
         by_id = self._by_id
         taken = [k for k, memory_id in enumerate(changed.ids) if memory_id not in by_id]  # all, when cold
+        self.unsaved += len(changed.gone) + len(taken)
         if not taken:
             self.version = max(self.version, version)
             return
@@ -314,27 +365,48 @@ def _top(scores: np.ndarray, k: int) -> list[int]:
 
 
 class IndexCache:
-    """Per-user indexes of this process, least recently used evicted past `budget_bytes`."""
+    """Per-user indexes of this process, least recently used evicted past `budget_bytes`.
 
-    def __init__(self, *, budget_bytes: int, neighbour_gap_ms: int) -> None:
+    With `save_snapshot` given, an index of at least `snapshot_min` memories is frozen and handed
+    to it after a full build, and again once `snapshot_refresh` memories changed since (the
+    callee writes it off the request path); a cold index is thawed from the `snapshot` a caller
+    passes to `index`, where there is one, and caught up from there."""
+
+    def __init__(self, *, budget_bytes: int, neighbour_gap_ms: int, snapshot_min: int = 0,
+                 snapshot_refresh: int = 1000, save_snapshot: Callable[[Frozen], None] | None = None) -> None:
         self.budget_bytes = budget_bytes
         self.neighbour_gap_ms = neighbour_gap_ms
+        self.snapshot_min = snapshot_min
+        self.snapshot_refresh = snapshot_refresh
+        self.save_snapshot = save_snapshot
         self._lock = threading.Lock()
         self._indexes: OrderedDict[int, UserIndex] = OrderedDict()
         self._sizes: dict[int, int] = {}
         self.builds = 0  # full builds, for tests and the benchmark
+        self.thaws = 0  # cold indexes loaded from a snapshot instead
 
-    def index(self, user_id: int, state: MemoryState, changed_since: Callable[[int], Changed]) -> UserIndex:
-        """The user's index, brought up to `state` (call with the index's lock not held)."""
+    def index(self, user_id: int, state: MemoryState, changed_since: Callable[[int], Changed],
+              snapshot: Callable[[], Frozen | None] | None = None) -> UserIndex:
+        """The user's index, brought up to `state` (call with the index's lock not held). A cold
+        one is thawed from `snapshot()` when that gives one at or after the user's last deletion
+        (`state.reset_version`), else built from every memory."""
         with self._lock:
             index = self._indexes.get(user_id)
             if index is not None:
                 self._indexes.move_to_end(user_id)
         if index is None or state.reset_version > index.version:
-            fresh = UserIndex(user_id, neighbour_gap_ms=self.neighbour_gap_ms)
-            with _gc_paused():
-                fresh.apply(changed_since(0), state.version)
-            self.builds += 1
+            with _gc_paused():  # a snapshot's entries are decoded in `snapshot()`
+                frozen = snapshot() if snapshot is not None else None
+                if frozen is not None and state.reset_version <= frozen.version:
+                    fresh = UserIndex.thaw(frozen, neighbour_gap_ms=self.neighbour_gap_ms)
+                    if state.version > fresh.version:
+                        fresh.apply(changed_since(fresh.version), state.version)
+                    self.thaws += 1
+                else:
+                    fresh = UserIndex(user_id, neighbour_gap_ms=self.neighbour_gap_ms)
+                    fresh.apply(changed_since(0), state.version)
+                    self.builds += 1
+            self._offer(fresh)
             self._put(fresh)
             if index is not None:
                 index.close()
@@ -343,8 +415,20 @@ class IndexCache:
             with index.lock:
                 if state.version > index.version:
                     index.apply(changed_since(index.version), state.version)
+                    self._offer(index)
             self._put(index)
         return index
+
+    def _offer(self, index: UserIndex) -> None:
+        """Hand the index to `save_snapshot` when it has none, or one that lags it by
+        `snapshot_refresh` memories (call with its lock held, or before it is shared)."""
+        if self.save_snapshot is None or not self.snapshot_min or len(index) < self.snapshot_min:
+            return
+        if index.snapshot_version is not None and index.unsaved < self.snapshot_refresh:
+            return
+        frozen = index.freeze()
+        index.snapshot_version, index.unsaved = index.version, 0
+        self.save_snapshot(frozen)
 
     def _put(self, index: UserIndex) -> None:
         size = index.ram_bytes

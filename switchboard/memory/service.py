@@ -8,6 +8,8 @@ Embedding runs on worker threads (never on the event loop); writes go through th
 given (the assistant's: the ledger's writer, in the user's lane), or a transaction of their own
 (the CLI); reads and index builds run on worker threads. A user whose memory is off (or a server
 whose memory is off) keeps nothing new: `keep` returns nothing and says why in the log only.
+A cold index is thawed from the user's encrypted snapshot where one is usable (memory.snapshot),
+and a full build's snapshot is written on the snapshot writer's thread, off the request path.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from switchboard.core.config import MemoryConfig
 from switchboard.core.errors import SwitchboardError
 from switchboard.crypto import KeyRing
 from switchboard.memory.embedder import Embedder, shared_embedder
-from switchboard.memory.index import Hit, IndexCache, UserIndex, query_words
-from switchboard.memory.store import Memory, MemoryState, MemoryStore, NewMemory
+from switchboard.memory.index import Frozen, Hit, IndexCache, UserIndex, query_words
+from switchboard.memory.snapshot import SnapshotUnreadable, SnapshotWriter, decode
+from switchboard.memory.store import Memory, MemoryState, MemoryStore, MemoryUnreadable, NewMemory
 from switchboard.memory.timeframe import timeframe
 from switchboard.store.db import read
 
@@ -72,8 +75,12 @@ class MemoryService:
         self.config = config
         self.store = MemoryStore(keyring)
         self.embedder = embedder or shared_embedder(config.embedding_threads)
+        self.snapshots = SnapshotWriter(engine, self.store) if config.snapshot_min_memories else None
         self.cache = IndexCache(budget_bytes=config.index_ram_mb * 2**20,
-                                neighbour_gap_ms=int(config.neighbour_gap_s * 1000))
+                                neighbour_gap_ms=int(config.neighbour_gap_s * 1000),
+                                snapshot_min=config.snapshot_min_memories,
+                                snapshot_refresh=config.snapshot_refresh_memories,
+                                save_snapshot=self.snapshots.save if self.snapshots else None)
         self._write = write
 
     # -- doors ------------------------------------------------------------------------------
@@ -126,7 +133,24 @@ class MemoryService:
     # -- searching --------------------------------------------------------------------------
     def _index(self, conn: Connection, user_id: int) -> UserIndex:
         state = self.store.state(conn, user_id)
-        return self.cache.index(user_id, state, lambda rev: self.store.changed_since(conn, user_id, rev))
+        return self.cache.index(user_id, state, lambda rev: self.store.changed_since(conn, user_id, rev),
+                                lambda: self._snapshot(conn, user_id, state))
+
+    def _snapshot(self, conn: Connection, user_id: int, state: MemoryState) -> Frozen | None:
+        """The user's index snapshot usable at `state`, if any; one that cannot be read is
+        dropped (logged) and None returned: the index is then built in full."""
+        if self.snapshots is None:
+            return None
+        found = self.store.snapshot(conn, user_id, state.reset_version)
+        if found is None:
+            return None
+        version, sealed = found
+        try:
+            return decode(self.store.open_snapshot(user_id, version, sealed), user_id, version)
+        except (MemoryUnreadable, SnapshotUnreadable) as exc:
+            log.warning("dropping the memory index snapshot of user %s: %s", user_id, exc)
+            self.snapshots.drop(user_id, version)
+            return None
 
     def index_sync(self, user_id: int) -> UserIndex:
         """The user's index, up to date (blocking: a worker thread's work)."""

@@ -9,8 +9,10 @@ Every write bumps the user's memory version in the same transaction and stamps t
 touched with it (`rev`), so that an index cached by any process can catch up with one indexed
 query (memory.index). Facts are only added: a correction or a contradiction marks the older
 fact superseded (kept, with when it was valid and what replaced it). Deleting removes rows for
-good and marks the version a reset (caches rebuild). Functions take a Connection and run in
-the caller's transaction; they do blocking I/O and are called from worker threads.
+good and marks the version a reset (caches rebuild), and deletes the user's index snapshot
+(memory.snapshot) in the same transaction: what is forgotten does not outlive its row inside a
+snapshot. Functions take a Connection and run in the caller's transaction; they do blocking I/O
+and are called from worker threads.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from switchboard.core.errors import NotFound, SwitchboardError
 from switchboard.crypto import Binding, CryptoError, KeyRing
 from switchboard.memory.embedder import DIMENSIONS
 from switchboard.store.conflict import insert_or_ignore
-from switchboard.store.memory_schema import memories, memory_users
+from switchboard.store.memory_schema import memories, memory_snapshots, memory_users
 
 log = logging.getLogger(__name__)
 
 TABLE = "memories"
+SNAPSHOTS = "memory_snapshots"
+SNAPSHOT_FIELD = "index"
 KINDS = ("message", "fact")
 
 
@@ -152,6 +156,8 @@ class MemoryStore:
         if reset:
             values["reset_version"] = memory_users.c.version + 1
         conn.execute(update(memory_users).where(memory_users.c.user_id == user_id).values(**values))
+        if reset:  # after the update: a snapshot written meanwhile is seen (and its writer waited)
+            conn.execute(delete(memory_snapshots).where(memory_snapshots.c.user_id == user_id))
         return int(conn.execute(select(memory_users.c.version).where(memory_users.c.user_id == user_id)).scalar_one())
 
     def set_enabled(self, conn: Connection, user_id: int, enabled: bool, at_ms: int) -> MemoryState:
@@ -279,6 +285,49 @@ class MemoryStore:
             log.error("a stored memory's %s does not decrypt: %s", name, exc)
             raise MemoryUnreadable(f"A stored {name} of this account's memories cannot be decrypted: it was "
                                    f"altered or damaged in storage ({exc}). Nothing of it can be shown.") from None
+
+    # -- the index's snapshot (memory.snapshot) ---------------------------------------------
+    def snapshot(self, conn: Connection, user_id: int, reset_version: int) -> tuple[int, bytes] | None:
+        """The user's snapshot taken at or after `reset_version`, sealed: (version, ciphertext)
+        for `open_snapshot`; None when there is none."""
+        c = memory_snapshots.c
+        row = conn.execute(select(c.version, c.snapshot_ct).where(c.user_id == user_id,
+                                                                 c.version >= reset_version)).first()
+        return None if row is None else (int(row.version), row.snapshot_ct)
+
+    def open_snapshot(self, user_id: int, version: int, sealed: bytes) -> bytes:
+        """A snapshot's payload; MemoryUnreadable when it does not decrypt (altered, or moved
+        from another user's row or another version)."""
+        try:
+            return self.keyring.decrypt(Binding(user_id, SNAPSHOTS, version, SNAPSHOT_FIELD), sealed)
+        except CryptoError as exc:
+            raise MemoryUnreadable(f"the index snapshot of user {user_id} (version {version}) cannot be decrypted: "
+                                   f"{exc}") from None
+
+    def seal_snapshot(self, user_id: int, version: int, payload: bytes) -> bytes:
+        return self.keyring.encrypt(Binding(user_id, SNAPSHOTS, version, SNAPSHOT_FIELD), payload)
+
+    def save_snapshot(self, conn: Connection, user_id: int, version: int, sealed: bytes, at_ms: int) -> bool:
+        """Keep `sealed` (from `seal_snapshot`) as the user's snapshot at `version`, unless a
+        deletion came after that version or a newer snapshot is kept; whether it was kept. The
+        user's memory row is locked first (a deletion's `_bump` updates it), so a deletion either
+        sees this row and deletes it, or is seen here."""
+        reset = conn.execute(select(memory_users.c.reset_version).where(memory_users.c.user_id == user_id)
+                             .with_for_update()).scalar()
+        if reset is None or int(reset) > version:
+            return False
+        kept = conn.execute(select(memory_snapshots.c.version).where(memory_snapshots.c.user_id == user_id)).scalar()
+        if kept is not None and int(kept) >= version:
+            return False
+        conn.execute(delete(memory_snapshots).where(memory_snapshots.c.user_id == user_id))
+        conn.execute(memory_snapshots.insert().values(user_id=user_id, version=version, snapshot_ct=sealed,
+                                                      created_ms=at_ms))
+        return True
+
+    def drop_snapshot(self, conn: Connection, user_id: int, version: int) -> int:
+        """Delete the user's snapshot at `version` (one that would not decrypt or parse)."""
+        return conn.execute(delete(memory_snapshots).where(memory_snapshots.c.user_id == user_id,
+                                                           memory_snapshots.c.version == version)).rowcount
 
     def count(self, conn: Connection, user_id: int) -> int:
         return int(conn.execute(select(func.count()).select_from(memories)

@@ -1,4 +1,5 @@
-"""Tables of long-term memory (migration 0012): each user's memories and their memory state.
+"""Tables of long-term memory (migrations 0012, 0014): each user's memories, their memory state and
+the encrypted snapshot of their index.
 
 Kept beside `store.schema` like `store.assistant_schema`, on the same MetaData. What a memory
 says, its embedding (an embedding can be turned back into much of its text) and its metadata
@@ -59,4 +60,19 @@ memory_extraction_marks = Table(
     Column("user_id", ForeignKey("users.id"), nullable=False),
     Column("upto_message_id", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Per user: the newest snapshot of their built index (memory.snapshot), ONE value sealed with
+# their data key and bound to (user, "memory_snapshots", version), so that a cold index is one
+# read and one decryption instead of a decryption per memory. `version` is the memory version it
+# reflects; a search applies what was written after it. Every deletion (anything that sets
+# `reset_version`) deletes the row in its own transaction: forgotten text never outlives its
+# memory inside a snapshot.
+memory_snapshots = Table(
+    "memory_snapshots",
+    metadata,
+    Column("user_id", ForeignKey("users.id"), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("snapshot_ct", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
 )
