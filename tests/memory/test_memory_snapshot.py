@@ -200,3 +200,21 @@ def test_an_altered_or_moved_snapshot_is_dropped_and_the_index_built(setup: Setu
     assert row is not None
     frozen = decode(other.store.open_snapshot(mallory, row[0], row[1]), mallory, row[0])
     assert [e.text for e in frozen.entries if e is not None] == ["Mallory likes chess."]
+
+
+def test_a_snapshot_that_decrypts_but_does_not_parse_is_dropped(setup: Setup) -> None:
+    uid = setup.user("ada@example.com")
+    asyncio.run(setup.memory.keep(uid, history()))
+    asyncio.run(setup.memory.search(uid, "hiking", 5))
+    setup.memory.snapshots.flush()  # type: ignore[union-attr]
+    row = snapshot_row(setup, uid)
+    assert row is not None
+    garbage = setup.memory.store.seal_snapshot(uid, row[0], b"SBMEMIX1" + b"\xff" * 64)  # sealed right, not a snapshot
+    with setup.engine.begin() as conn:
+        conn.execute(update(memory_snapshots).where(memory_snapshots.c.user_id == uid).values(snapshot_ct=garbage))
+    other = process(setup)
+    assert "Mount Teide, in Tenerife. The view was unreal." in texts(other, uid, "where did I go hiking?")
+    assert (other.cache.thaws, other.cache.builds) == (0, 1)
+    other.snapshots.flush()  # type: ignore[union-attr]
+    assert snapshot_row(setup, uid) not in (None, (row[0], garbage))
+
