@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 
 from switchboard.cli.erasure import erase_user
 from switchboard.core.config import MemoryConfig
 from switchboard.crypto import KeyRing, MasterKeys
 from switchboard.memory.index import Hit
 from switchboard.memory.service import MemoryService, Remembered, now_ms
-from switchboard.memory.snapshot import decode
+from switchboard.memory.snapshot import decode, encode
 from switchboard.store.memory_schema import memory_snapshots
 from tests.memory.conftest import Setup
 
@@ -168,6 +169,34 @@ def test_a_snapshot_frozen_before_a_deletion_is_never_kept(setup: Setup) -> None
     asyncio.run(setup.memory.forget(uid, kept[-1].uid))
     setup.memory.snapshots.save(frozen)  # type: ignore[union-attr]
     setup.memory.snapshots.flush()  # type: ignore[union-attr]
+    assert snapshot_row(setup, uid) is None
+
+
+def test_a_deletion_waits_for_a_snapshot_being_written_and_deletes_it(setup: Setup) -> None:
+    uid = setup.user("ada@example.com")
+    kept = asyncio.run(setup.memory.keep(uid, history(SENTINEL)))
+    index = setup.memory.index_sync(uid)
+    setup.memory.snapshots.flush()  # type: ignore[union-attr]
+    with setup.engine.begin() as conn:
+        conn.execute(delete(memory_snapshots))
+    with index.lock:
+        frozen = index.freeze()
+    sealed = setup.memory.store.seal_snapshot(uid, frozen.version, encode(frozen))
+    forgotten = threading.Event()
+
+    def forget() -> None:
+        asyncio.run(setup.memory.forget(uid, kept[-1].uid))
+        forgotten.set()
+
+    with setup.engine.connect() as conn:
+        writing = conn.begin()  # a writer's transaction, not yet committed when the deletion starts
+        assert setup.memory.store.save_snapshot(conn, uid, frozen.version, sealed, now_ms())
+        deleting = threading.Thread(target=forget)
+        deleting.start()
+        assert not forgotten.wait(0.5)  # it waits for the writer's lock on the user's memory row
+        writing.commit()
+    deleting.join(30)
+    assert forgotten.is_set()
     assert snapshot_row(setup, uid) is None
 
 
