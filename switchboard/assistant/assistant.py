@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 from switchboard.assistant.commands import CommandContext, is_command, run_command
 from switchboard.assistant.conversations import Conversation, Message
 from switchboard.assistant.events import TextDelta, Totals, TurnCompleted, TurnEvent, TurnFailed
-from switchboard.assistant.lease import ConversationLeases
+from switchboard.assistant.lease import ConversationLeases, Held
 from switchboard.assistant.memory_hooks import MemoryHooks
 from switchboard.assistant.profile import Profile, load_profile
 from switchboard.assistant.reminders import Scheduler
@@ -53,7 +53,16 @@ class Target:
     loaded: float = field(default_factory=time.monotonic)
 
 
-FRESH_S = 2.0  # a target read this recently, with no turn run since, is not read again
+FRESH_S = 2.0  # a profile read this recently, with no turn run since, is not read again
+
+
+@dataclass(slots=True)
+class Opened:
+    """What a turn starts from, read and written in the transaction that takes its lease."""
+
+    asked: Message  # the user's message, stored
+    conversation: Conversation
+    history: list[Message]  # the newest messages after the summary, `asked` last
 
 
 def default_registry() -> ToolRegistry:
@@ -69,7 +78,7 @@ class Assistant:
         self.registry = registry or default_registry()
         settings = services.runtime.settings.assistant
         engine = services.runtime.engine
-        self.leases = ConversationLeases(engine, lease_s=settings.lease_s)
+        self.leases = ConversationLeases(services.runtime.runner, lease_s=settings.lease_s)
         self.scheduler = Scheduler(engine, services.reminders, services.runtime.runner.run,
                                    interval_s=settings.reminder_interval_s)
         self._scheduling: asyncio.Task[None] | None = None
@@ -119,14 +128,35 @@ class Assistant:
 
     async def _run(self, target: Target, text: str, now: datetime | None, message_uid: str | None,
                    events: asyncio.Queue[TurnEvent | None]) -> None:
+        uid, conv_id = target.profile.user_id, target.conversation.id
+        conversations = self.services.conversations
+        kind = "command" if is_command(text) else "text"
+
+        history_n = self.services.runtime.settings.assistant.history_messages
+
+        def begin(c: Connection) -> Opened:
+            """In the lease's transaction: the conversation as it is now, the user's message
+            stored, and the history the turn starts from (what the last summary left out)."""
+            conversation = conversations.get(c, uid, conv_id)
+            asked = conversations.message_by_uid(c, uid, conv_id, message_uid) if message_uid is not None else None
+            if asked is None:  # (else the same message's turn again: stored once)
+                asked = conversations.add_message(c, uid, conv_id, role="user", kind=kind, content=text,
+                                                  uid=message_uid)
+            history = [] if asked.kind == "command" else conversations.messages(
+                c, uid, conv_id, after=conversation.summary_upto, limit=history_n, newest=True)
+            return Opened(asked, conversation, history)
+
         try:
-            async with self.leases.hold(target.conversation.id) as waited:
-                if waited or time.monotonic() - target.loaded > FRESH_S:
-                    # Another turn ran since it was read (a model pinned, a summary, a time zone
-                    # set), or a caller keeps targets (the terminal chat): read it again.
-                    fresh = await self.open(target.profile.user_id, target.conversation.id)
-                    target.profile, target.conversation, target.loaded = fresh.profile, fresh.conversation, fresh.loaded
-                async for event in self._turn(target, text, now, message_uid):
+            await self.services.keyring.prepare(uid)  # the data key, outside the writer's transaction
+            async with self.leases.hold(conv_id, order_key=uid, first=begin) as held:
+                opened = held.first
+                assert opened is not None
+                if held.waited or time.monotonic() - target.loaded > FRESH_S:
+                    # Another turn ran since the profile was read (a time zone set), or a caller
+                    # keeps targets (the terminal chat): read it again.
+                    target.profile = await self.services.read(uid, lambda c: load_profile(c, uid))
+                target.conversation, target.loaded = opened.conversation, time.monotonic()
+                async for event in self._turn(target, text, opened, held, now):
                     events.put_nowait(event)
         except Exception as exc:  # noqa: BLE001 - told to the listener, never lost silently
             log.exception("assistant turn failed before it started")
@@ -136,30 +166,23 @@ class Assistant:
         finally:
             events.put_nowait(None)
 
-    async def _turn(self, target: Target, text: str, now: datetime | None, message_uid: str | None
+    async def _turn(self, target: Target, text: str, opened: Opened, held: Held[Opened], now: datetime | None
                     ) -> AsyncIterator[TurnEvent]:
+        """The turn for the user's message, already stored (`opened`); its last write releases
+        the conversation's lease (`held`)."""
         services, uid = self.services, target.profile.user_id
+        asked = opened.asked
         conv = target.conversation
         now = now or datetime.now(timezone.utc)
         conversations = services.conversations
 
-        def said(kind: str) -> Callable[[Connection], Message]:
-            def store(c: Connection) -> Message:
-                if message_uid is not None:  # the same message's turn again: stored once
-                    found = conversations.message_by_uid(c, uid, conv.id, message_uid)
-                    if found is not None:
-                        return found
-                return conversations.add_message(c, uid, conv.id, role="user", kind=kind, content=text,
-                                                 uid=message_uid)
-            return store
-
-        if is_command(text):
-            await services.write(uid, said("command"))
+        if asked.kind == "command":
             reply = await run_command(CommandContext(services, target.profile, conv, now), text)
             if reply.profile is not None:  # /timezone, /name: the caller's target follows
                 target.profile = reply.profile
-            message = await services.write(uid, lambda c: conversations.add_message(
-                c, uid, conv.id, role="assistant", kind="command", content=reply.text))
+            message = await services.write(uid, held.releasing(lambda c: conversations.add_message(
+                c, uid, conv.id, role="assistant", kind="command", content=reply.text)))
+            held.released_with_it()
             if reply.new_conversation is not None:  # the new one is now the most recent on its channel
                 fresh = reply.new_conversation
                 await services.write(uid, lambda c: conversations.touch(c, uid, fresh.id))
@@ -168,9 +191,9 @@ class Assistant:
             yield TurnCompleted(message, Totals(remaining_ucr=balance.available_ucr),
                                 conversation_id=reply.new_conversation.id if reply.new_conversation else None)
             return
-        asked = await services.write(uid, said("text"))
         reply = None
-        turn = Turn(services, self.registry, target.profile, conv, now=now, memory_hooks=self.memory, message=text)
+        turn = Turn(services, self.registry, target.profile, conv, opened.history, now=now, memory_hooks=self.memory,
+                    message=text, lease=held)
         async for event in turn.run():
             if isinstance(event, TurnCompleted):
                 reply = event.message

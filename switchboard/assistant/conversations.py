@@ -14,9 +14,10 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Integer, Select, and_, bindparam, delete, insert, or_, select, update
 
 from switchboard.core.errors import NotFound, SwitchboardError
 from switchboard.crypto import Binding, CryptoError, KeyRing
@@ -41,6 +42,26 @@ class ContentUnreadable(SwitchboardError):
         log.error("stored %s of %s does not decrypt: %s", what, where, exc)
         return cls(f"The stored {what} of {where} cannot be decrypted: it was altered or damaged in storage. "
                    f"Nothing of it can be shown.")
+
+
+# The statements every turn runs, built once: building one (`insert(...).values(...)`, a WHERE
+# clause) and finding its cached compiled form cost more than executing it on SQLite.
+_ADD_MESSAGE = insert(messages)
+_TOUCH = update(conversations).where(conversations.c.id == bindparam("conv_id")).values(
+    updated_ms=bindparam("at"))
+_GET = select(conversations).where(conversations.c.id == bindparam("conv_id"),
+                                   conversations.c.user_id == bindparam("user_id"))
+
+
+
+@lru_cache(maxsize=None)
+def _messages_query(after: bool, limit: bool, newest: bool) -> Select[Any]:
+    query = select(messages).where(messages.c.conversation_id == bindparam("conv_id"),
+                                   messages.c.user_id == bindparam("user_id"))
+    if after:
+        query = query.where(messages.c.id > bindparam("after"))
+    query = query.order_by(messages.c.id.desc() if newest else messages.c.id)
+    return query.limit(bindparam("limit", type_=Integer)) if limit else query
 
 
 def new_uid(prefix: str) -> str:
@@ -122,8 +143,7 @@ class Conversations:
         )
 
     def get(self, conn: Connection, user_id: int, conv_id: str) -> Conversation:
-        row = conn.execute(select(conversations).where(conversations.c.id == conv_id,
-                                                       conversations.c.user_id == user_id)).first()
+        row = conn.execute(_GET, {"conv_id": conv_id, "user_id": user_id}).first()
         if row is None:
             raise NotFound(f"No conversation found with id '{conv_id}'.", param="conversation_id")
         return self._conversation(row)
@@ -185,14 +205,14 @@ class Conversations:
         uid = uid or new_uid("msg")
         at = now_ms() if at is None else at
         calls_json = json.dumps(tool_calls, separators=(",", ":")) if tool_calls else None
-        result = conn.execute(insert(messages).values(
+        result = conn.execute(_ADD_MESSAGE, dict(
             uid=uid, conversation_id=conv_id, user_id=user_id, role=role, kind=kind,
             content_ct=self._seal(user_id, "messages", uid, "content", content),
             tool_calls_ct=self._seal(user_id, "messages", uid, "tool_calls", calls_json),
             tool_call_id=tool_call_id, name=name, model=model,
             request_ids=json.dumps(request_ids) if request_ids else None, credits_ucr=credits_ucr, created_ms=at,
         ))
-        conn.execute(update(conversations).where(conversations.c.id == conv_id).values(updated_ms=at))
+        conn.execute(_TOUCH, {"conv_id": conv_id, "at": at})
         return Message(int(result.inserted_primary_key[0]), uid, conv_id, role, kind, content, at, tool_calls,
                        tool_call_id, name, model, list(request_ids or ()), credits_ucr)
 
@@ -215,13 +235,9 @@ class Conversations:
     def messages(self, conn: Connection, user_id: int, conv_id: str, *, after: int | None = None,
                  limit: int | None = None, newest: bool = False) -> list[Message]:
         """Messages oldest first (after the message id `after`), or the newest `limit` ones, in order."""
-        query = select(messages).where(messages.c.conversation_id == conv_id, messages.c.user_id == user_id)
-        if after is not None:
-            query = query.where(messages.c.id > after)
-        query = query.order_by(messages.c.id.desc() if newest else messages.c.id)
-        if limit is not None:
-            query = query.limit(limit)
-        found = [self._message(row) for row in conn.execute(query).all()]
+        query = _messages_query(after is not None, limit is not None, newest)
+        found = [self._message(row) for row in conn.execute(query, {
+            "conv_id": conv_id, "user_id": user_id, "after": after, "limit": limit})]
         return found[::-1] if newest else found
 
     def message_id_of(self, conn: Connection, user_id: int, conv_id: str, uid: str) -> int:

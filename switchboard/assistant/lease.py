@@ -6,6 +6,14 @@ succeeds only if no other owner holds an unexpired lease, renewed while the turn
 released at its end. A process that dies mid-turn leaves a lease that expires after `lease_s`,
 so the conversation is never stuck for longer. A second message waits for the first turn
 (polling the lease) rather than being refused, up to `wait_s`.
+
+The lease is written through the process's writer (store.runner), in the user's lane, like the
+turn's other writes: the claim carries the turn's first write (the user's message) in its own
+transaction, and the release rides in the turn's last write (`Held.releasing`; failing that,
+it is queued without being waited for). A turn thus pays no transaction of its own for the
+lease. A claim by this process succeeds whatever the row says (it is the owner; its own turns
+queue on the lock), and a release clears only the lease it took (its end time), never the next
+turn's, should the writer re-run it after that turn's claim.
 """
 
 from __future__ import annotations
@@ -17,14 +25,30 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
 
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Connection, bindparam, or_, update
 
 from switchboard.core.errors import SwitchboardError
 from switchboard.store.assistant_schema import conversations
+from switchboard.store.runner import TransactionRunner
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+# Built once (every turn runs both): see assistant.conversations.
+_CLAIM = (update(conversations)
+          .where(conversations.c.id == bindparam("conv_id"),
+                 or_(conversations.c.busy_until_ms.is_(None), conversations.c.busy_until_ms < bindparam("now"),
+                     conversations.c.busy_by == bindparam("owner")))
+          .values(busy_until_ms=bindparam("until"), busy_by=bindparam("owner")))
+_RELEASE = (update(conversations)
+            .where(conversations.c.id == bindparam("conv_id"), conversations.c.busy_by == bindparam("owner"),
+                   conversations.c.busy_until_ms == bindparam("until"))
+            .values(busy_until_ms=None, busy_by=None))
 
 
 class ConversationBusy(SwitchboardError):
@@ -33,49 +57,96 @@ class ConversationBusy(SwitchboardError):
     code = "conversation_busy"
 
 
+class Held(Generic[T]):
+    """A lease held by a turn: whether the turn waited for it (another turn ran first, so what
+    the caller read before may have changed), what the work handed to `hold` returned in the
+    claim's transaction, and the lease's current end (`until`, kept by renewals)."""
+
+    def __init__(self, leases: ConversationLeases, conv_id: str, order_key: int, until: int, waited: bool,
+                 first: T | None) -> None:
+        self.leases, self.conv_id, self.order_key = leases, conv_id, order_key
+        self.until = until
+        self.waited = waited
+        self.first = first
+        self.ending = asyncio.Event()  # no renewal is sent once set
+        self.released = False
+
+    def releasing(self, work: Callable[[Connection], R]) -> Callable[[Connection], R]:
+        """`work` (the turn's last write) with the lease released in its transaction. Call it on
+        the event loop just before that write is queued; once the write is done, call
+        `released_with_it`. If the write fails, `hold` releases the lease on its own."""
+        self.ending.set()
+
+        def work_then_release(conn: Connection) -> R:
+            result = work(conn)
+            self.leases.release(conn, self.conv_id, self.until)
+            return result
+        return work_then_release
+
+    def released_with_it(self) -> None:
+        self.released = True
+
+
 class ConversationLeases:
-    def __init__(self, engine: Engine, *, lease_s: float = 60.0, poll_s: float = 0.05, wait_s: float = 300.0) -> None:
-        self.engine = engine
+    def __init__(self, runner: TransactionRunner, *, lease_s: float = 60.0, poll_s: float = 0.05,
+                 wait_s: float = 300.0) -> None:
+        self.runner = runner
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.wait_s = wait_s
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # conversation -> (lock, users of it)
 
-    def _claim(self, conv_id: str) -> bool:
+    def claim(self, conn: Connection, conv_id: str) -> int | None:
+        """Take or renew the lease, in the caller's transaction: when it now ends (ms), or None
+        if another owner holds it."""
         now = int(time.time() * 1000)
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(conversations)
-                .where(conversations.c.id == conv_id,
-                       or_(conversations.c.busy_until_ms.is_(None), conversations.c.busy_until_ms < now,
-                           conversations.c.busy_by == self.owner))
-                .values(busy_until_ms=now + int(self.lease_s * 1000), busy_by=self.owner)
-            )
-            return result.rowcount == 1
+        until = now + int(self.lease_s * 1000)
+        result = conn.execute(_CLAIM, {"conv_id": conv_id, "now": now, "owner": self.owner, "until": until})
+        return until if result.rowcount == 1 else None
 
-    def _release(self, conv_id: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(conversations)
-                         .where(conversations.c.id == conv_id, conversations.c.busy_by == self.owner)
-                         .values(busy_until_ms=None, busy_by=None))
+    def release(self, conn: Connection, conv_id: str, until: int) -> None:
+        """Release the lease taken or last renewed with `until`: a later claim of this process
+        (the next turn, whose claim may commit first if this release's batch is re-run) keeps its own."""
+        conn.execute(_RELEASE, {"conv_id": conv_id, "owner": self.owner, "until": until})
 
-    async def _renew(self, conv_id: str) -> None:
-        """Renew every third of the lease: a failed renewal (a database hiccup) is tried again at
-        the next, two more chances before the lease lapses, and never ends the turn."""
+    def _claim_then(self, conv_id: str, first: Callable[[Connection], T] | None
+                    ) -> Callable[[Connection], tuple[int | None, T | None]]:
+        def work(conn: Connection) -> tuple[int | None, T | None]:
+            until = self.claim(conn, conv_id)
+            if until is None:
+                return None, None
+            return until, (first(conn) if first is not None else None)
+        return work
+
+    async def _renew(self, held: Held[T]) -> None:
+        """Renew every third of the lease until the turn ends: a failed renewal (a database
+        hiccup) is tried again at the next, two more chances before the lease lapses, and never
+        ends the turn. A renewal records the lease's new end as it commits it (in the writer's
+        thread), so that a release queued after it matches that end."""
+        def renew(conn: Connection) -> int | None:
+            until = self.claim(conn, held.conv_id)
+            if until is not None:
+                held.until = until
+            return until
+
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.ending.wait(), self.lease_s / 3)
+                return
             try:
-                if not await asyncio.to_thread(self._claim, conv_id):
-                    log.warning("the lease on conversation %s lapsed mid-turn and was taken by another process", conv_id)
+                if await self.runner.run(renew, order_key=held.order_key) is None:
+                    log.warning("the lease on conversation %s lapsed mid-turn and was taken by another process",
+                                held.conv_id)
             except Exception:  # noqa: BLE001 - see the docstring
-                log.exception("could not renew the lease on conversation %s", conv_id)
+                log.exception("could not renew the lease on conversation %s", held.conv_id)
 
     @contextlib.asynccontextmanager
-    async def hold(self, conv_id: str) -> AsyncIterator[bool]:
-        """Run the block as the conversation's only turn; ConversationBusy after `wait_s`. The
-        block gets whether it had to wait (another turn ran first, so what it read before may
-        have changed)."""
+    async def hold(self, conv_id: str, *, order_key: int = 0,
+                   first: Callable[[Connection], T] | None = None) -> AsyncIterator[Held[T]]:
+        """Run the block as the conversation's only turn; ConversationBusy after `wait_s`.
+        `first` (database work) runs in the transaction that takes the lease, once taken;
+        `order_key` is the writer lane (the user's id, as for the turn's other writes)."""
         lock, users = self._locks.get(conv_id, (asyncio.Lock(), 0))
         waited = lock.locked()
         self._locks[conv_id] = (lock, users + 1)
@@ -87,20 +158,25 @@ class ConversationLeases:
                 raise ConversationBusy("Another message to this conversation is still being answered; "
                                        "try again in a moment.") from None
             try:
-                while not await asyncio.to_thread(self._claim, conv_id):
+                claim = self._claim_then(conv_id, first)
+                while (taken := await self.runner.run(claim, order_key=order_key))[0] is None:
                     waited = True
                     if time.monotonic() > deadline:
                         raise ConversationBusy("Another message to this conversation is still being answered "
                                                "(by another server); try again in a moment.")
                     await asyncio.sleep(self.poll_s)
-                renew = asyncio.create_task(self._renew(conv_id))
+                held = Held(self, conv_id, order_key, taken[0], waited, taken[1])
+                renew = asyncio.create_task(self._renew(held))
                 try:
-                    yield waited
+                    yield held
                 finally:
-                    renew.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await renew
-                    await asyncio.shield(asyncio.to_thread(self._release, conv_id))
+                    held.ending.set()
+                    try:
+                        await asyncio.shield(renew)
+                    finally:
+                        if not held.released:
+                            self.runner.submit_nowait(lambda c: self.release(c, conv_id, held.until),
+                                                      order_key=order_key)
             finally:
                 lock.release()
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from switchboard.assistant.when import WhenError, zone
 from switchboard.core.errors import InvalidRequest, NotFound
@@ -24,9 +24,13 @@ class Profile:
         return self.name or self.email.partition("@")[0]
 
 
+# Built once: every turn reads it (see assistant.conversations).
+_PROFILE = select(users.c.id, users.c.email, users.c.plan, users.c.name, users.c.time_zone).where(
+    users.c.id == bindparam("user_id"))
+
+
 def load_profile(conn: Connection, user_id: int) -> Profile:
-    row = conn.execute(select(users.c.id, users.c.email, users.c.plan, users.c.name, users.c.time_zone)
-                       .where(users.c.id == user_id)).first()
+    row = conn.execute(_PROFILE, {"user_id": user_id}).first()
     if row is None:
         raise NotFound(f"no user {user_id}")
     return Profile(int(row.id), row.email, row.plan, row.name, row.time_zone or "UTC")

@@ -24,12 +24,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+from sqlalchemy import Connection
 
 from switchboard.assistant import context
 from switchboard.assistant.charges import run_charged
 from switchboard.assistant.conversations import Conversation, Message
-from switchboard.assistant.memory_hooks import MemoryHooks
 from switchboard.assistant.events import TextDelta, ToolFinished, ToolStarted, Totals, TurnCompleted, TurnEvent, TurnFailed
+from switchboard.assistant.lease import Held
+from switchboard.assistant.memory_hooks import MemoryHooks
 from switchboard.assistant.profile import Profile
 from switchboard.assistant.services import AssistantServices
 from switchboard.assistant.tools.registry import Tool, ToolContext, ToolFailed, ToolRegistry, ToolResult, parse_arguments
@@ -84,9 +86,12 @@ class _Stop(Exception):
 
 class Turn:
     def __init__(self, services: AssistantServices, registry: ToolRegistry, profile: Profile,
-                 conversation: Conversation, *, now: datetime | None = None,
-                 memory_hooks: MemoryHooks | None = None, message: str | None = None) -> None:
+                 conversation: Conversation, history: list[Message], *, now: datetime | None = None,
+                 memory_hooks: MemoryHooks | None = None, message: str | None = None,
+                 lease: Held[Any] | None = None) -> None:
         self.services = services
+        self.history = history  # the newest messages after the summary, the user's new one last
+        self.lease = lease  # the conversation's, released by the turn's last write
         self.memory_hooks = memory_hooks  # long-term memory's recall (None: none)
         self.message = message  # the user's message this turn answers (already stored)
         self.runtime = services.runtime
@@ -137,7 +142,7 @@ class Turn:
                     if not tools and _REMINDER_INTENT.search(self._user_text(messages)):
                         reply += "\n\n" + REMIND_HINT
                         yield TextDelta("\n\n" + REMIND_HINT)
-                    message = await self._store("assistant", reply, model=metering.model,
+                    message = await self._store("assistant", reply, last=True, model=metering.model,
                                                 request_ids=[metering.request_id], credits_ucr=metering.charged_ucr)
                     yield TurnCompleted(message, await self._final_totals(known=True))
                     return
@@ -152,7 +157,7 @@ class Turn:
             note = stop.text
             prefix = "\n\n" if self._said else ""
             yield TextDelta(prefix + note)
-            message = await self._store("assistant", "".join(self._said) + prefix + note, kind="text")
+            message = await self._store("assistant", "".join(self._said) + prefix + note, kind="text", last=True)
             yield TurnCompleted(message, await self._final_totals(), stopped=stop.reason)
         except (InsufficientCredits, SpendingCapReached) as exc:
             yield await self._failed(exc, _credit_words(exc))
@@ -160,7 +165,7 @@ class Turn:
             yield await self._failed(exc, f"Sorry, this turn failed: {exc.message}")
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug must still end the turn with a stored, plain message
+        except Exception:  # a bug must still end the turn with a stored, plain message
             log.exception("assistant turn failed for user %s in %s", uid, conv.id)
             yield await self._failed(SwitchboardError("internal error"), "Sorry, something went wrong on our side.")
 
@@ -201,8 +206,7 @@ class Turn:
         counted as the metered path counts it (the bound it holds for), so that what is sent is
         never refused. When a bound from the text's size alone shows that everything fits, as
         it usually does, nothing is counted at all."""
-        conv, uid = self.conversation, self.profile.user_id
-        services = self.services
+        conv = self.conversation
         provider = self.runtime.inference.provider_for(spec)
         per_byte = provider.tokens_per_byte(spec)
         specs = [t.spec() for t in tools] or None
@@ -216,13 +220,8 @@ class Turn:
         def whole(messages: list[ChatMessage]) -> int:
             return provider.count_prompt(spec, ChatRequest(spec.name, messages, tools=specs)).bound
 
-        # Memory search (an embedding and an index lookup) runs while the history is read.
-        recalling = asyncio.create_task(self._recall(self.message, spec, upper))
-        try:
-            history: list[Message] = await services.read(uid, lambda c: services.conversations.messages(
-                c, uid, conv.id, after=conv.summary_upto, limit=self.settings.assistant.history_messages, newest=True))
-        finally:
-            notes = await recalling
+        history = self.history
+        notes = await self._recall(self.message, spec, upper)
         system = context.system_prompt(self.settings.assistant.system_prompt, self.profile, self.now, tools=bool(tools))
         reserve = min(_OUTPUT_RESERVE, spec.max_output_tokens or _OUTPUT_RESERVE)
 
@@ -408,16 +407,26 @@ class Turn:
         self.totals.remaining_ucr = balance.available_ucr
         return self.totals
 
-    async def _store(self, role: str, content: str | None, *, kind: str = "text", **extra: Any) -> Message:
+    async def _store(self, role: str, content: str | None, *, kind: str = "text", last: bool = False,
+                     **extra: Any) -> Message:
+        """Store a message of the turn; the `last` one releases the conversation's lease in its
+        transaction."""
         uid, conv_id = self.profile.user_id, self.conversation.id
         conversations = self.services.conversations
-        return await self.services.write(uid, lambda c: conversations.add_message(
-            c, uid, conv_id, role=role, kind=kind, content=content, **extra))
+
+        def work(c: Connection) -> Message:
+            return conversations.add_message(c, uid, conv_id, role=role, kind=kind, content=content, **extra)
+
+        if not last or self.lease is None:
+            return await self.services.write(uid, work)
+        message = await self.services.write(uid, self.lease.releasing(work))
+        self.lease.released_with_it()
+        return message
 
     async def _failed(self, exc: SwitchboardError, words: str) -> TurnFailed:
         said = "".join(self._said)
         text = f"{said}\n\n{words}" if said else words
-        message = await self._store("assistant", text, kind="error")
+        message = await self._store("assistant", text, kind="error", last=True)
         return TurnFailed(message, words, exc.code or "error", exc.status, await self._final_totals())
 
     @staticmethod

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from sqlalchemy import select
 
+from switchboard.store.assistant_schema import conversations
 from tests.api.conftest import Gateway, balance, usage_records, wait_for
 from tests.assistant.conftest import auth, history, new_conversation, say, say_streaming
 from tests.fakes.openai_upstream import Behaviour
@@ -59,3 +61,27 @@ def test_a_streamed_turn_whose_client_goes_runs_to_its_end_and_is_kept(assistant
     wait_for(lambda: len(history(gw, conv["id"])) == 2, timeout=15)
     assert history(gw, conv["id"])[-1]["content"] == "one two three four"
     assert len(usage_records(gw)) == 1 and float(balance(gw)["available"]) < before
+
+
+def test_a_finished_turn_leaves_its_conversation_free(assistant_gateway: Gateway) -> None:
+    """The lease that keeps a conversation to one turn at a time (across servers) is released by
+    the turn's last write: after an answer, a command and a failed turn alike, another server
+    could take the conversation at once (the row says nobody holds it)."""
+    gw = assistant_gateway
+    conv = new_conversation(gw)
+
+    def holder() -> tuple[object, object]:
+        with gw.engine.connect() as conn:
+            row = conn.execute(select(conversations.c.busy_until_ms, conversations.c.busy_by)
+                               .where(conversations.c.id == conv["id"])).one()
+        return row.busy_until_ms, row.busy_by
+
+    gw.fake.behaviour = Behaviour(text="Hello!")
+    assert say(gw, conv["id"], "Hi").status_code == 200
+    assert holder() == (None, None)
+    assert say(gw, conv["id"], "/help").status_code == 200
+    assert holder() == (None, None)
+    gw.fake.behaviour = Behaviour(status=500)
+    failed = say(gw, conv["id"], "Hi again")
+    assert failed.json()["message"]["kind"] == "error", failed.text
+    assert holder() == (None, None)
