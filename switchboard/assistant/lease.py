@@ -28,9 +28,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
-from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 
-from switchboard.core.errors import SwitchboardError
+from switchboard.core.errors import NotFound, SwitchboardError
 from switchboard.store.assistant_schema import conversations
 from switchboard.store.runner import TransactionRunner
 
@@ -45,6 +45,7 @@ _CLAIM = (update(conversations)
                  or_(conversations.c.busy_until_ms.is_(None), conversations.c.busy_until_ms < bindparam("now"),
                      conversations.c.busy_by == bindparam("owner")))
           .values(busy_until_ms=bindparam("until"), busy_by=bindparam("owner")))
+_EXISTS = select(conversations.c.id).where(conversations.c.id == bindparam("conv_id"))
 _RELEASE = (update(conversations)
             .where(conversations.c.id == bindparam("conv_id"), conversations.c.busy_by == bindparam("owner"),
                    conversations.c.busy_until_ms == bindparam("until"))
@@ -115,6 +116,8 @@ class ConversationLeases:
         def work(conn: Connection) -> tuple[int | None, T | None]:
             until = self.claim(conn, conv_id)
             if until is None:
+                if conn.execute(_EXISTS, {"conv_id": conv_id}).first() is None:  # deleted meanwhile: no wait
+                    raise NotFound(f"No conversation found with id '{conv_id}'.", param="conversation_id")
                 return None, None
             return until, (first(conn) if first is not None else None)
         return work

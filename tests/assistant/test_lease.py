@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Connection, Engine, select
 
 from switchboard.assistant.lease import ConversationBusy, ConversationLeases
+from switchboard.core.errors import NotFound
 from switchboard.store.assistant_schema import conversations
 from switchboard.store.db import make_engine
 from switchboard.store.migrate import upgrade
@@ -114,3 +115,21 @@ def test_a_renewal_that_fails_once_is_tried_again_and_the_turn_goes_on(conv_engi
     assert len(calls) >= 3
     busy_until, start = seen
     assert busy_until is not None and busy_until > start + 1_500
+
+
+def test_a_conversation_deleted_before_its_turn_is_not_found_at_once(conv_engine: Engine,
+                                                                     writers: list[TransactionRunner]) -> None:
+    """A message to a conversation deleted meanwhile fails at once with 404, rather than
+    waiting for a lease nobody will ever release."""
+    leases = ConversationLeases(writers[0], lease_s=5, wait_s=30)
+    with conv_engine.begin() as conn:
+        conn.execute(conversations.delete().where(conversations.c.id == "conv_1"))
+
+    async def main() -> None:
+        async with leases.hold("conv_1"):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(NotFound):
+        asyncio.run(main())
+    assert time.monotonic() - started < 5
