@@ -1,7 +1,7 @@
 """Assistant benchmark: what a turn adds beyond its model call.
 
     .venv/bin/python -m bench.assistant [--duration 10] [--concurrency 1,8] [--history 10] [--database-url URL]
-        [--kinds direct,turn,turn-json] [--no-memory] [--profile turns.svg]
+        [--kinds direct,turn,turn-json] [--no-memory] [--pause-ms 0] [--profile turns.svg]
 
 Starts the mock upstream (bench/mock_upstream.py) and one `switchboard serve` process in front of
 it, as bench/gateway.py does, then times, from this process and at each concurrency:
@@ -18,7 +18,9 @@ Each client has a user and a conversation of its own (turns of one conversation 
 time by design), warmed up with `--history / 2` turns; the server reads `--history` messages
 plus the new one (assistant.history_messages), so every measured turn sees the same history.
 Long-term memory is on as by default (each message embedded and kept, memories recalled for each
-turn); `--no-memory` turns it off, to see the turn without it.
+turn); `--no-memory` turns it off, to see the turn without it. Clients send back to back unless
+`--pause-ms` makes each wait after an answer, as a person does: then what memory keeps after a
+turn (in the background) no longer competes with the next turn.
 "added" is the turn's percentile less the direct one's. Results are printed and written as JSON
 under bench/results/. `--profile FILE.svg` runs the server under py-spy (on the PATH) and writes
 its flame graph (FILE.txt: collapsed stacks): with `--kinds turn-json`, where a turn's time goes.
@@ -105,8 +107,9 @@ def senders(base: str, key: str, conv: str, email: str, history: int) -> dict[st
     return {"direct": send_direct, "turn": send_turn, "turn-json": send_turn_json}
 
 
-async def load(clients: list[Send], duration_s: float, warmup_s: float) -> dict[str, Any]:
-    """Closed loop: each client sends back to back; only answers inside the window count."""
+async def load(clients: list[Send], duration_s: float, warmup_s: float, pause_s: float = 0.0) -> dict[str, Any]:
+    """Closed loop: each client sends back to back (or `pause_s` after each answer, as a person
+    reads and types); only answers inside the window count."""
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
@@ -125,6 +128,8 @@ async def load(clients: list[Send], duration_s: float, warmup_s: float) -> dict[
                 if window_start <= t1 <= window_end:
                     latencies.append(t1 - t0)
                     errors += not ok
+                if pause_s:
+                    await asyncio.sleep(pause_s)
 
         await asyncio.gather(*(client(send) for send in clients))
     return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / duration_s,
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default=None,
                         help="default: a fresh SQLite file; PostgreSQL: a fresh database beside the one named")
     parser.add_argument("--kinds", default="direct,turn,turn-json", help="what to time, comma-separated")
+    parser.add_argument("--pause-ms", type=float, default=0.0,
+                        help="each client's pause after an answer (a person reading and typing; 0: back to back)")
     parser.add_argument("--no-memory", action="store_true", help="long-term memory off (memory.enabled = false)")
     parser.add_argument("--profile", default=None, help="a flame graph (.svg) or collapsed stacks (.txt) of the server, by py-spy")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{gw_port}/v1"
         results: dict[str, Any] = {"duration_s": args.duration, "cpus": os.cpu_count(), "history": history,
-                                   "memory": not args.no_memory,
+                                   "memory": not args.no_memory, "pause_ms": args.pause_ms,
                                    "database": args.database_url or "sqlite (file)", "runs": []}
         pids = [server.pid]
         try:
@@ -215,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                 run: dict[str, Any] = {"concurrency": c}
                 for kind in kinds:
                     cpu0 = cpu_s(pids)
-                    run[kind] = asyncio.run(load([s[kind] for s in clients[:c]], args.duration, args.warmup))
+                    run[kind] = asyncio.run(load([s[kind] for s in clients[:c]], args.duration, args.warmup,
+                                                 args.pause_ms / 1000))
                     answered = max(run[kind]["rps"] * (args.duration + args.warmup), 1.0)
                     run[kind]["server_cpu_us"] = round((cpu_s(pids) - cpu0) / answered * 1e6)
                 results["runs"].append(run)

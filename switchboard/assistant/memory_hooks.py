@@ -55,8 +55,6 @@ class MemoryHooks:
         if not config.enabled or budget_tokens <= 0:
             return []
         try:
-            if not (await self.memory.state(profile.user_id)).enabled:
-                return []
             found = await recall(self.memory, profile.user_id, message, now=now, time_zone=profile.time_zone,
                                  conversation_id=conversation_id, limit=config.recall_limit)
         except Exception:  # noqa: BLE001 - a turn without memories beats no turn

@@ -58,10 +58,12 @@ def note(hit: Hit, now: datetime, zone: str) -> str:
 
 async def recall(memory: MemoryService, user_id: int, message: str, *, now: datetime, time_zone: str,
                  conversation_id: str | None, limit: int) -> list[str]:
-    """Notes for the prompt, most relevant first (the caller keeps those that fit)."""
+    """Notes for the prompt, most relevant first (the caller keeps those that fit); none when
+    the user switched memory off."""
     if limit <= 0 or not message.strip():
         return []
-    hits = await memory.search(user_id, message, limit, now=now, time_zone=time_zone, exclude_thread=conversation_id)
+    hits = await memory.search(user_id, message, limit, now=now, time_zone=time_zone, exclude_thread=conversation_id,
+                               if_enabled=True)
     frame = timeframe(message, now, time_zone)
     floor = memory.config.recall_min_similarity
     kept = [h for h in hits if h.similarity >= floor or (frame is not None and frame.contains(h.center.created_ms))]

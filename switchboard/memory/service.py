@@ -131,10 +131,11 @@ class MemoryService:
         return await self.write(user_id, lambda c: self.store.add(c, user_id, new, now_ms(), supersedes=supersedes or ()))
 
     # -- searching --------------------------------------------------------------------------
-    def _index(self, conn: Connection, user_id: int) -> UserIndex:
+    def _index(self, conn: Connection, user_id: int) -> tuple[UserIndex, MemoryState]:
         state = self.store.state(conn, user_id)
-        return self.cache.index(user_id, state, lambda rev: self.store.changed_since(conn, user_id, rev),
-                                lambda: self._snapshot(conn, user_id, state))
+        index = self.cache.index(user_id, state, lambda rev: self.store.changed_since(conn, user_id, rev),
+                                 lambda: self._snapshot(conn, user_id, state))
+        return index, state
 
     def _snapshot(self, conn: Connection, user_id: int, state: MemoryState) -> Frozen | None:
         """The user's index snapshot usable at `state`, if any; one that cannot be read is
@@ -154,32 +155,47 @@ class MemoryService:
 
     def index_sync(self, user_id: int) -> UserIndex:
         """The user's index, up to date (blocking: a worker thread's work)."""
+        return self._indexed_sync(user_id)[0]
+
+    def _indexed_sync(self, user_id: int) -> tuple[UserIndex, MemoryState]:
         return read(self.engine, lambda conn: self._index(conn, user_id))
 
     def search_sync(self, user_id: int, query: str, vector: np.ndarray | None, limit: int, *,
-                    now: datetime | None = None, time_zone: str = "UTC", exclude_thread: str | None = None
-                    ) -> list[Hit]:
-        """Search with the query's embedding already made (blocking)."""
+                    now: datetime | None = None, time_zone: str = "UTC", exclude_thread: str | None = None,
+                    index: UserIndex | None = None) -> list[Hit]:
+        """Search with the query's embedding already made (blocking), in `index` when the caller
+        has just brought it up to date."""
         frame = timeframe(query, now or datetime.now(timezone.utc), time_zone)
         text = query.replace(frame.words, " ") if frame else query
         words = query_words(text)
         for _ in range(3):  # an index evicted meanwhile by another thread: take the fresh one
-            index = self.index_sync(user_id)
+            if index is None:
+                index = self.index_sync(user_id)
             with index.lock:
                 if not index.closed:
                     return index.search(vector, words, frame, limit, exclude_thread=exclude_thread)
+            index = None
         return []
 
     async def search(self, user_id: int, query: str, limit: int = 10, *, now: datetime | None = None,
-                     time_zone: str = "UTC", exclude_thread: str | None = None) -> list[Hit]:
-        """The memories most relevant to `query`, best first (passages of turns around a hit)."""
+                     time_zone: str = "UTC", exclude_thread: str | None = None,
+                     if_enabled: bool = False) -> list[Hit]:
+        """The memories most relevant to `query`, best first (passages of turns around a hit);
+        none when `if_enabled` and the user switched memory off. The query is embedded while
+        the index catches up (both on worker threads): a search pays for the longer of the two."""
         await self.keyring.prepare(user_id)
-        index = await asyncio.to_thread(self.index_sync, user_id)
-        if not len(index):
+        embedding = asyncio.ensure_future(self.embed([query]))
+        try:
+            index, state = await asyncio.to_thread(self._indexed_sync, user_id)
+        except BaseException:
+            embedding.cancel()
+            raise
+        if not len(index) or (if_enabled and not state.enabled):
+            embedding.cancel()  # (its thread finishes on its own)
             return []
-        vector = (await self.embed([query]))[0]
+        vector = (await embedding)[0]
         return await asyncio.to_thread(self.search_sync, user_id, query, vector, limit, now=now,
-                                       time_zone=time_zone, exclude_thread=exclude_thread)
+                                       time_zone=time_zone, exclude_thread=exclude_thread, index=index)
 
     # -- the user's own view ----------------------------------------------------------------
     async def page(self, user_id: int, *, limit: int, after: str | None = None,

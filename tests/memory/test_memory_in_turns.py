@@ -1,6 +1,6 @@
 """Memory in the assistant's turns, through the API, against a scripted fake upstream: what is
 said is kept and recalled in another conversation days later, facts are extracted (metered and
-charged as memory work), a contradiction supersedes, memory off keeps nothing."""
+charged as memory work), a contradiction supersedes, memory off keeps and recalls nothing."""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def test_memory_off_keeps_nothing(assistant_gateway: Gateway) -> None:
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "memory_off"
     assert memories_of(gw) == []
     assert not [r for r in usage_records(gw) if r["endpoint"] == "memory.extraction"]
+
+
+@pytest.mark.parametrize("assistant_gateway", [{"memory": {"extraction_delay_s": 3600}}], indirect=True)
+def test_memory_switched_off_is_not_recalled(assistant_gateway: Gateway) -> None:
+    """What was kept while memory was on stays (the user may switch it on again) but is not put
+    into any prompt while it is off."""
+    gw = assistant_gateway
+    first = new_conversation(gw)
+    assert say(gw, first["id"], "My sister is called Ana and she lives in Lisbon.").status_code == 200
+    wait_for(lambda: [m for m in memories_of(gw) if "Ana" in m["text"]])
+    second = new_conversation(gw)
+    assert say(gw, second["id"], "Where does my sister live?").status_code == 200
+    assert "Lisbon" in memory_note(gw.fake.chat_requests()[-1])
+    off = httpx.patch(f"{gw.api}/memories/settings", headers=auth(gw.key), json={"enabled": False})
+    assert off.status_code == 200
+    assert say(gw, second["id"], "Where does my sister live, again?").status_code == 200
+    assert memory_note(gw.fake.chat_requests()[-1]) == ""
+    assert [m for m in memories_of(gw) if "Ana" in m["text"]]  # kept, not recalled
