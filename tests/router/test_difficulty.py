@@ -138,6 +138,20 @@ def test_quantity_counts_the_numbers_of_maths_and_word_problems_only() -> None:
         assert F.quantity(other) is None, other
 
 
+def test_numbers_of_format_rules_are_not_quantities() -> None:
+    """A word count or a paragraph count sizes the answer, not the problem: it neither adds to a
+    word problem's count nor makes a writing request with a "how many" look like a word problem;
+    a quantity that merely sits near such words (6 letters to partition, 3 times as many) still counts."""
+    story = SAMPLES[2]
+    assert F.quantity(story + " Answer in at most 3 sentences and 2 bullet points.") == F.quantity(story)
+    assert F.quantity("How many feet tall was the tallest tower in 2000? Use the word tower at least 8 times "
+                      "and write exactly 3 paragraphs.") is None
+    assert F.quantity("In how many ways can a set of 6 distinct letters be split into 3 groups?") == pytest.approx(
+        np.log1p(2))
+    assert F.quantity("Ann has 4 cats and 3 times as many fish. How many pets does she have?") == pytest.approx(
+        np.log1p(2))
+
+
 def test_the_quantity_term_moves_only_quantitative_prompts(model: DifficultyModel) -> None:
     """The served logit adds weight * (quantity - mean) / spread where quantity() applies, nothing
     elsewhere; saved and loaded with the weights."""
