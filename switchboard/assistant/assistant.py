@@ -131,7 +131,6 @@ class Assistant:
         uid, conv_id = target.profile.user_id, target.conversation.id
         conversations = self.services.conversations
         kind = "command" if is_command(text) else "text"
-
         history_n = self.services.runtime.settings.assistant.history_messages
 
         def begin(c: Connection) -> Opened:
