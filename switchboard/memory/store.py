@@ -75,7 +75,6 @@ class Memory:
     superseded_ms: int | None
     superseded_by: int | None
     rev: int
-    embedding: np.ndarray | None = None
 
     @property
     def source_ids(self) -> list[str]:
@@ -127,18 +126,14 @@ class MemoryStore:
             raise MemoryUnreadable(f"The stored {name} of memory {uid} cannot be decrypted: it was altered or "
                                    f"damaged in storage. Nothing of it can be shown.") from None
 
-    def _memory(self, row: Any, *, with_embedding: bool = False) -> Memory:
+    def _memory(self, row: Any) -> Memory:
         user_id, uid = int(row.user_id), row.uid
-        memory = Memory(
+        return Memory(
             int(row.id), uid, user_id, row.kind, row.status, self._open(user_id, uid, "text", row.text_ct).decode(),
             json.loads(self._open(user_id, uid, "meta", row.meta_ct)), int(row.created_ms),
             None if row.superseded_ms is None else int(row.superseded_ms),
             None if row.superseded_by is None else int(row.superseded_by), int(row.rev),
         )
-        if with_embedding:
-            raw = self._open(user_id, uid, "embedding", row.embedding_ct)
-            memory.embedding = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
-        return memory
 
     # -- the user's memory state ------------------------------------------------------------
     def state(self, conn: Connection, user_id: int) -> MemoryState:
@@ -220,11 +215,11 @@ class MemoryStore:
         return conn.execute(delete(memories).where(memories.c.user_id == user_id)).rowcount
 
     # -- reading ----------------------------------------------------------------------------
-    def get(self, conn: Connection, user_id: int, uid: str, *, with_embedding: bool = False) -> Memory:
+    def get(self, conn: Connection, user_id: int, uid: str) -> Memory:
         row = conn.execute(select(memories).where(memories.c.uid == uid, memories.c.user_id == user_id)).first()
         if row is None:
             raise NotFound(f"No memory found with id '{uid}'.", param="memory_id")
-        return self._memory(row, with_embedding=with_embedding)
+        return self._memory(row)
 
     def by_ids(self, conn: Connection, user_id: int, ids: Iterable[int]) -> dict[int, Memory]:
         wanted = list(ids)
