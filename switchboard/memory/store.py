@@ -183,7 +183,7 @@ class MemoryStore:
                 created_ms=item.created_ms, rev=rev,
             ))
             added.append(Memory(0, uid, user_id, item.kind, "active", item.text, item.meta, item.created_ms, None,
-                                None, rev, vector))
+                                None, rev))
         conn.execute(memories.insert(), rows)
         ids = dict(conn.execute(select(memories.c.uid, memories.c.id).where(
             memories.c.user_id == user_id, memories.c.rev == rev)).all())
