@@ -179,9 +179,8 @@ class Assistant:
             reply = await run_command(CommandContext(services, target.profile, conv, now), text)
             if reply.profile is not None:  # /timezone, /name: the caller's target follows
                 target.profile = reply.profile
-            message = await services.write(uid, held.releasing(lambda c: conversations.add_message(
-                c, uid, conv.id, role="assistant", kind="command", content=reply.text)))
-            held.released_with_it()
+            message = await held.last_write(lambda w: services.write(uid, w), lambda c: conversations.add_message(
+                c, uid, conv.id, role="assistant", kind="command", content=reply.text))
             if reply.new_conversation is not None:  # the new one is now the most recent on its channel
                 fresh = reply.new_conversation
                 await services.write(uid, lambda c: conversations.touch(c, uid, fresh.id))

@@ -9,7 +9,7 @@ so the conversation is never stuck for longer. A second message waits for the fi
 
 The lease is written through the process's writer (store.runner), in the user's lane, like the
 turn's other writes: the claim carries the turn's first write (the user's message) in its own
-transaction, and the release rides in the turn's last write (`Held.releasing`; failing that,
+transaction, and the release rides in the turn's last write (`Held.last_write`; failing that,
 it is queued without being waited for). A turn thus pays no transaction of its own for the
 lease. A claim by this process succeeds whatever the row says (it is the owner; its own turns
 queue on the lock), and a release clears only the lease it took (its end time), never the next
@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, bindparam, or_, select, update
@@ -72,20 +72,21 @@ class Held(Generic[T]):
         self.ending = asyncio.Event()  # no renewal is sent once set
         self.released = False
 
-    def releasing(self, work: Callable[[Connection], R]) -> Callable[[Connection], R]:
-        """`work` (the turn's last write) with the lease released in its transaction. Call it on
-        the event loop just before that write is queued; once the write is done, call
-        `released_with_it`. If the write fails, `hold` releases the lease on its own."""
+    async def last_write(self, write: Callable[[Callable[[Connection], R]], Awaitable[R]],
+                         work: Callable[[Connection], R]) -> R:
+        """Run `work`, the turn's last write, through `write` (the caller's door to the writer)
+        with the lease released in its transaction; no renewal is sent once it is queued. If the
+        write fails, `hold` releases the lease on its own."""
         self.ending.set()
 
         def work_then_release(conn: Connection) -> R:
             result = work(conn)
             self.leases.release(conn, self.conv_id, self.until)
             return result
-        return work_then_release
 
-    def released_with_it(self) -> None:
+        result = await write(work_then_release)
         self.released = True
+        return result
 
 
 class ConversationLeases:

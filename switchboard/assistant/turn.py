@@ -419,9 +419,7 @@ class Turn:
 
         if not last or self.lease is None:
             return await self.services.write(uid, work)
-        message = await self.services.write(uid, self.lease.releasing(work))
-        self.lease.released_with_it()
-        return message
+        return await self.lease.last_write(lambda w: self.services.write(uid, w), work)
 
     async def _failed(self, exc: SwitchboardError, words: str) -> TurnFailed:
         said = "".join(self._said)
