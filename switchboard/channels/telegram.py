@@ -215,9 +215,9 @@ class Telegram(Channel):
             return SendResult(True, platform_id=str((body.get("result") or {}).get("message_id")))
         description = str(body.get("description") or f"HTTP {response.status_code}")
         parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
-        moved_to = parameters.get("migrate_to_chat_id")
-        if isinstance(moved_to, int) and not isinstance(moved_to, bool):
-            return SendResult(False, error=description, moved_to=str(moved_to))
+        moved_to = _chat_id(parameters.get("migrate_to_chat_id"))
+        if moved_to is not None:
+            return SendResult(False, error=description, moved_to=moved_to)
         retry_after = parameters.get("retry_after")
         if response.status_code == 429 or isinstance(retry_after, (int, float)):
             return SendResult(False, error=description, retryable=True,
@@ -232,16 +232,22 @@ class Telegram(Channel):
         await self.call("sendChatAction", params)
 
 
+def _chat_id(value: Any) -> str | None:
+    """A chat id as Telegram sends one (an integer, never a boolean), as text; None otherwise."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _chat_move(msg: dict[str, Any]) -> ChatMove | None:
     """The service message of a group upgraded to a supergroup: in the old group it carries
     `migrate_to_chat_id`, in the supergroup `migrate_from_chat_id`; either says the same move."""
-    here, to, came_from = msg["chat"].get("id"), msg.get("migrate_to_chat_id"), msg.get("migrate_from_chat_id")
-    if not isinstance(here, int):
+    here = _chat_id(msg["chat"].get("id"))
+    to, came_from = _chat_id(msg.get("migrate_to_chat_id")), _chat_id(msg.get("migrate_from_chat_id"))
+    if here is None:
         return None
-    if isinstance(to, int) and not isinstance(to, bool):
-        return ChatMove(str(here), str(to))
-    if isinstance(came_from, int) and not isinstance(came_from, bool):
-        return ChatMove(str(came_from), str(here))
+    if to is not None:
+        return ChatMove(here, to)
+    if came_from is not None:
+        return ChatMove(came_from, here)
     return None
 
 
