@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from switchboard.channels.hub import ChannelHub
 
 
+def chat_key(channel: str, bot_id: str, chat_id: str) -> str:
+    """What orders one chat's inbox and outbox rows and names where they go: channel, bot, chat."""
+    return f"{channel}:{bot_id}:{chat_id}"
+
+
 @dataclass(slots=True)
 class Inbound:
     """One platform message, normalised."""
@@ -50,7 +55,7 @@ class Inbound:
 
     @property
     def chat_key(self) -> str:
-        return f"{self.channel}:{self.bot_id}:{self.chat_id}"
+        return chat_key(self.channel, self.bot_id, self.chat_id)
 
 
 @dataclass(slots=True)

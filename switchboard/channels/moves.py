@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, update
 
+from switchboard.channels.base import chat_key
 from switchboard.store.assistant_schema import conversations
 from switchboard.store.channels_schema import channel_identities, channel_inbox, channel_outbox
 
@@ -51,7 +52,7 @@ def move_chat(conn: Connection, channel: str, bot_id: str, old_chat_id: str, new
     move for every bot; queued rows move for this bot."""
     if old_chat_id == new_chat_id:
         return Moved()
-    new_key = f"{channel}:{bot_id}:{new_chat_id}"
+    new_key = chat_key(channel, bot_id, new_chat_id)
     convs = conn.execute(update(conversations)
                          .where(conversations.c.channel == channel, conversations.c.external_chat_id == old_chat_id)
                          .values(external_chat_id=new_chat_id)).rowcount
@@ -66,7 +67,7 @@ def move_chat(conn: Connection, channel: str, bot_id: str, old_chat_id: str, new
     # and names where it goes (outbox.load), moves.
     parts = conn.execute(update(channel_outbox)
                          .where(channel_outbox.c.channel == channel, channel_outbox.c.bot_id == bot_id,
-                                channel_outbox.c.chat_key == f"{channel}:{bot_id}:{old_chat_id}",
+                                channel_outbox.c.chat_key == chat_key(channel, bot_id, old_chat_id),
                                 channel_outbox.c.status.in_(OPEN_OUTBOX))
                          .values(chat_key=new_key)).rowcount
     return Moved(int(convs), int(idents), int(waiting), int(parts))

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from switchboard.channels import queue
+from switchboard.channels.base import chat_key
 from switchboard.crypto import Binding, KeyRing
 from switchboard.store.channels_schema import channel_outbox
 from switchboard.store.conflict import insert_or_ignore
@@ -50,7 +51,7 @@ class Part:
 
     @property
     def chat_key(self) -> str:
-        return f"{self.channel}:{self.bot_id}:{self.chat_id}"
+        return chat_key(self.channel, self.bot_id, self.chat_id)
 
 
 def _binding(user_id: int, row_key: str) -> Binding:
@@ -134,7 +135,7 @@ def destination(row: Any) -> str:
     """Where a part goes: the chat its `chat_key` (channel:bot:chat) names. That is the chat it
     was queued for (`chat_id`, which its text is bound to) unless the chat moved since
     (channels.moves)."""
-    prefix = f"{row.channel}:{row.bot_id}:"
+    prefix = chat_key(row.channel, row.bot_id, "")
     return str(row.chat_key)[len(prefix):] if str(row.chat_key).startswith(prefix) else str(row.chat_id)
 
 
