@@ -10,6 +10,7 @@ measured ~50 us per search on a 2 kB prompt.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from switchboard.core.types import ChatRequest
 
@@ -68,7 +69,15 @@ TEXT_CLASSES = ("coding", "math", "writing", "chat", "factual")
 def text_class(text: str) -> tuple[str, str]:
     """(task class, cue) from a message's text alone: one of TEXT_CLASSES. The difficulty
     estimate uses the class as a feature, so it must not depend on anything but the text."""
-    head = text[:HEAD_CHARS].lower()
+    # It depends on the head and on whether the text is shorter than 200, 300 or 600 characters
+    # alone, and is remembered by those: a routing decision classifies the text, then the
+    # difficulty estimate classifies it again (its features, its quantity term).
+    return _text_class(text[:HEAD_CHARS], min(len(text), 600))
+
+
+@lru_cache(maxsize=256)
+def _text_class(head: str, length: int) -> tuple[str, str]:
+    head = head.lower()
     words = _WORDS.findall(head)
     vocabulary = set(words)
     first = words[0] if words else ""
@@ -78,8 +87,8 @@ def text_class(text: str) -> tuple[str, str]:
         return "math", "maths or reasoning terms"
     if first in ("write", "draft", "compose") or (vocabulary & WRITING_VERBS and vocabulary & WRITING_NOUNS):
         return "writing", "a writing request"
-    if len(text) < 300 and (first in GREETINGS or any(mark in head for mark in REMINDER_MARKS)):
+    if length < 300 and (first in GREETINGS or any(mark in head for mark in REMINDER_MARKS)):
         return "chat", "small talk or a reminder"
-    if first in QUESTION_WORDS and len(text) < 600:
+    if first in QUESTION_WORDS and length < 600:
         return "factual", "a short question"
-    return ("chat", "short message") if len(text) < 200 else ("writing", "a longer open request")
+    return ("chat", "short message") if length < 200 else ("writing", "a longer open request")
