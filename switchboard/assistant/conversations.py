@@ -53,7 +53,6 @@ _GET = select(conversations).where(conversations.c.id == bindparam("conv_id"),
                                    conversations.c.user_id == bindparam("user_id"))
 
 
-
 @lru_cache(maxsize=None)
 def _messages_query(after: bool, limit: bool, newest: bool) -> Select[Any]:
     query = select(messages).where(messages.c.conversation_id == bindparam("conv_id"),

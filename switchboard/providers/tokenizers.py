@@ -130,7 +130,6 @@ class _Memo:
                     self._chars -= len(old)
         return n
 
-
     def fresh(self, text: str) -> int:
         """The count of a text not worth remembering (a model's output: new every time)."""
         return len(self._encode(text)) if text else 0
