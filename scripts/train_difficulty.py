@@ -6,26 +6,27 @@
 
 Reads ``../shared/data/router-mix`` and ``../shared/data/routellm-mmlu`` in place (``--data``), then:
 
-1. **Leave one source out**: for each of the eight sources (seven router-mix files and MMLU), the
-   regression is fitted without any row of that source and scores it. Each source's APGR and
-   CPT(50%)/CPT(80%) are reported beside random routing and prompt length alone (longer = harder),
-   with a bootstrap interval of the difference to prompt length.
-2. **Length prior**: the served logit is ``z(length) + blend * z(regression)`` (each divided by its
+1. **Content regression, held out**: a logistic regression over ``difficulty_features.features``
+   fitted on MMLU (14,000 questions of 57 subjects, one model pair: which kinds of questions
+   separate the cheap model from the strong one), so every other source is scored by a fit that
+   saw none of its rows; MMLU itself is scored by five fits that each leave a fifth of its subjects
+   out (``CONTENT_SOURCE``, ``SUBJECT_FOLDS``). Trained on all sources at once (one intercept per
+   source), the regression learnt what makes each benchmark hard and lost to length everywhere
+   held out; the one-source fit transfers better (docs/routing.md).
+2. **Quantities**: for maths and word problems (``difficulty_features.quantity``) the logit is
+   prompt length plus ``QUANTITY_WEIGHT`` times the standardised log count of their quantities,
+   and not the regression (whose words say little about which of two word problems is harder).
+3. **Blend**: every other prompt gets ``z(length) + blend * z(regression)`` (each divided by its
    spread over all prompts). ``blend`` is chosen on the held-out predictions: the largest mean
    APGR over the sources among the blends that lose to prompt length on no source by more than
-   ``TOLERANCE``; 0 (prompt length alone) when none qualifies. Prompt length is the one signal
-   that held on nearly every source; the regression only reorders prompts where it agrees across
-   sources.
-3. **Quantities**: for maths and word problems (``difficulty_features.quantity``), a weight times
-   the standardised log count of their numbers is added to the logit. The weight a held-out source
-   is scored with is the one that gives the best mean APGR over the *other* sources (so its
-   figures are held out too); the shipped weight is the best over all sources.
+   ``TOLERANCE``. Each source's APGR and CPT(50%)/CPT(80%) are reported beside random routing and
+   prompt length alone (longer = harder), with a bootstrap interval of the difference to length.
 4. **Calibration** (Platt scaling) on the held-out logits against the label, every source
    weighing the same, so that the served number is a probability on kinds of prompts the
    regression had not seen; reported per source with a calibration fitted without that source.
-5. **Training on everything** and writing the weights (with the calibration, the held-out
-   figures and the configuration in their metadata) and docs/routing-results.json, including the
-   share of prompts each difficulty tier receives under the configured thresholds.
+5. **Training for real** and writing the weights (with the calibration, the held-out figures and
+   the configuration in their metadata) and docs/routing-results.json, including the share of
+   prompts each difficulty tier receives under the configured thresholds.
 """
 
 from __future__ import annotations
@@ -61,8 +62,15 @@ from switchboard.router import difficulty_features as F  # noqa: E402
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_REPORT = REPO_ROOT / "docs" / "routing-results.json"
 CONFIG = fitting.FitConfig()
-BLENDS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
-QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+BLENDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # reported, not chosen
+# The quantity term's weight. Held out, the mean APGR is flat from 0.5 to 2 (the table in
+# docs/routing.md); at 4 (chosen by that mean before) the count of numbers outweighed everything
+# else, so that a maths question with three numbers ranked below small talk of the same length.
+# 0.5: moving from 3 to 6 quantities raises a word problem about as much as doubling its length.
+QUANTITY_WEIGHT = 0.5
+CONTENT_SOURCE = data.MMLU_SOURCE  # the content regression's training source (one model pair, 57 subjects)
+SUBJECT_FOLDS = 5
 PREVIOUS_THRESHOLDS = (0.25, 0.41)  # difficulty_mid, difficulty_flagship before the calibrated estimate
 TOLERANCE = 0.005  # a blend may lose this much APGR to prompt length on a source (well inside the noise)
 LABEL = "weak_fails_strong_succeeds"
@@ -76,24 +84,30 @@ def length_signal(prompts: list[str]) -> np.ndarray:
     return np.log1p([len(p.encode("utf-8", "replace")) for p in prompts])
 
 
-def leave_one_source_out(ds: data.Dataset, X: fitting.Matrix, cfg: fitting.FitConfig,
-                         verbose: bool = True) -> np.ndarray:
-    """Held-out regression logits: each source scored by a fit that saw none of its rows (nor any
-    prompt text that also occurs in it)."""
+def content_held_out(ds: data.Dataset, X: fitting.Matrix, cfg: fitting.FitConfig,
+                     verbose: bool = True) -> tuple[np.ndarray, fitting.Params]:
+    """(held-out content logits, the fit that ships). Every source but CONTENT_SOURCE is scored by
+    the fit on CONTENT_SOURCE, which saw none of its rows; CONTENT_SOURCE itself by SUBJECT_FOLDS
+    fits that each leave a share of its subjects out (subjects never trained on, such as
+    high_school_mathematics, by the shipped fit)."""
     y, trainable = ds.label(), ds.trainable()
-    norm = [p.strip() for p in ds.prompts]
-    out = np.full(len(ds), np.nan)
-    for source in np.unique(ds.sources):
-        t0 = time.perf_counter()
-        test = ds.sources == source
-        held = {norm[i] for i in np.flatnonzero(test)}
-        train = ~test & trainable & np.array([p not in held for p in norm])
-        params = fitting.fit(X.take(train), y[train], ds.sources[train], cfg)
-        out[test] = params.logits(X.take(test))
-        if verbose:
-            print(f"  held out {source}: trained on {int(train.sum())} rows, {time.perf_counter() - t0:.0f}s",
-                  flush=True)
-    return out
+    own = ds.sources == CONTENT_SOURCE
+    t0 = time.perf_counter()
+    shipped = fitting.fit(X.take(own & trainable), y[own & trainable], ds.sources[own & trainable], cfg)
+    out = shipped.logits(X)  # right for every row the shipped fit was not trained on
+    subjects = np.unique(ds.groups[own & trainable])
+    if len(subjects) < 2:
+        raise ValueError(f"{CONTENT_SOURCE} needs two trainable subjects or more to be scored held out")
+    np.random.default_rng(0).shuffle(subjects)
+    folds = min(SUBJECT_FOLDS, len(subjects))
+    for k in range(folds):
+        held = own & np.isin(ds.groups, subjects[k::folds])
+        train = own & trainable & ~held
+        out[held] = fitting.fit(X.take(train), y[train], ds.sources[train], cfg).logits(X.take(held))
+    if verbose:
+        print(f"  content regression: {int((own & trainable).sum())} {CONTENT_SOURCE} rows, "
+              f"{folds} subject folds, {time.perf_counter() - t0:.0f}s", flush=True)
+    return out, shipped
 
 
 def per_source(ds: data.Dataset, scores: np.ndarray) -> dict[str, float]:
@@ -101,13 +115,21 @@ def per_source(ds: data.Dataset, scores: np.ndarray) -> dict[str, float]:
             for s in np.unique(ds.sources)}
 
 
-def choose_blend(ds: data.Dataset, z_len: np.ndarray, z_model: np.ndarray) -> tuple[float, list[dict]]:
+def served_logit(z_len: np.ndarray, z_model: np.ndarray, zq: np.ndarray, quantitative: np.ndarray,
+                 blend: float, weight: float) -> np.ndarray:
+    """What DifficultyModel.logit computes: length plus the quantity term for maths and word
+    problems, length plus blend x the content regression for the rest."""
+    return z_len + np.where(quantitative, weight * zq, blend * z_model)
+
+
+def choose_blend(ds: data.Dataset, z_len: np.ndarray, z_model: np.ndarray, zq: np.ndarray,
+                 quantitative: np.ndarray) -> tuple[float, list[dict]]:
     """The blend with the best mean held-out APGR among those that lose to length on no source by
     more than TOLERANCE (ties: the smaller blend)."""
     base = per_source(ds, z_len)
-    table, best = [], (per_source_mean(base), 0.0)
+    table, best = [], (-1.0, 0.0)
     for blend in BLENDS:
-        apgrs = per_source(ds, z_len + blend * z_model)
+        apgrs = per_source(ds, served_logit(z_len, z_model, zq, quantitative, blend, QUANTITY_WEIGHT))
         worst = min(apgrs[s] - base[s] for s in base)
         mean = per_source_mean(apgrs)
         table.append({"blend": blend, "mean_apgr": round(mean, 4), "worst_margin_vs_length": round(worst, 4),
@@ -121,38 +143,26 @@ def per_source_mean(apgrs: dict[str, float]) -> float:
     return float(np.mean(list(apgrs.values())))
 
 
-def quantity_signal(prompts: list[str]) -> tuple[np.ndarray, float, float]:
-    """(standardised signal, mean, spread): ``F.quantity`` of each prompt, standardised over the
-    prompts it applies to, 0 for the others (their logit is left as it is)."""
+def quantity_signal(prompts: list[str]) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(standardised signal, applies, mean, spread): ``F.quantity`` of each prompt, standardised
+    over the prompts it applies to (0 for the others), and where it applies."""
     q = np.array([np.nan if (v := F.quantity(p)) is None else v for p in prompts], dtype=np.float64)
     on = ~np.isnan(q)
     if not on.any():
-        return np.zeros(len(prompts)), 0.0, 1.0
+        return np.zeros(len(prompts)), on, 0.0, 1.0
     mean, spread = float(q[on].mean()), float(q[on].std()) or 1.0
-    return np.where(on, (q - mean) / spread, 0.0), mean, spread
+    return np.where(on, (q - mean) / spread, 0.0), on, mean, spread
 
 
-def choose_quantity_weight(ds: data.Dataset, base: np.ndarray, zq: np.ndarray) -> tuple[float, np.ndarray, dict]:
-    """(shipped weight, held-out logits, report). Each held-out source is scored with the weight
-    that the other sources chose (best mean APGR over them; ties: the smaller weight), so that the
-    choice itself is held out; the shipped weight is the best over all sources."""
-    names = list(np.unique(ds.sources))
-    table = {w: per_source(ds, base + w * zq) for w in QUANTITY_WEIGHTS}
-
-    def best(sources: list[str]) -> float:
-        return max(QUANTITY_WEIGHTS, key=lambda w: (float(np.mean([table[w][s] for s in sources])), -w))
-
-    held, chosen = base.copy(), {}
-    for source in names:
-        chosen[source] = best([s for s in names if s != source])
-        m = ds.sources == source
-        held[m] = base[m] + chosen[source] * zq[m]
-    weight = best(names)
-    report = {"weight": weight, "held_out_weights": chosen,
-              "share_applied": {s: round(float(np.mean(zq[ds.sources == s] != 0)), 4) for s in names},
-              "weights": [{"weight": w, "mean_apgr": round(per_source_mean(a), 4),
-                           "apgr": {s: round(v, 4) for s, v in a.items()}} for w, a in table.items()]}
-    return weight, held, report
+def quantity_table(ds: data.Dataset, z_len: np.ndarray, z_model: np.ndarray, zq: np.ndarray,
+                   quantitative: np.ndarray, blend: float) -> list[dict]:
+    """Held-out APGR by quantity weight at the chosen blend: how flat the choice is."""
+    rows = []
+    for w in QUANTITY_WEIGHTS:
+        a = per_source(ds, served_logit(z_len, z_model, zq, quantitative, blend, w))
+        rows.append({"weight": w, "mean_apgr": round(per_source_mean(a), 4),
+                     "apgr": {s: round(v, 4) for s, v in a.items()}})
+    return rows
 
 
 def held_out_report(ds: data.Dataset, served_logit: np.ndarray, z_len: np.ndarray) -> tuple[dict, tuple[float, float]]:
@@ -208,7 +218,7 @@ def feature_config(cfg: fitting.FitConfig) -> dict:
 
 
 def save_weights(path: Path, params: fitting.Params, slope: float, offset: float, meta: dict,
-                 quantity: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> None:
+                 quantity: tuple[float, float, float] = (0.0, 0.0, 1.0), length_weight: float = 0.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         np.savez_compressed(
@@ -216,7 +226,7 @@ def save_weights(path: Path, params: fitting.Params, slope: float, offset: float
             bin_edges=params.bin_edges.astype(np.float64), bin_weights=params.bin_weights.astype(np.float64),
             dense_fill=params.fill, dense_lo=params.lo, dense_hi=params.hi, intercept=np.float64(params.intercept),
             calibration_slope=np.float64(slope), calibration_offset=np.float64(offset),
-            quantity=np.array(quantity, dtype=np.float64),
+            quantity=np.array(quantity, dtype=np.float64), length_weight=np.float64(length_weight),
             metadata=np.array(json.dumps(meta, sort_keys=True)),
         )
 
@@ -229,21 +239,20 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
         print(f"{len(ds)} rows from {len(stats['sources'])} sources; features in {time.perf_counter() - t0:.0f}s",
               flush=True)
     length = length_signal(ds.prompts)
-    model = leave_one_source_out(ds, X, cfg, verbose)
+    model, params = content_held_out(ds, X, cfg, verbose)
     len_sd, model_sd = float(length.std()), float(model.std()) or 1.0
     z_len, z_model = length / len_sd, model / model_sd
-    blend, blends = choose_blend(ds, z_len, z_model)
-    zq, q_mean, q_spread = quantity_signal(ds.prompts)
-    q_weight, served, quantities = choose_quantity_weight(ds, z_len + blend * z_model, zq)
-    quantities.update(mean=round(q_mean, 6), spread=round(q_spread, 6))
+    zq, quantitative, q_mean, q_spread = quantity_signal(ds.prompts)
+    blend, blends = choose_blend(ds, z_len, z_model, zq, quantitative)
+    served = served_logit(z_len, z_model, zq, quantitative, blend, QUANTITY_WEIGHT)
+    quantities = {"weight": QUANTITY_WEIGHT, "mean": round(q_mean, 6), "spread": round(q_spread, 6),
+                  "share_applied": {s: round(float(quantitative[ds.sources == s].mean()), 4)
+                                    for s in np.unique(ds.sources)},
+                  "weights": quantity_table(ds, z_len, z_model, zq, quantitative, blend)}
     per, (slope, offset) = held_out_report(ds, served, z_len)
 
-    t1 = time.perf_counter()
-    trainable = ds.trainable()
-    params = fitting.fit(X.take(trainable), ds.label()[trainable], ds.sources[trainable], cfg)
     final = blended_params(params, blend, len_sd, model_sd)
-    train_s = time.perf_counter() - t1
-    shipped = D.calibrate(final.logits(X) + q_weight * zq, slope, offset)
+    shipped = D.calibrate(np.where(quantitative, z_len + QUANTITY_WEIGHT * zq, final.logits(X)), slope, offset)
     routing = RoutingConfig()
     report = {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -253,10 +262,13 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
         "protocol": {
             "held_out": "leave one source out: each source scored by a fit without any of its rows",
             "baselines": "random routing (APGR 0.5, CPT(x) = x) and prompt length alone (log bytes, longer = harder)",
-            "blend": f"served logit = z(length) + blend * z(regression); blend chosen on the held-out predictions "
-                     f"(best mean APGR among blends losing at most {TOLERANCE} to length on every source)",
-            "quantity": "served logit += weight * standardised log count of numbers, for maths and word problems "
-                        "only; each held-out source scored with the weight chosen on the other sources",
+            "content": f"regression fitted on {CONTENT_SOURCE} only; {CONTENT_SOURCE} itself scored by "
+                       f"{SUBJECT_FOLDS} fits leaving a fifth of its subjects out",
+            "blend": f"served logit = z(length) + blend * z(regression) for prompts the quantity term does not "
+                     f"apply to; blend chosen on the held-out predictions (best mean APGR among blends losing "
+                     f"at most {TOLERANCE} to length on every source)",
+            "quantity": f"maths and word problems: served logit = z(length) + {QUANTITY_WEIGHT} * standardised log "
+                        f"count of quantities (fixed weight; the table by weight is reported)",
             "calibration": "Platt scaling on held-out logits, sources weighted equally; per-source figures use a "
                            "scaling fitted without that source",
             "interval": "90% bootstrap interval (rows resampled) of router APGR minus length APGR",
@@ -276,13 +288,12 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
     meta = {
         "trained": report["generated"], "data": stats, "label": LABEL, "label_definition": LABEL_DEFINITION,
         "score_meaning": SCORE_MEANING, "blend": blend, **feature_config(cfg),
-        "quantity": {"weight": q_weight, "mean": q_mean, "spread": q_spread,
-                     "held_out_weights": quantities["held_out_weights"]},
+        "quantity": {"weight": QUANTITY_WEIGHT, "mean": q_mean, "spread": q_spread},
+        "content_source": CONTENT_SOURCE,
         "held_out": {s: {"apgr": r["router"]["apgr"], "length_apgr": r["length"]["apgr"],
                          "ece": r["calibration"]["ece"]} for s, r in per.items()},
-        "train_seconds": round(train_s, 1),
     }
-    save_weights(out, final, slope, offset, meta, (q_weight, q_mean, q_spread))
+    save_weights(out, final, slope, offset, meta, (QUANTITY_WEIGHT, q_mean, q_spread), 1.0 / len_sd)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if verbose:
@@ -294,7 +305,8 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
 
 def print_summary(report: dict) -> None:
     q = report["quantity"]
-    print(f"quantity weight {q['weight']} (held out: {json.dumps(q['held_out_weights'])})")
+    print(f"quantity weight {q['weight']}; by weight: "
+          + ", ".join(f"{r['weight']}: {r['mean_apgr']}" for r in q["weights"]))
     print(f"blend {report['blend']}; calibration slope {report['calibration']['slope']} "
           f"offset {report['calibration']['offset']}")
     print("| held-out source | rows | weak | strong | router APGR | length APGR | router - length (90%) | "

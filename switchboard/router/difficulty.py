@@ -5,13 +5,19 @@ cheap model fails the prompt and a strong model succeeds, calibrated on sources 
 seen (docs/routing.md, "Difficulty estimate"). The router raises the tier a prompt needs when the
 score reaches its thresholds.
 
-The model is a logistic regression over ``difficulty_features.features`` (hashed words and
-structure features: length, numbers and operations, constraints, code, steps, options, task
-class), trained on router-mix and routellm-mmlu by scripts/train_difficulty.py; its served logit
-is prompt length plus ``metadata["blend"]`` times the regression (the blend the held-out sources
-allowed), plus, for maths and word problems, a weight times how many numbers they hold
-(``difficulty_features.quantity``), then a Platt calibration (``slope``, ``offset``). Runtime
-needs only numpy and the standard library; the weights load once per process
+The served logit has two parts, built by scripts/train_difficulty.py from router-mix and
+routellm-mmlu: prompt length, plus either
+
+* for maths and word problems (``difficulty_features.quantity`` applies), a weight times how
+  many quantities they hold, or
+* for every other prompt, ``metadata["blend"]`` times a content regression: logistic regression
+  over ``difficulty_features.features`` (hashed words and structure features) that says which
+  kinds of work separate the cheap model from the strong one (reasoning and code rather than
+  knowledge and small talk),
+
+then a Platt calibration (``slope``, ``offset``). Length and the content regression are folded
+into one set of weights; ``length_weight`` is length's part alone, for quantitative prompts.
+Runtime needs only numpy and the standard library; the weights load once per process
 (difficulty_loader.py).
 """
 
@@ -87,9 +93,11 @@ class DifficultyModel:
     slope: float = 1.0  # calibration: score = sigmoid(slope * logit + offset)
     offset: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
-    # (weight, mean, spread): the logit adds weight * (quantity(prompt) - mean) / spread where
-    # quantity() applies (maths and word problems); weight 0 turns it off.
+    # (weight, mean, spread): where quantity() applies (maths and word problems) the logit is
+    # length_weight * log bytes + weight * (quantity(prompt) - mean) / spread instead of the
+    # regression; weight 0 turns it off.
     quantity: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    length_weight: float = 0.0
 
     @classmethod
     def load(cls, path: Path = DEFAULT_WEIGHTS) -> DifficultyModel:
@@ -103,6 +111,7 @@ class DifficultyModel:
             intercept = float(data["intercept"])
             slope, offset = (float(data[k]) for k in ("calibration_slope", "calibration_offset"))
             q = tuple(float(x) for x in data["quantity"]) if "quantity" in data.files else (0.0, 0.0, 1.0)
+            length_weight = float(data["length_weight"]) if "length_weight" in data.files else 0.0
         if meta.get("feature_version") != FEATURE_VERSION or hashed.shape != (HASH_DIM,):
             raise ValueError(
                 f"{path}: weights are for feature version {meta.get('feature_version')} with "
@@ -113,9 +122,10 @@ class DifficultyModel:
                 or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)
                 or not fill.shape == lo.shape == hi.shape == (N_DENSE,)):
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
-        if len(q) != 3 or not q[2] > 0:
-            raise ValueError(f"{path}: quantity must be (weight, mean, spread > 0); retrain")
-        return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta, (q[0], q[1], q[2]))
+        if len(q) != 3 or not q[2] > 0 or (q[0] and not length_weight > 0):
+            raise ValueError(f"{path}: quantity must be (weight, mean, spread > 0) with a length weight; retrain")
+        return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta, (q[0], q[1], q[2]),
+                   length_weight)
 
     def __post_init__(self) -> None:
         # Compute only what the weights use: with every weight but prompt length's at zero (the
@@ -127,18 +137,21 @@ class DifficultyModel:
 
     def logit(self, prompt: str) -> float:
         """The served logit (uncalibrated): higher = harder."""
-        z = self._regression(prompt)
         weight, mean, spread = self.quantity
         if weight:
             q = quantity(prompt)
             if q is not None:
-                z += weight * (q - mean) / spread
-        return z
+                return self.length_weight * self._log_bytes(prompt) + weight * (q - mean) / spread
+        return self._regression(prompt)
+
+    def _log_bytes(self, prompt: str) -> float:
+        """log1p of the prompt's UTF-8 length, clipped to the training range."""
+        x = math.log1p(len(prompt.encode("utf-8", "replace")))
+        return min(max(x, self.dense_lo[_LENGTH]), self.dense_hi[_LENGTH])
 
     def _regression(self, prompt: str) -> float:
         if self._length_only:
-            x = min(max(math.log1p(len(prompt.encode("utf-8", "replace"))), self.dense_lo[_LENGTH]),
-                    self.dense_hi[_LENGTH])
+            x = self._log_bytes(prompt)
             bin_ = int((x >= self.bin_edges[_LENGTH]).sum())
             return self.intercept + x * float(self.dense_weights[_LENGTH]) + float(self.bin_weights[_LENGTH, bin_])
         idx, dense = features(prompt)

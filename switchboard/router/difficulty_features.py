@@ -31,7 +31,7 @@ import numpy as np
 
 from switchboard.router.tasks import TEXT_CLASSES, text_class
 
-FEATURE_VERSION = 7
+FEATURE_VERSION = 8
 HASH_BITS = 16
 HASH_DIM = 1 << HASH_BITS
 HEAD_BYTES = 512
@@ -76,6 +76,17 @@ _FORMAT_COUNT = re.compile(
     rb"stanzas?|verses?)\b"
     rb"|\b" + _LIMIT + rb"\s+\d+\s*(?:[a-z]+\s+)?(?:lines?|pages?|characters?)\b"
     rb"|\b(?:at least|at most|exactly)\s+\d+\s*times\b")
+# The quantity term's gate and count (``quantity``).
+_QUESTION_CUES = (b"how many", b"how much", b"how long", b"how far", b"how old", b"how fast", b"total", b"sum of",
+                  b"average", b"altogether", b"in all", b"left", b"remain", b"percent", b"cost", b"price", b"profit",
+                  b"calculate", b"compute", b"find", b"determine", b"work out", b"what is the", b"what was the",
+                  b"what's the")
+_NUMBER_WORDS = re.compile(
+    rb"\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|"
+    rb"hundred|thousand|million|half|twice|thrice|double|triple|dozen|quarter)\b")
+_OPTION_LINE = re.compile(rb"(?m)^[A-J][.):][^\n]*\n?")
+_FORMAT_HINT = re.compile(rb"\d\s*(?:[a-z]+\s+)?(?:word|sentence|paragraph|bullet|section|placeholder|stanza|verse|"
+                          rb"line|page|character|times)")
 _ENUMERATION = re.compile(rb"(?m)^\s*(?:\d{1,2}[.)]|(?:[-*]|\xe2\x80\xa2)|\(?[a-h]\))\s")
 _CODE_LINE = re.compile(rb"(?m)^(?: {2,}|\t)\S|[;{}]\s*$|^\s*(?:def|class|return|import|for|while|if)\b")
 
@@ -296,28 +307,35 @@ def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantity(prompt: str) -> float | None:
-    """log1p of how many numbers a quantitative prompt holds; None for any other prompt.
+    """log1p of how many quantities a quantitative prompt holds; None for any other prompt.
 
-    Quantitative: maths (``tasks.text_class`` says so), or a word problem (not code, at least two
-    numbers and a "how many / how much / how long" question). Why a signal of its own: there,
-    each number is a quantity the answer has to combine, so more numbers mean more steps for the
-    cheap model to get wrong; held out by source it ranks maths better than length alone does
-    (docs/routing.md). Elsewhere numbers mean other things (word counts in format rules, test
-    values in code, option letters), which is why the plain number features did not transfer.
-    Numbers of format rules ("at least 300 words", "3 paragraphs": ``_FORMAT_COUNT``) are not
-    counted even here: they size the answer, not the problem (held out, counting them cost IFEval
-    0.003 APGR). Cheaper than ``features``: the task class and a few scans of the window.
+    Quantitative: maths (``tasks.text_class`` says so), or a word problem: not code, at least two
+    quantities, and a question (a "?" or a cue such as "how many", "total", "find", "what is the").
+    Why a signal of its own: there, each quantity is one the answer has to combine, so more of them
+    mean more steps for the cheap model to get wrong; held out by source it ranks maths better
+    than length alone does (docs/routing.md). Elsewhere numbers mean other things (word counts in
+    format rules, test values in code), which is why the plain number features did not transfer.
+
+    What counts: numbers, and number words ("twice", "half", "three", "a dozen"), for word problems
+    state many of their quantities in words. What does not: numbers of format rules ("at least 300
+    words", "3 paragraphs": ``_FORMAT_COUNT``), which size the answer, and the lines of
+    multiple-choice options ("A. 12"), which are candidate answers, not quantities of the problem.
+    The gate once required "how many / how much / how long", which let about half of plain word
+    problems ("What is the total cost?") through and ranked the rest by another rule.
+    Cheaper than ``features``: the task class and a few scans of the window.
     """
     task = text_class(prompt)[0]
     if task == "coding":
         return None
     window, _ = _window(prompt.encode("utf-8", "replace"))
+    if _OPTION_LINE.search(window):
+        window = _OPTION_LINE.sub(b"", window)
     lower = window.translate(_LOWER_TABLE)
-    if task != "math" and not _asks_quantity(lower):
+    if task != "math" and not any(cue in lower for cue in _QUESTION_CUES):
         return None
-    n = len(_NUMBER.findall(lower))
-    if n:  # the format-rule scan only where there are numbers to discount (it costs ~10 us)
-        n = len(_NUMBER.findall(_FORMAT_COUNT.sub(b" ", lower)))
+    if _FORMAT_HINT.search(lower):  # the format-rule scan only where one may be (it costs ~10 us)
+        lower = _FORMAT_COUNT.sub(b" ", lower)
+    n = len(_NUMBER.findall(lower)) + len(_NUMBER_WORDS.findall(lower))
     if task != "math" and n < 2:
         return None
     return math.log1p(n)

@@ -6,6 +6,8 @@ tests need neither the real data nor more than a few seconds of fitting.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import importlib
 import json
@@ -138,6 +140,19 @@ def test_quantity_counts_the_numbers_of_maths_and_word_problems_only() -> None:
         assert F.quantity(other) is None, other
 
 
+def test_a_word_problem_counts_whatever_it_asks_and_quantities_in_words() -> None:
+    """A word problem is one whether it asks "how many" or "what is the total cost" (the gate once
+    took only the first, so half of plain word problems were ranked by another rule); "twice" and
+    "half" are quantities too; the lines of multiple-choice options are candidate answers, not
+    quantities of the problem."""
+    cost = ("A bakery sells muffins for $2.50 each and cookies for $1.25 each. Maria buys 4 muffins and "
+            "6 cookies. What is the total cost?")
+    assert F.quantity(cost) == pytest.approx(np.log1p(4))
+    roses = "Jenna has twice as many roses as tulips. If she has 18 tulips, what is the total number of flowers?"
+    assert F.quantity(roses) == pytest.approx(np.log1p(2))
+    assert F.quantity("Compute 22 / 2 + 9.\nA. 10\nB. 11\nC. 20\nD. 2\nAnswer:") == pytest.approx(np.log1p(3))
+
+
 def test_numbers_of_format_rules_are_not_quantities() -> None:
     """A word count or a paragraph count sizes the answer, not the problem: it neither adds to a
     word problem's count nor makes a writing request with a "how many" look like a word problem;
@@ -152,29 +167,28 @@ def test_numbers_of_format_rules_are_not_quantities() -> None:
         np.log1p(2))
 
 
-def test_the_quantity_term_moves_only_quantitative_prompts(model: DifficultyModel) -> None:
-    """The served logit adds weight * (quantity - mean) / spread where quantity() applies, nothing
-    elsewhere; saved and loaded with the weights."""
+def test_the_quantity_term_replaces_the_regression_for_quantitative_prompts(model: DifficultyModel) -> None:
+    """Where quantity() applies, the served logit is length_weight * log bytes + weight * (quantity -
+    mean) / spread (the content regression does not apply); elsewhere it is the regression alone.
+    Both are saved and loaded with the weights."""
     weights = np.load(DEFAULT_WEIGHTS)
-    base = {k: weights[k] for k in weights.files}
-    plain = DifficultyModel(model.hashed_weights, model.dense_weights, model.bin_edges, model.bin_weights,
-                            model.dense_fill, model.dense_lo, model.dense_hi, model.intercept, model.slope,
-                            model.offset, model.metadata, (0.0, 0.0, 1.0))
-    with_q = DifficultyModel(plain.hashed_weights, plain.dense_weights, plain.bin_edges, plain.bin_weights,
-                             plain.dense_fill, plain.dense_lo, plain.dense_hi, plain.intercept, plain.slope,
-                             plain.offset, plain.metadata, (0.8, 1.5, 0.5))
-    story = SAMPLES[2]
-    assert with_q.logit(story) - plain.logit(story) == pytest.approx(0.8 * (np.log1p(4) - 1.5) / 0.5)
+    plain = dataclasses.replace(model, quantity=(0.0, 0.0, 1.0))
+    with_q = dataclasses.replace(model, quantity=(0.8, 1.5, 0.5), length_weight=0.7)
+    story = SAMPLES[2]  # four numbers, a "how many" question
+    assert with_q.logit(story) == pytest.approx(
+        0.7 * np.log1p(len(story.encode())) + 0.8 * (np.log1p(4) - 1.5) / 0.5)
+    assert with_q.logit(story) != plain.logit(story)
     for other in ("hi", SAMPLES[3], SAMPLES[4]):
         assert with_q.logit(other) == plain.logit(other)
-    assert len(base["quantity"]) == 3 and tuple(base["quantity"]) == model.quantity
+    assert tuple(weights["quantity"]) == model.quantity and float(weights["length_weight"]) == model.length_weight
+    assert model.quantity[0] > 0 and model.length_weight > 0
 
 
 # ------------------------------------------------------------------------------- the trainer
 
 
 def _write_data(root: Path, seed: int = 1) -> None:
-    """Synthetic data in ../shared/data's layout: three router-mix sources and two MMLU subjects.
+    """Synthetic data in ../shared/data's layout: three router-mix sources and three MMLU subjects.
     In every source, prompts mentioning hard words (and longer ones) are won by the strong model."""
     rng = np.random.default_rng(seed)
     hard_words, easy_words = ["integral", "eigenvalue", "theorem", "recursion"], ["capital", "colour", "fruit", "city"]
@@ -202,7 +216,7 @@ def _write_data(root: Path, seed: int = 1) -> None:
             w = csv.writer(fh)
             w.writerow(["prompt", "weak/model", "strong/model", "category"])
             w.writerows(r + [name] for r in rows(120, template, graded))
-    for subject in ("alpha", "high_school_mathematics"):
+    for subject in ("alpha", "beta", "high_school_mathematics"):
         with (root / "routellm-mmlu" / f"mmlu_{subject}.csv").open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["prompt", "weak", "strong"])
@@ -221,7 +235,7 @@ def test_data_reads_both_sets_by_position_with_graded_outcomes(tmp_path: Path) -
     assert np.allclose(ds.label(), (1 - ds.weak) * ds.strong)
     hs = ds.groups == "high_school_mathematics"
     assert hs.sum() == 100 and not ds.trainable()[hs].any() and ds.trainable()[~hs].all()
-    assert stats["mmlu_contaminated_excluded"] <= 1 and (ds.sources == "mmlu").sum() >= 199
+    assert stats["mmlu_contaminated_excluded"] <= 1 and (ds.sources == "mmlu").sum() >= 299
     with pytest.raises(ValueError):
         data.outcome("1.5")
 
