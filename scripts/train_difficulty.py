@@ -67,7 +67,7 @@ QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # reported, 
 # The quantity term's weight. Held out, the mean APGR is flat from 0.5 to 2 (the table in
 # docs/routing.md); at 4 (chosen by that mean before) the count of numbers outweighed everything
 # else, so that a maths question with three numbers ranked below small talk of the same length.
-# 0.5: moving from 3 to 6 quantities raises a word problem about as much as doubling its length.
+# 0.5: going from 3 to 6 quantities raises a word problem about half as much as doubling its length.
 QUANTITY_WEIGHT = 0.5
 CONTENT_SOURCE = data.MMLU_SOURCE  # the content regression's training source (one model pair, 57 subjects)
 SUBJECT_FOLDS = 5

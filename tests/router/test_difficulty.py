@@ -332,3 +332,37 @@ def test_the_length_only_shortcut_gives_the_full_computation(model: DifficultyMo
     assert short._length_only and weights is not None
     for p in SAMPLES + ["", "é" * 3000, "x" * 200_000]:
         assert short.score(p) == pytest.approx(full.score(p), abs=1e-12)
+
+
+# Kinds of work, in the order a cheap model falls behind a strong one on a mixed chat workload
+# (docs/routing.md, "The two named held-out measurements"): written for this test, not taken from
+# any benchmark.
+_HARD_KINDS = {
+    "maths": ["A rectangle has a perimeter of 36 cm and its length is twice its width. What is its area?",
+              "If f(x) = 3x^2 - 5x + 2, what is f(4)?",
+              "A shop sold 45 shirts on Monday and 20% more on Tuesday. How many shirts did it sell over both days?"],
+    "reasoning": ["A man has four daughters and each daughter has one brother. How many children does he have?",
+                  "If all bloops are razzies and some razzies are lazzies, can we conclude that some bloops are lazzies?",
+                  "Anna is taller than Ben, and Ben is taller than Carl. Is Carl taller than Anna? Explain."],
+    "code": ["Write a Python function that returns the longest palindromic substring of a string.",
+             "Implement a LRU cache in Java with O(1) get and put.",
+             "Write a SQL query that finds the second highest salary in an employees table."],
+}
+_EASY_KINDS = {
+    "small talk": ["hi there, how are you today?", "remind me to call mom at 6pm", "thanks, that was helpful!"],
+    "knowledge": ["Why is the sky blue?", "What is the difference between mitosis and meiosis?",
+                  "Explain how vaccines train the immune system."],
+    "humanities": ["What were the main causes of the French Revolution?",
+                   "How does inflation affect people who save money?",
+                   "Compare the leadership styles of Lincoln and Churchill."],
+}
+
+
+def test_maths_reasoning_and_code_rate_harder_than_small_talk_and_knowledge(model: DifficultyModel) -> None:
+    """On a mixed workload the order between kinds of work decides what routing saves: a cheap
+    model falls behind on maths, reasoning and code, hardly on small talk and knowledge questions.
+    The previous estimate rated short maths questions the easiest of all (its count of numbers was
+    centred on multiple-choice questions' ten), which this guards against."""
+    mean = lambda kinds: {k: float(np.mean([model.score(p) for p in ps])) for k, ps in kinds.items()}  # noqa: E731
+    hard, easy = mean(_HARD_KINDS), mean(_EASY_KINDS)
+    assert min(hard.values()) > max(easy.values()), (hard, easy)
