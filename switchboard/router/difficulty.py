@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from switchboard.router.difficulty_features import DENSE_NAMES, FEATURE_VERSION, HASH_DIM, N_DENSE, features, quantity
+from switchboard.router.difficulty_features import (DENSE_NAMES, FEATURE_VERSION, HASH_DIM, N_DENSE, dense_features,
+                                                      features, quantity)
 
 __all__ = ["DEFAULT_WEIGHTS", "DENSE_NAMES", "FEATURE_VERSION", "HASH_DIM", "N_DENSE", "DifficultyModel",
            "dense_bins", "features", "prepare_dense"]
@@ -132,8 +133,8 @@ class DifficultyModel:
         # blend the held-out sources chose may be 0), the logit needs the prompt's length alone.
         rest = np.ones(N_DENSE, dtype=bool)
         rest[_LENGTH] = False
-        self._length_only = not (self.hashed_weights.any() or self.dense_weights[rest].any()
-                                 or self.bin_weights[rest].any())
+        self._hashed = bool(self.hashed_weights.any())  # else the prompt need not be hashed
+        self._length_only = not (self._hashed or self.dense_weights[rest].any() or self.bin_weights[rest].any())
 
     def logit(self, prompt: str) -> float:
         """The served logit (uncalibrated): higher = harder."""
@@ -154,11 +155,11 @@ class DifficultyModel:
             x = self._log_bytes(prompt)
             bin_ = int((x >= self.bin_edges[_LENGTH]).sum())
             return self.intercept + x * float(self.dense_weights[_LENGTH]) + float(self.bin_weights[_LENGTH, bin_])
-        idx, dense = features(prompt)
+        idx, dense = features(prompt) if self._hashed else (None, dense_features(prompt))
         dense = prepare_dense(dense, self.dense_fill, self.dense_lo, self.dense_hi)
         z = self.intercept + float(dense @ self.dense_weights)
         z += float(self.bin_weights[_FEATURE_ROWS, dense_bins(dense, self.bin_edges)].sum())
-        if idx.size:
+        if idx is not None and idx.size:
             z += float(self.hashed_weights[idx].sum(dtype=np.float64)) / math.sqrt(idx.size)
         return z
 

@@ -71,22 +71,24 @@ _REQUESTED_LENGTH = re.compile(
 # characters count only after a limit word, and letters never ("a set of 6 letters" is combinatorics).
 _LIMIT = rb"(?:at least|at most|exactly|less than|fewer than|more than|no more than|no less than|up to|under|over|" \
          rb"limit(?:ed)? to)"
+# Quantities written as words ("twice as many", "three paragraphs").
+_NUMBER_WORD = (rb"(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|"
+                rb"hundred|thousand|million|half|twice|thrice|double|triple|dozen|quarter)")
+_COUNT = rb"(?:\d+|" + _NUMBER_WORD + rb")"
 _FORMAT_COUNT = re.compile(
-    rb"\b\d+\s*(?:[a-z]+\s+)?(?:words?|sentences?|paragraphs?|bullets|bullet points?|sections?|placeholders?|"
-    rb"stanzas?|verses?)\b"
-    rb"|\b" + _LIMIT + rb"\s+\d+\s*(?:[a-z]+\s+)?(?:lines?|pages?|characters?)\b"
-    rb"|\b(?:at least|at most|exactly)\s+\d+\s*times\b")
+    rb"\b" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:words?|sentences?|paragraphs?|bullets|bullet points?|sections?|"
+    rb"placeholders?|stanzas?|verses?)\b"
+    rb"|\b" + _LIMIT + rb"\s+" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:lines?|pages?|characters?)\b"
+    rb"|\b(?:at least|at most|exactly)\s+" + _COUNT + rb"\s*times\b")
+_FORMAT_UNITS = (b"word", b"sentence", b"paragraph", b"bullet", b"section", b"placeholder", b"stanza", b"verse",
+                 b"line", b"page", b"character", b"times")  # where none occurs, _FORMAT_COUNT cannot match
 # The quantity term's gate and count (``quantity``).
 _QUESTION_CUES = (b"how many", b"how much", b"how long", b"how far", b"how old", b"how fast", b"total", b"sum of",
                   b"average", b"altogether", b"in all", b"left", b"remain", b"percent", b"cost", b"price", b"profit",
                   b"calculate", b"compute", b"find", b"determine", b"work out", b"what is the", b"what was the",
                   b"what's the")
-_NUMBER_WORDS = re.compile(
-    rb"\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|"
-    rb"hundred|thousand|million|half|twice|thrice|double|triple|dozen|quarter)\b")
+_NUMBER_WORDS = re.compile(rb"\b" + _NUMBER_WORD + rb"\b")
 _OPTION_LINE = re.compile(rb"(?m)^[A-J][.):][^\n]*\n?")
-_FORMAT_HINT = re.compile(rb"\d\s*(?:[a-z]+\s+)?(?:word|sentence|paragraph|bullet|section|placeholder|stanza|verse|"
-                          rb"line|page|character|times)")
 _ENUMERATION = re.compile(rb"(?m)^\s*(?:\d{1,2}[.)]|(?:[-*]|\xe2\x80\xa2)|\(?[a-h]\))\s")
 _CODE_LINE = re.compile(rb"(?m)^(?: {2,}|\t)\S|[;{}]\s*$|^\s*(?:def|class|return|import|for|while|if)\b")
 
@@ -289,6 +291,9 @@ def _dense(raw: bytes, window: bytes, lower: bytes, words: list[bytes], truncate
     )
 
 
+_NO_BUCKETS = np.empty(0, dtype=np.int64)
+
+
 def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
     """(hashed bucket indices, dense feature vector) of a prompt.
 
@@ -297,20 +302,30 @@ def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
     feature does not apply (option features of a prompt without options); the model fills those
     in (training median) and clips to its training range.
     """
+    return _features(prompt, hashed=True)
+
+
+def dense_features(prompt: str) -> np.ndarray:
+    """The dense feature vector of ``features`` alone, for weights that use no hashed bucket."""
+    return _features(prompt, hashed=False)[1]
+
+
+def _features(prompt: str, hashed: bool) -> tuple[np.ndarray, np.ndarray]:
     raw = prompt.encode("utf-8", "replace")
     window, truncated = _window(raw)
     text = window.translate(_WORD_TABLE)
     words = text.split()
     lower = window.translate(_LOWER_TABLE)
     task = text_class(prompt)[0]
-    return _hash_tokens(words, window), _dense(raw, window, lower, words, truncated, task)
+    idx = _hash_tokens(words, window) if hashed else _NO_BUCKETS
+    return idx, _dense(raw, window, lower, words, truncated, task)
 
 
 def quantity(prompt: str) -> float | None:
     """log1p of how many quantities a quantitative prompt holds; None for any other prompt.
 
     Quantitative: maths (``tasks.text_class`` says so), or a word problem: not code, at least two
-    quantities, and a question (a "?" or a cue such as "how many", "total", "find", "what is the").
+    quantities, and a question cue ("how many", "total", "cost", "find", "what is the", ...).
     Why a signal of its own: there, each quantity is one the answer has to combine, so more of them
     mean more steps for the cheap model to get wrong; held out by source it ranks maths better
     than length alone does (docs/routing.md). Elsewhere numbers mean other things (word counts in
@@ -318,7 +333,7 @@ def quantity(prompt: str) -> float | None:
 
     What counts: numbers, and number words ("twice", "half", "three", "a dozen"), for word problems
     state many of their quantities in words. What does not: numbers of format rules ("at least 300
-    words", "3 paragraphs": ``_FORMAT_COUNT``), which size the answer, and the lines of
+    words", "three paragraphs": ``_FORMAT_COUNT``), which size the answer, and the lines of
     multiple-choice options ("A. 12"), which are candidate answers, not quantities of the problem.
     The gate once required "how many / how much / how long", which let about half of plain word
     problems ("What is the total cost?") through and ranked the rest by another rule.
@@ -333,7 +348,7 @@ def quantity(prompt: str) -> float | None:
     lower = window.translate(_LOWER_TABLE)
     if task != "math" and not any(cue in lower for cue in _QUESTION_CUES):
         return None
-    if _FORMAT_HINT.search(lower):  # the format-rule scan only where one may be (it costs ~10 us)
+    if any(unit in lower for unit in _FORMAT_UNITS):  # the format-rule scan costs ~10 us
         lower = _FORMAT_COUNT.sub(b" ", lower)
     n = len(_NUMBER.findall(lower)) + len(_NUMBER_WORDS.findall(lower))
     if task != "math" and n < 2:
