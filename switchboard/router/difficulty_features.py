@@ -1,5 +1,6 @@
 """Features of a prompt for the difficulty estimate: what predicts a cheap model's failure across
-kinds of work (chat, writing, code, maths), computed from the text alone in tens of microseconds.
+kinds of work (chat, writing, code, maths), computed from the text alone in tens of microseconds
+(a few hundred for a long prompt).
 
 Two parts, both general rather than keyed to any benchmark's wording:
 
@@ -18,7 +19,13 @@ Two parts, both general rather than keyed to any benchmark's wording:
   prompt; the rest from the window.
 
 ``features(prompt)`` is the one feature function: the runtime (difficulty.py) and the trainer
-(scripts/train_difficulty.py) both call it.
+(scripts/train_difficulty.py) both call it; ``dense_features`` is its dense part alone, for
+weights that use no hashed bucket (the shipped ones). ``quantity(prompt)`` counts the quantities
+of maths and word problems for the quantity term.
+
+The window is the first 256 and last 512 bytes (it was 512 and 1,024): held out, the smaller
+window scored a little better (mean APGR 0.5509 against 0.5493; 128 + 384: 0.5492; 384 + 768:
+0.5497) and halves the cost of a long prompt.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from switchboard.router.tasks import TEXT_CLASSES, text_class
 FEATURE_VERSION = 8
 HASH_BITS = 16
 HASH_DIM = 1 << HASH_BITS
-HEAD_BYTES = 512
-TAIL_BYTES = 1024
+HEAD_BYTES = 256
+TAIL_BYTES = 512
 
 _ASCII_PUNCT = bytes(c for c in range(33, 127) if not chr(c).isalnum())
 # Words: ASCII upper -> lower, digits -> "0", ASCII punctuation -> space (then bytes.split()).
