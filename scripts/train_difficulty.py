@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -62,16 +63,23 @@ from switchboard.router import difficulty_features as F  # noqa: E402
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_REPORT = REPO_ROOT / "docs" / "routing-results.json"
 # The content regression reads the 49 structure features (and their bins), not hashed words: held
-# out, words cost more than they gave (at blend 0.1 the worst source fell 0.009 below length, against
-# 0.003 for structure alone), and the prompt is not hashed at run time (about 40 us a decision).
+# out (512 + 1,024-byte window), structure alone let the blend rule allow 0.25 with mean APGR
+# 0.5493, words and structure together 0.1 with 0.5472 (words alone lost 0.009 at 0.1); and the
+# prompt is not hashed at run time (about 40 us a decision).
 CONFIG = fitting.FitConfig(hashed=False)
 BLENDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # reported, not chosen
-# The quantity term's weight. Held out, the mean APGR is flat from 0.5 to 2 (the table in
+# The quantity term's weight. Held out, the mean APGR is flat from 0.25 to 2 (the table in
 # docs/routing.md); at 4 (chosen by that mean before) the count of numbers outweighed everything
 # else, so that a maths question with three numbers ranked below small talk of the same length.
 # 0.5: going from 3 to 6 quantities raises a word problem about half as much as doubling its length.
 QUANTITY_WEIGHT = 0.5
+# Where the quantity term is zero: at two quantities, the fewest a word problem has, so that each
+# further quantity makes a maths or word problem harder than an ordinary prompt of its length and
+# none is rated easier (maths with one number or none, a little). Centred on the mean count
+# instead (3.7), a short problem ranked below small talk; centred at one quantity, held out, MMLU
+# and TheoremQA fell 0.021 and 0.014 below length.
+QUANTITY_CENTRE = 2
 CONTENT_SOURCE = data.MMLU_SOURCE  # the content regression's training source (one model pair, 57 subjects)
 SUBJECT_FOLDS = 5
 PREVIOUS_THRESHOLDS = (0.25, 0.41)  # difficulty_mid, difficulty_flagship before the calibrated estimate
@@ -139,6 +147,9 @@ def choose_blend(ds: data.Dataset, z_len: np.ndarray, z_model: np.ndarray, zq: n
                       "apgr": {s: round(v, 4) for s, v in apgrs.items()}})
         if worst >= -TOLERANCE and mean > best[0] + 1e-9:
             best = (mean, blend)
+    if best[0] < 0:
+        print(f"warning: no blend loses at most {TOLERANCE} to length on every source; blend 0 "
+              f"(worst source at blend 0: {table[0]['worst_margin_vs_length']:+.4f})", file=sys.stderr)
     return best[1], table
 
 
@@ -147,14 +158,15 @@ def per_source_mean(apgrs: dict[str, float]) -> float:
 
 
 def quantity_signal(prompts: list[str]) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """(standardised signal, applies, mean, spread): ``F.quantity`` of each prompt, standardised
-    over the prompts it applies to (0 for the others), and where it applies."""
+    """(signal, applies, centre, spread): ``F.quantity`` of each prompt less QUANTITY_CENTRE's,
+    divided by its spread over the prompts it applies to (0 for the others), and where it applies."""
     q = np.array([np.nan if (v := F.quantity(p)) is None else v for p in prompts], dtype=np.float64)
     on = ~np.isnan(q)
+    centre = math.log1p(QUANTITY_CENTRE)
     if not on.any():
-        return np.zeros(len(prompts)), on, 0.0, 1.0
-    mean, spread = float(q[on].mean()), float(q[on].std()) or 1.0
-    return np.where(on, (q - mean) / spread, 0.0), on, mean, spread
+        return np.zeros(len(prompts)), on, centre, 1.0
+    spread = float(q[on].std()) or 1.0
+    return np.where(on, (q - centre) / spread, 0.0), on, centre, spread
 
 
 def quantity_table(ds: data.Dataset, z_len: np.ndarray, z_model: np.ndarray, zq: np.ndarray,
@@ -203,13 +215,18 @@ def tier_shares(scores: np.ndarray, sources: np.ndarray, mid: float, flagship: f
             "per_source": {s: shares(scores[sources == s]) for s in np.unique(sources)}}
 
 
-def blended_params(params: fitting.Params, blend: float, len_sd: float, model_sd: float) -> fitting.Params:
-    """The served regression: z(length) + blend * z(model), folded into one set of weights."""
+def blended_params(params: fitting.Params, blend: float, len_sd: float, model_mean: float, model_sd: float,
+                   length_range: tuple[float, float]) -> fitting.Params:
+    """The served regression: z(length) + blend * (model - model_mean) / model_sd, folded into one
+    set of weights, with length clipped to ``length_range`` (that of all the training prompts, which
+    the held-out figures were computed on; the content fit saw one source's)."""
     k = blend / model_sd
     dense = params.dense * k
     dense[fitting.LENGTH_FEATURE] += 1.0 / len_sd
+    lo, hi = params.lo.copy(), params.hi.copy()
+    lo[fitting.LENGTH_FEATURE], hi[fitting.LENGTH_FEATURE] = length_range
     return fitting.Params(params.hashed * k, dense, params.bin_edges, params.bin_weights * k, params.fill,
-                          params.lo, params.hi, params.intercept * k)
+                          lo, hi, (params.intercept - model_mean) * k)
 
 
 def feature_config(cfg: fitting.FitConfig) -> dict:
@@ -243,18 +260,21 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
               flush=True)
     length = length_signal(ds.prompts)
     model, params = content_held_out(ds, X, cfg, verbose)
-    len_sd, model_sd = float(length.std()), float(model.std()) or 1.0
-    z_len, z_model = length / len_sd, model / model_sd
-    zq, quantitative, q_mean, q_spread = quantity_signal(ds.prompts)
+    len_sd, model_mean, model_sd = float(length.std()), float(model.mean()), float(model.std()) or 1.0
+    # The content term is centred: it moves a prompt up or down from the average, where uncentred
+    # it moved every prompt it applies to by an offset nobody chose (about -0.4 in logit, set by
+    # the content fit's intercept) against maths and word problems.
+    z_len, z_model = length / len_sd, (model - model_mean) / model_sd
+    zq, quantitative, q_centre, q_spread = quantity_signal(ds.prompts)
     blend, blends = choose_blend(ds, z_len, z_model, zq, quantitative)
     served = served_logit(z_len, z_model, zq, quantitative, blend, QUANTITY_WEIGHT)
-    quantities = {"weight": QUANTITY_WEIGHT, "mean": round(q_mean, 6), "spread": round(q_spread, 6),
+    quantities = {"weight": QUANTITY_WEIGHT, "centre": round(q_centre, 6), "spread": round(q_spread, 6),
                   "share_applied": {s: round(float(quantitative[ds.sources == s].mean()), 4)
                                     for s in np.unique(ds.sources)},
                   "weights": quantity_table(ds, z_len, z_model, zq, quantitative, blend)}
     per, (slope, offset) = held_out_report(ds, served, z_len)
 
-    final = blended_params(params, blend, len_sd, model_sd)
+    final = blended_params(params, blend, len_sd, model_mean, model_sd, (float(length.min()), float(length.max())))
     shipped = D.calibrate(np.where(quantitative, z_len + QUANTITY_WEIGHT * zq, final.logits(X)), slope, offset)
     routing = RoutingConfig()
     report = {
@@ -270,8 +290,9 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
             "blend": f"served logit = z(length) + blend * z(regression) for prompts the quantity term does not "
                      f"apply to; blend chosen on the held-out predictions (best mean APGR among blends losing "
                      f"at most {TOLERANCE} to length on every source)",
-            "quantity": f"maths and word problems: served logit = z(length) + {QUANTITY_WEIGHT} * standardised log "
-                        f"count of quantities (fixed weight; the table by weight is reported)",
+            "quantity": f"maths and word problems: served logit = z(length) + {QUANTITY_WEIGHT} * (log(1 + "
+                        f"quantities) - log(1 + {QUANTITY_CENTRE})) / spread (fixed weight and centre; the table "
+                        f"by weight is reported)",
             "calibration": "Platt scaling on held-out logits, sources weighted equally; per-source figures use a "
                            "scaling fitted without that source",
             "interval": "90% bootstrap interval (rows resampled) of router APGR minus length APGR",
@@ -291,12 +312,12 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
     meta = {
         "trained": report["generated"], "data": stats, "label": LABEL, "label_definition": LABEL_DEFINITION,
         "score_meaning": SCORE_MEANING, "blend": blend, **feature_config(cfg),
-        "quantity": {"weight": QUANTITY_WEIGHT, "mean": q_mean, "spread": q_spread},
+        "quantity": {"weight": QUANTITY_WEIGHT, "centre": q_centre, "spread": q_spread},
         "content_source": CONTENT_SOURCE,
         "held_out": {s: {"apgr": r["router"]["apgr"], "length_apgr": r["length"]["apgr"],
                          "ece": r["calibration"]["ece"]} for s, r in per.items()},
     }
-    save_weights(out, final, slope, offset, meta, (QUANTITY_WEIGHT, q_mean, q_spread), 1.0 / len_sd)
+    save_weights(out, final, slope, offset, meta, (QUANTITY_WEIGHT, q_centre, q_spread), 1.0 / len_sd)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if verbose:

@@ -11,9 +11,9 @@ routellm-mmlu: prompt length, plus either
 * for maths and word problems (``difficulty_features.quantity`` applies), a weight times how
   many quantities they hold, or
 * for every other prompt, ``metadata["blend"]`` times a content regression: logistic regression
-  over ``difficulty_features.features`` (hashed words and structure features) that says which
-  kinds of work separate the cheap model from the strong one (reasoning and code rather than
-  knowledge and small talk),
+  over ``difficulty_features.features`` (the shipped weights use its structure features only,
+  ``dense_features``) that says which kinds of work separate the cheap model from the strong one
+  (reasoning and code rather than knowledge and small talk),
 
 then a Platt calibration (``slope``, ``offset``). Length and the content regression are folded
 into one set of weights; ``length_weight`` is length's part alone, for quantitative prompts.
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from switchboard.router.difficulty_features import (DENSE_NAMES, FEATURE_VERSION, HASH_DIM, N_DENSE, dense_features,
-                                                      features, quantity)
+from switchboard.router.difficulty_features import (DENSE_NAMES, FEATURE_VERSION, HASH_DIM, HEAD_BYTES, N_DENSE,
+                                                      TAIL_BYTES, dense_features, features, quantity)
 
 __all__ = ["DEFAULT_WEIGHTS", "DENSE_NAMES", "FEATURE_VERSION", "HASH_DIM", "N_DENSE", "DifficultyModel",
            "dense_bins", "features", "prepare_dense"]
@@ -94,8 +94,8 @@ class DifficultyModel:
     slope: float = 1.0  # calibration: score = sigmoid(slope * logit + offset)
     offset: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
-    # (weight, mean, spread): where quantity() applies (maths and word problems) the logit is
-    # length_weight * log bytes + weight * (quantity(prompt) - mean) / spread instead of the
+    # (weight, centre, spread): where quantity() applies (maths and word problems) the logit is
+    # length_weight * log bytes + weight * (quantity(prompt) - centre) / spread instead of the
     # regression; weight 0 turns it off.
     quantity: tuple[float, float, float] = (0.0, 0.0, 1.0)
     length_weight: float = 0.0
@@ -113,18 +113,20 @@ class DifficultyModel:
             slope, offset = (float(data[k]) for k in ("calibration_slope", "calibration_offset"))
             q = tuple(float(x) for x in data["quantity"]) if "quantity" in data.files else (0.0, 0.0, 1.0)
             length_weight = float(data["length_weight"]) if "length_weight" in data.files else 0.0
-        if meta.get("feature_version") != FEATURE_VERSION or hashed.shape != (HASH_DIM,):
+        if (meta.get("feature_version") != FEATURE_VERSION or hashed.shape != (HASH_DIM,)
+                or (meta.get("head_bytes"), meta.get("tail_bytes")) != (HEAD_BYTES, TAIL_BYTES)):
             raise ValueError(
                 f"{path}: weights are for feature version {meta.get('feature_version')} with "
-                f"{hashed.shape[0]} buckets; this code computes version {FEATURE_VERSION} with "
-                f"{HASH_DIM}: retrain with scripts/train_difficulty.py"
+                f"{hashed.shape[0]} buckets and a {meta.get('head_bytes')} + {meta.get('tail_bytes')}-byte window; "
+                f"this code computes version {FEATURE_VERSION} with {HASH_DIM} and {HEAD_BYTES} + {TAIL_BYTES}: "
+                f"retrain with scripts/train_difficulty.py"
             )
         if (tuple(meta.get("dense_names", ())) != DENSE_NAMES or dense.shape != (N_DENSE,)
                 or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)
                 or not fill.shape == lo.shape == hi.shape == (N_DENSE,)):
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
         if len(q) != 3 or not q[2] > 0 or (q[0] and not length_weight > 0):
-            raise ValueError(f"{path}: quantity must be (weight, mean, spread > 0) with a length weight; retrain")
+            raise ValueError(f"{path}: quantity must be (weight, centre, spread > 0) with a length weight; retrain")
         return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta, (q[0], q[1], q[2]),
                    length_weight)
 
@@ -138,11 +140,11 @@ class DifficultyModel:
 
     def logit(self, prompt: str) -> float:
         """The served logit (uncalibrated): higher = harder."""
-        weight, mean, spread = self.quantity
+        weight, centre, spread = self.quantity
         if weight:
             q = quantity(prompt)
             if q is not None:
-                return self.length_weight * self._log_bytes(prompt) + weight * (q - mean) / spread
+                return self.length_weight * self._log_bytes(prompt) + weight * (q - centre) / spread
         return self._regression(prompt)
 
     def _log_bytes(self, prompt: str) -> float:

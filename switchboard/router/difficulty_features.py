@@ -38,7 +38,7 @@ import numpy as np
 
 from switchboard.router.tasks import TEXT_CLASSES, text_class
 
-FEATURE_VERSION = 8
+FEATURE_VERSION = 9
 HASH_BITS = 16
 HASH_DIM = 1 << HASH_BITS
 HEAD_BYTES = 256
@@ -68,7 +68,7 @@ _PUNCT_BUCKET = np.array([zlib.crc32(b"\x01" + bytes((c,))) & (HASH_DIM - 1) for
                          dtype=np.int64)
 
 _NUMBER = re.compile(rb"(?<![A-Za-z_])\d+(?:[.,]\d+)*")
-_HOW_MUCH = (b"how many", b"how much", b"how long")  # a question about a quantity
+_HOW_MUCH = (b"how many", b"how much", b"how long")  # a question about a quantity (a dense feature)
 _ARITHMETIC = re.compile(rb"\d\s*[-+*/^=<>]\s*\(?[\d.a-z]")
 _REQUESTED_LENGTH = re.compile(
     rb"\b\d+\+?\s*(?:words?|sentences?|paragraphs?|lines?|bullet|items?|sections?|pages?|examples?|steps?|"
@@ -79,23 +79,25 @@ _REQUESTED_LENGTH = re.compile(
 _LIMIT = rb"(?:at least|at most|exactly|less than|fewer than|more than|no more than|no less than|up to|under|over|" \
          rb"limit(?:ed)? to)"
 # Quantities written as words ("twice as many", "three paragraphs").
-_NUMBER_WORD = (rb"(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|"
-                rb"hundred|thousand|million|half|twice|thrice|double|triple|dozen|quarter)")
-_COUNT = rb"(?:\d+|" + _NUMBER_WORD + rb")"
+_NUMBER_WORD = (rb"(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
+                rb"seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+                rb"thousand|million|half|twice|thrice|double|triple|dozen|quarter)")
+_COUNT = rb"(?<![\d.,])(?:\d+(?:,\d{3})*|" + _NUMBER_WORD + rb")\b"
+# ... unless the unit is a rate of the problem ("60 words per minute").
+_NOT_A_RATE = rb"(?!\s+(?:per|each|every|an?|in)\b)"
 _FORMAT_COUNT = re.compile(
     rb"\b" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:words?|sentences?|paragraphs?|bullets|bullet points?|sections?|"
-    rb"placeholders?|stanzas?|verses?)\b"
-    rb"|\b" + _LIMIT + rb"\s+" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:lines?|pages?|characters?)\b"
+    rb"placeholders?|stanzas?|verses?)\b" + _NOT_A_RATE +
+    rb"|\b" + _LIMIT + rb"\s+" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:lines?|pages?|characters?)\b" + _NOT_A_RATE +
     rb"|\b(?:at least|at most|exactly)\s+" + _COUNT + rb"\s*times\b")
 _FORMAT_UNITS = (b"word", b"sentence", b"paragraph", b"bullet", b"section", b"placeholder", b"stanza", b"verse",
                  b"line", b"page", b"character", b"times")  # where none occurs, _FORMAT_COUNT cannot match
-# The quantity term's gate and count (``quantity``).
-_QUESTION_CUES = (b"how many", b"how much", b"how long", b"how far", b"how old", b"how fast", b"total", b"sum of",
-                  b"average", b"altogether", b"in all", b"left", b"remain", b"percent", b"cost", b"price", b"profit",
-                  b"calculate", b"compute", b"find", b"determine", b"work out", b"what is the", b"what was the",
-                  b"what's the")
+# The quantity term's gate and count (``quantity``): a cue must start a word ("find", not "findings";
+# "left" and "leftover" both).
+_QUESTION_CUES = re.compile(
+    rb"\b(?:how (?:many|much|long|far|old|fast)|total|sum of|average|altogether|in all|left|remain|percent|"
+    rb"cost|price|profit|calculate|compute\b|find\b|determine|work out|what(?: i|\x27)s the|what was the)")
 _NUMBER_WORDS = re.compile(rb"\b" + _NUMBER_WORD + rb"\b")
-_OPTION_LINE = re.compile(rb"(?m)^[A-J][.):][^\n]*\n?")
 _ENUMERATION = re.compile(rb"(?m)^\s*(?:\d{1,2}[.)]|(?:[-*]|\xe2\x80\xa2)|\(?[a-h]\))\s")
 _CODE_LINE = re.compile(rb"(?m)^(?: {2,}|\t)\S|[;{}]\s*$|^\s*(?:def|class|return|import|for|while|if)\b")
 
@@ -342,22 +344,32 @@ def quantity(prompt: str) -> float | None:
     state many of their quantities in words. What does not: numbers of format rules ("at least 300
     words", "three paragraphs": ``_FORMAT_COUNT``), which size the answer, and the lines of
     multiple-choice options ("A. 12"), which are candidate answers, not quantities of the problem.
-    The gate once required "how many / how much / how long", which let about half of plain word
-    problems ("What is the total cost?") through and ranked the rest by another rule.
+    The gate once required "how many / how much / how long", which let only about half of plain
+    word problems through ("What is the total cost?" was not) and ranked the rest by another rule.
     Cheaper than ``features``: the task class and a few scans of the window.
     """
     task = text_class(prompt)[0]
     if task == "coding":
         return None
     window, _ = _window(prompt.encode("utf-8", "replace"))
-    if _OPTION_LINE.search(window):
-        window = _OPTION_LINE.sub(b"", window)
+    if len(_options(window)) >= 2:
+        window = _without_options(window)
     lower = window.translate(_LOWER_TABLE)
-    if task != "math" and not any(cue in lower for cue in _QUESTION_CUES):
+    if task != "math" and not _QUESTION_CUES.search(lower):
         return None
     if any(unit in lower for unit in _FORMAT_UNITS):  # the format-rule scan costs ~10 us
         lower = _FORMAT_COUNT.sub(b" ", lower)
     n = len(_NUMBER.findall(lower)) + len(_NUMBER_WORDS.findall(lower))
-    if task != "math" and n < 2:
+    if n < (1 if task == "math" else 2):
         return None
     return math.log1p(n)
+
+
+def _without_options(window: bytes) -> bytes:
+    """The window less its option lines, where they form a block with an "A" and a "B" option (so
+    that an "A:" speaker line or an "E.g." is kept)."""
+    lines = window.split(b"\n")
+    heads = {line[:1] for line in lines if line[:2] in _OPTION_HEADS}
+    if not {b"A", b"B"} <= heads:
+        return window
+    return b"\n".join(line for line in lines if line[:2] not in _OPTION_HEADS)

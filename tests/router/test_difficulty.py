@@ -6,9 +6,8 @@ tests need neither the real data nor more than a few seconds of fitting.
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 import importlib
 import json
 import os
@@ -127,11 +126,12 @@ def test_structure_features_see_numbers_constraints_code_and_steps() -> None:
 
 
 def test_quantity_counts_the_numbers_of_maths_and_word_problems_only() -> None:
-    """Numbers count where they are quantities to combine: maths and "how many / how much" word
-    problems (the class need not say maths); not in code, format rules, options or small talk."""
+    """Numbers count where they are quantities to combine: maths and word problems (the class need
+    not say maths); not in code, format rules, options or small talk."""
     story = SAMPLES[2]  # Janet: 3, 12, 7, 4 and "How many"
     assert F.quantity(story) == pytest.approx(np.log1p(4))
-    assert F.quantity(SAMPLES[6]) is not None  # maths by its class, whatever its numbers
+    assert F.quantity(SAMPLES[6]) is not None  # maths by its class, with one number or more
+    assert F.quantity("Prove that there are infinitely many primes.") is None  # none: the content term
     longer = ("A baker makes 24 rolls an hour for 6 hours, sells 85 of them at $1.25 and gives 12 away. "
               "How much money does she make, and how many rolls are left?")
     assert F.quantity(longer) > F.quantity(story)
@@ -271,11 +271,15 @@ def test_trainer_end_to_end_on_synthetic_data(tmp_path: Path) -> None:
     X = fitting.featurize(ds.prompts[:50])
     p = fitting.Params(served.hashed_weights.astype(np.float64), served.dense_weights, served.bin_edges,
                        served.bin_weights, served.dense_fill, served.dense_lo, served.dense_hi, served.intercept)
-    weight, mean, spread = served.quantity
+    weight, centre, spread = served.quantity
     assert weight == report["quantity"]["weight"] in T.QUANTITY_WEIGHTS and spread > 0
-    q = np.array([0.0 if (v := F.quantity(x)) is None else weight * (v - mean) / spread for x in ds.prompts[:50]])
-    expected = D.calibrate(p.logits(X) + q, served.slope, served.offset)
-    assert np.allclose([served.score(q) for q in ds.prompts[:50]], expected, atol=1e-6)
+    q = np.array([np.nan if (v := F.quantity(x)) is None else v for x in ds.prompts[:50]])
+    assert (~np.isnan(q)).any() and np.isnan(q).any()  # both kinds of prompt are checked
+    length = np.clip(np.log1p([len(x.encode()) for x in ds.prompts[:50]]), served.dense_lo[D._LENGTH],
+                     served.dense_hi[D._LENGTH])
+    logit = np.where(np.isnan(q), p.logits(X), served.length_weight * length + weight * (q - centre) / spread)
+    expected = D.calibrate(logit, served.slope, served.offset)
+    assert np.allclose([served.score(x) for x in ds.prompts[:50]], expected, atol=1e-6)
 
 
 def test_routing_metrics_reference_points() -> None:
@@ -312,6 +316,17 @@ def test_source_weights_give_every_source_the_same_say() -> None:
     w = fitting.source_weights(sources, 1.0)
     assert w[sources == "a"].sum() == pytest.approx(w[sources == "b"].sum()) and w.mean() == pytest.approx(1.0)
     assert np.allclose(fitting.source_weights(sources, 0.0), 1.0)
+
+
+def test_weights_of_another_feature_window_are_refused(tmp_path: Path) -> None:
+    """The window decides every feature, so weights trained on another one must not load quietly."""
+    weights = dict(np.load(DEFAULT_WEIGHTS))
+    meta = json.loads(str(weights["metadata"]))
+    meta["head_bytes"] = F.HEAD_BYTES * 2
+    weights["metadata"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "w.npz", **weights)
+    with pytest.raises(ValueError, match="window"):
+        DifficultyModel.load(tmp_path / "w.npz")
 
 
 def test_the_length_only_shortcut_gives_the_full_computation(model: DifficultyModel) -> None:
