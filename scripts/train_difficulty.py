@@ -14,10 +14,11 @@ Reads ``../shared/data/router-mix`` and ``../shared/data/routellm-mmlu`` in plac
    source), the regression learnt what makes each benchmark hard and lost to length everywhere
    held out; the one-source fit transfers better (docs/routing.md).
 2. **Quantities**: for maths and word problems (``difficulty_features.quantity``) the logit is
-   prompt length plus ``QUANTITY_WEIGHT`` times the standardised log count of their quantities,
-   and not the regression (whose words say little about which of two word problems is harder).
-3. **Blend**: every other prompt gets ``z(length) + blend * z(regression)`` (each divided by its
-   spread over all prompts). ``blend`` is chosen on the held-out predictions: the largest mean
+   prompt length plus ``QUANTITY_WEIGHT`` times their log count of quantities less that of
+   ``QUANTITY_CENTRE`` (over its spread), and not the regression (whose words say little about
+   which of two word problems is harder).
+3. **Blend**: every other prompt gets ``z(length) + blend * z(regression)`` (length divided by its
+   spread over all prompts; the regression centred and divided by its spread over those prompts). ``blend`` is chosen on the held-out predictions: the largest mean
    APGR over the sources among the blends that lose to prompt length on no source by more than
    ``TOLERANCE``. Each source's APGR and CPT(50%)/CPT(80%) are reported beside random routing and
    prompt length alone (longer = harder), with a bootstrap interval of the difference to length.
@@ -69,14 +70,14 @@ DEFAULT_REPORT = REPO_ROOT / "docs" / "routing-results.json"
 CONFIG = fitting.FitConfig(hashed=False)
 BLENDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # reported, not chosen
-# The quantity term's weight. Held out, the mean APGR is flat from 0.25 to 2 (the table in
+# The quantity term's weight. Held out, the mean APGR is flat from 0.25 to 0.75 (the table in
 # docs/routing.md); at 4 (chosen by that mean before) the count of numbers outweighed everything
 # else, so that a maths question with three numbers ranked below small talk of the same length.
 # 0.5: going from 3 to 6 quantities raises a word problem about half as much as doubling its length.
 QUANTITY_WEIGHT = 0.5
 # Where the quantity term is zero: at two quantities, the fewest a word problem has, so that each
 # further quantity makes a maths or word problem harder than an ordinary prompt of its length and
-# none is rated easier (maths with one number or none, a little). Centred on the mean count
+# none is rated easier (maths with a single number, a little; maths with none takes the content term). Centred on the mean count
 # instead (3.7), a short problem ranked below small talk; centred at one quantity, held out, MMLU
 # and TheoremQA fell 0.021 and 0.014 below length.
 QUANTITY_CENTRE = 2
@@ -260,12 +261,14 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
               flush=True)
     length = length_signal(ds.prompts)
     model, params = content_held_out(ds, X, cfg, verbose)
-    len_sd, model_mean, model_sd = float(length.std()), float(model.mean()), float(model.std()) or 1.0
+    zq, quantitative, q_centre, q_spread = quantity_signal(ds.prompts)
+    # The content term's statistics over the prompts it applies to.
+    rest = ~quantitative
+    len_sd, model_mean, model_sd = float(length.std()), float(model[rest].mean()), float(model[rest].std()) or 1.0
     # The content term is centred: it moves a prompt up or down from the average, where uncentred
     # it moved every prompt it applies to by an offset nobody chose (about -0.4 in logit, set by
     # the content fit's intercept) against maths and word problems.
     z_len, z_model = length / len_sd, (model - model_mean) / model_sd
-    zq, quantitative, q_centre, q_spread = quantity_signal(ds.prompts)
     blend, blends = choose_blend(ds, z_len, z_model, zq, quantitative)
     served = served_logit(z_len, z_model, zq, quantitative, blend, QUANTITY_WEIGHT)
     quantities = {"weight": QUANTITY_WEIGHT, "centre": round(q_centre, 6), "spread": round(q_spread, 6),
@@ -299,6 +302,7 @@ def run(data_dir: Path, out: Path, report_path: Path, cfg: fitting.FitConfig = C
         },
         "model": feature_config(cfg),
         "blend": blend, "blends": blends, "quantity": quantities,
+        "content": {"source": CONTENT_SOURCE, "mean": round(model_mean, 6), "spread": round(model_sd, 6)},
         "calibration": {"slope": round(slope, 5), "offset": round(offset, 5)},
         "mean_apgr": {"router": round(per_source_mean({s: r["router"]["apgr"] for s, r in per.items()}), 4),
                       "length": round(per_source_mean({s: r["length"]["apgr"] for s, r in per.items()}), 4)},

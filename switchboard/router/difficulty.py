@@ -9,7 +9,7 @@ The served logit has two parts, built by scripts/train_difficulty.py from router
 routellm-mmlu: prompt length, plus either
 
 * for maths and word problems (``difficulty_features.quantity`` applies), a weight times how
-  many quantities they hold, or
+  many quantities they hold (log count less a centre, over a spread: ``quantity``), or
 * for every other prompt, ``metadata["blend"]`` times a content regression: logistic regression
   over ``difficulty_features.features`` (the shipped weights use its structure features only,
   ``dense_features``) that says which kinds of work separate the cheap model from the strong one
@@ -125,7 +125,8 @@ class DifficultyModel:
                 or edges.shape != (N_DENSE, N_BIN_EDGES) or bins.shape != (N_DENSE, N_BIN_EDGES + 1)
                 or not fill.shape == lo.shape == hi.shape == (N_DENSE,)):
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
-        if len(q) != 3 or not q[2] > 0 or (q[0] and not length_weight > 0):
+        numbers = (slope, offset, length_weight, *q)
+        if not all(map(math.isfinite, numbers)) or len(q) != 3 or not q[2] > 0 or (q[0] and not length_weight > 0):
             raise ValueError(f"{path}: quantity must be (weight, centre, spread > 0) with a length weight; retrain")
         return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta, (q[0], q[1], q[2]),
                    length_weight)

@@ -82,21 +82,22 @@ _LIMIT = rb"(?:at least|at most|exactly|less than|fewer than|more than|no more t
 _NUMBER_WORD = (rb"(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
                 rb"seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
                 rb"thousand|million|half|twice|thrice|double|triple|dozen|quarter)")
-_COUNT = rb"(?<![\d.,])(?:\d+(?:,\d{3})*|" + _NUMBER_WORD + rb")\b"
-# ... unless the unit is a rate of the problem ("60 words per minute").
-_NOT_A_RATE = rb"(?!\s+(?:per|each|every|an?|in)\b)"
+_COUNT = rb"(?<![\d.,])(?:\d+(?:,\d{3})*\+?|" + _NUMBER_WORD + rb")\b"
+# ... unless the unit is a rate of the problem ("60 words per minute", "200 words an hour").
+_NOT_A_RATE = rb"(?!\s+(?:per|every)\b|\s+an?\s+(?:second|minute|hour|day|week|month|year)\b)"
 _FORMAT_COUNT = re.compile(
-    rb"\b" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:words?|sentences?|paragraphs?|bullets|bullet points?|sections?|"
+    rb"\b" + _COUNT + rb"[\s-]*(?:[a-z]+\s+)?(?:words?|sentences?|paragraphs?|bullets|bullet points?|sections?|"
     rb"placeholders?|stanzas?|verses?)\b" + _NOT_A_RATE +
     rb"|\b" + _LIMIT + rb"\s+" + _COUNT + rb"\s*(?:[a-z]+\s+)?(?:lines?|pages?|characters?)\b" + _NOT_A_RATE +
     rb"|\b(?:at least|at most|exactly)\s+" + _COUNT + rb"\s*times\b")
 _FORMAT_UNITS = (b"word", b"sentence", b"paragraph", b"bullet", b"section", b"placeholder", b"stanza", b"verse",
                  b"line", b"page", b"character", b"times")  # where none occurs, _FORMAT_COUNT cannot match
-# The quantity term's gate and count (``quantity``): a cue must start a word ("find", not "findings";
-# "left" and "leftover" both).
+# The quantity term's gate and count (``quantity``): a cue is a word or its inflection ("find", not
+# "findings"; "costs", not "costume").
 _QUESTION_CUES = re.compile(
-    rb"\b(?:how (?:many|much|long|far|old|fast)|total|sum of|average|altogether|in all|left|remain|percent|"
-    rb"cost|price|profit|calculate|compute\b|find\b|determine|work out|what(?: i|\x27)s the|what was the)")
+    rb"\b(?:how (?:many|much|long|far|old|fast)\b|(?:total|cost|price|profit)s?\b|sum of\b|average|altogether|"
+    rb"in all\b|left\b|remain|percent|calculat|comput(?:e|ed|ing)\b|find\b|determine|work out\b|"
+    rb"what(?: i|'|\xe2\x80\x99)s the\b|what was the\b)")
 _NUMBER_WORDS = re.compile(rb"\b" + _NUMBER_WORD + rb"\b")
 _ENUMERATION = re.compile(rb"(?m)^\s*(?:\d{1,2}[.)]|(?:[-*]|\xe2\x80\xa2)|\(?[a-h]\))\s")
 _CODE_LINE = re.compile(rb"(?m)^(?: {2,}|\t)\S|[;{}]\s*$|^\s*(?:def|class|return|import|for|while|if)\b")
@@ -333,7 +334,8 @@ def _features(prompt: str, hashed: bool) -> tuple[np.ndarray, np.ndarray]:
 def quantity(prompt: str) -> float | None:
     """log1p of how many quantities a quantitative prompt holds; None for any other prompt.
 
-    Quantitative: maths (``tasks.text_class`` says so), or a word problem: not code, at least two
+    Quantitative: maths (``tasks.text_class`` says so) with at least one quantity (maths with none,
+    a proof say, is left to the content term), or a word problem: not code, at least two
     quantities, and a question cue ("how many", "total", "cost", "find", "what is the", ...).
     Why a signal of its own: there, each quantity is one the answer has to combine, so more of them
     mean more steps for the cheap model to get wrong; held out by source it ranks maths better
@@ -366,10 +368,23 @@ def quantity(prompt: str) -> float | None:
 
 
 def _without_options(window: bytes) -> bytes:
-    """The window less its option lines, where they form a block with an "A" and a "B" option (so
-    that an "A:" speaker line or an "E.g." is kept)."""
+    """The window less its last multiple-choice block: consecutive lines "A. ...", "B. ...", ...
+    starting at an "A" (an "E.g." or a lone "A:" line elsewhere is kept)."""
     lines = window.split(b"\n")
-    heads = {line[:1] for line in lines if line[:2] in _OPTION_HEADS}
-    if not {b"A", b"B"} <= heads:
-        return window
-    return b"\n".join(line for line in lines if line[:2] not in _OPTION_HEADS)
+    end = len(lines)
+    while end > 0:
+        start = end - 1
+        while start >= 0 and not _is_option(lines[start]):
+            start -= 1
+        end = start + 1
+        while start > 0 and _is_option(lines[start - 1]):
+            start -= 1
+        block = lines[start:end]
+        if len(block) >= 2 and block[0][:1] == b"A" and block[1][:1] == b"B":
+            return b"\n".join(lines[:start] + lines[end:])
+        end = start
+    return window
+
+
+def _is_option(line: bytes) -> bool:
+    return line[:2] in _OPTION_HEADS and line[2:3] in (b" ", b"")

@@ -169,7 +169,7 @@ def test_numbers_of_format_rules_are_not_quantities() -> None:
 
 def test_the_quantity_term_replaces_the_regression_for_quantitative_prompts(model: DifficultyModel) -> None:
     """Where quantity() applies, the served logit is length_weight * log bytes + weight * (quantity -
-    mean) / spread (the content regression does not apply); elsewhere it is the regression alone.
+    centre) / spread (the content regression does not apply); elsewhere it is the regression alone.
     Both are saved and loaded with the weights."""
     weights = np.load(DEFAULT_WEIGHTS)
     plain = dataclasses.replace(model, quantity=(0.0, 0.0, 1.0))
@@ -280,6 +280,21 @@ def test_trainer_end_to_end_on_synthetic_data(tmp_path: Path) -> None:
     logit = np.where(np.isnan(q), p.logits(X), served.length_weight * length + weight * (q - centre) / spread)
     expected = D.calibrate(logit, served.slope, served.offset)
     assert np.allclose([served.score(x) for x in ds.prompts[:50]], expected, atol=1e-6)
+
+
+
+def test_folded_weights_are_the_trainers_served_logit(tmp_path: Path) -> None:
+    """What ships for prompts without quantities is one set of weights; its logit is the trainer's
+    z(length) + blend x (content logit - mean) / spread, with length clipped to the range given."""
+    _write_data(tmp_path)
+    ds, _ = data.load(tmp_path)
+    X = fitting.featurize(ds.prompts)
+    fit = fitting.fit(X, ds.label(), ds.sources, dataclasses.replace(T.CONFIG, max_iter=30))
+    content = fit.logits(X)
+    length = T.length_signal(ds.prompts)
+    len_sd, mean, sd = float(length.std()), float(content.mean()), float(content.std())
+    folded = T.blended_params(fit, 0.3, len_sd, mean, sd, (float(length.min()), float(length.max())))
+    assert np.allclose(folded.logits(X), length / len_sd + 0.3 * (content - mean) / sd, atol=1e-9)
 
 
 def test_routing_metrics_reference_points() -> None:
