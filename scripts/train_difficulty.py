@@ -18,9 +18,9 @@ Reads ``../shared/data/router-mix`` and ``../shared/data/routellm-mmlu`` in plac
    ``QUANTITY_CENTRE`` (over its spread), and not the regression (whose words say little about
    which of two word problems is harder).
 3. **Blend**: every other prompt gets ``z(length) + blend * z(regression)`` (length divided by its
-   spread over all prompts; the regression centred and divided by its spread over those prompts). ``blend`` is chosen on the held-out predictions: the largest mean
-   APGR over the sources among the blends that lose to prompt length on no source by more than
-   ``TOLERANCE``. Each source's APGR and CPT(50%)/CPT(80%) are reported beside random routing and
+   spread over all prompts; the regression centred and divided by its spread over those prompts).
+   ``blend`` is chosen on the held-out predictions: the largest mean APGR over the sources among
+   the blends that lose to prompt length on no source by more than ``TOLERANCE``. Each source's APGR and CPT(50%)/CPT(80%) are reported beside random routing and
    prompt length alone (longer = harder), with a bootstrap interval of the difference to length.
 4. **Calibration** (Platt scaling) on the held-out logits against the label, every source
    weighing the same, so that the served number is a probability on kinds of prompts the
@@ -77,9 +77,9 @@ QUANTITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # reported, 
 QUANTITY_WEIGHT = 0.5
 # Where the quantity term is zero: at two quantities, the fewest a word problem has, so that each
 # further quantity makes a maths or word problem harder than an ordinary prompt of its length and
-# none is rated easier (maths with a single number, a little; maths with none takes the content term). Centred on the mean count
-# instead (3.7), a short problem ranked below small talk; centred at one quantity, held out, MMLU
-# and TheoremQA fell 0.021 and 0.014 below length.
+# none is rated easier (maths with a single number, a little; maths with none takes the content
+# term). Centred on the mean count instead (3.7), a short problem ranked below small talk; centred
+# at one quantity, held out, MMLU and TheoremQA fell 0.021 and 0.014 below length.
 QUANTITY_CENTRE = 2
 CONTENT_SOURCE = data.MMLU_SOURCE  # the content regression's training source (one model pair, 57 subjects)
 SUBJECT_FOLDS = 5

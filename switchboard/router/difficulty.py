@@ -127,7 +127,8 @@ class DifficultyModel:
             raise ValueError(f"{path}: dense features differ from this code's; retrain")
         numbers = (slope, offset, length_weight, *q)
         if not all(map(math.isfinite, numbers)) or len(q) != 3 or not q[2] > 0 or (q[0] and not length_weight > 0):
-            raise ValueError(f"{path}: quantity must be (weight, centre, spread > 0) with a length weight; retrain")
+            raise ValueError(f"{path}: a non-finite number, or a quantity term that is not (weight, centre, "
+                             f"spread > 0) with a length weight; retrain")
         return cls(hashed, dense, edges, bins, fill, lo, hi, intercept, slope, offset, meta, (q[0], q[1], q[2]),
                    length_weight)
 

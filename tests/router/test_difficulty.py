@@ -372,7 +372,7 @@ _HARD_KINDS = {
               "If f(x) = 3x^2 - 5x + 2, what is f(4)?",
               "A shop sold 45 shirts on Monday and 20% more on Tuesday. How many shirts did it sell over both days?"],
     "reasoning": ["A man has four daughters and each daughter has one brother. How many children does he have?",
-                  "If all bloops are razzies and some razzies are lazzies, can we conclude that some bloops are lazzies?",
+                  "If all bloops are razzies and some razzies are lazzies, must some bloops be lazzies?",
                   "Anna is taller than Ben, and Ben is taller than Carl. Is Carl taller than Anna? Explain."],
     "code": ["Write a Python function that returns the longest palindromic substring of a string.",
              "Implement a LRU cache in Java with O(1) get and put.",
