@@ -20,8 +20,9 @@ Reads ``../shared/data/router-mix`` and ``../shared/data/routellm-mmlu`` in plac
 3. **Blend**: every other prompt gets ``z(length) + blend * z(regression)`` (length divided by its
    spread over all prompts; the regression centred and divided by its spread over those prompts).
    ``blend`` is chosen on the held-out predictions: the largest mean APGR over the sources among
-   the blends that lose to prompt length on no source by more than ``TOLERANCE``. Each source's APGR and CPT(50%)/CPT(80%) are reported beside random routing and
-   prompt length alone (longer = harder), with a bootstrap interval of the difference to length.
+   the blends that lose to prompt length on no source by more than ``TOLERANCE``. Each source's
+   APGR and CPT(50%)/CPT(80%) are reported beside random routing and prompt length alone (longer
+   = harder), with a bootstrap interval of the difference to length.
 4. **Calibration** (Platt scaling) on the held-out logits against the label, every source
    weighing the same, so that the served number is a probability on kinds of prompts the
    regression had not seen; reported per source with a calibration fitted without that source.
