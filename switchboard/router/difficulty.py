@@ -11,8 +11,7 @@ routellm-mmlu: prompt length, plus either
 * for maths and word problems (``difficulty_features.quantity`` applies), a weight times how
   many quantities they hold (log count less a centre, over a spread: ``quantity``), or
 * for every other prompt, ``metadata["blend"]`` times a content regression: logistic regression
-  over ``difficulty_features.features`` (the shipped weights use its structure features only,
-  ``dense_features``) that says which kinds of work separate the cheap model from the strong one
+  over ``difficulty_features.features`` (the shipped weights use its structure features only) that says which kinds of work separate the cheap model from the strong one
   (reasoning and code rather than knowledge and small talk),
 
 then a Platt calibration (``slope``, ``offset``). Length and the content regression are folded
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from switchboard.router.difficulty_features import (DENSE_NAMES, FEATURE_VERSION, HASH_DIM, HEAD_BYTES, N_DENSE,
-                                                      TAIL_BYTES, dense_features, features, quantity)
+                                                      TAIL_BYTES, features, quantity)
 
 __all__ = ["DEFAULT_WEIGHTS", "DENSE_NAMES", "FEATURE_VERSION", "HASH_DIM", "N_DENSE", "DifficultyModel",
            "dense_bins", "features", "prepare_dense"]
@@ -159,11 +158,11 @@ class DifficultyModel:
             x = self._log_bytes(prompt)
             bin_ = int((x >= self.bin_edges[_LENGTH]).sum())
             return self.intercept + x * float(self.dense_weights[_LENGTH]) + float(self.bin_weights[_LENGTH, bin_])
-        idx, dense = features(prompt) if self._hashed else (None, dense_features(prompt))
+        idx, dense = features(prompt, hashed=self._hashed)
         dense = prepare_dense(dense, self.dense_fill, self.dense_lo, self.dense_hi)
         z = self.intercept + float(dense @ self.dense_weights)
         z += float(self.bin_weights[_FEATURE_ROWS, dense_bins(dense, self.bin_edges)].sum())
-        if idx is not None and idx.size:
+        if idx.size:
             z += float(self.hashed_weights[idx].sum(dtype=np.float64)) / math.sqrt(idx.size)
         return z
 

@@ -19,8 +19,8 @@ Two parts, both general rather than keyed to any benchmark's wording:
   prompt; the rest from the window.
 
 ``features(prompt)`` is the one feature function: the runtime (difficulty.py) and the trainer
-(scripts/train_difficulty.py) both call it; ``dense_features`` is its dense part alone, for
-weights that use no hashed bucket (the shipped ones). ``quantity(prompt)`` counts the quantities
+(scripts/train_difficulty.py) both call it (with ``hashed=False`` for weights that use no hashed
+bucket, the shipped ones). ``quantity(prompt)`` counts the quantities
 of maths and word problems for the quantity term.
 
 The window is the first 256 and last 512 bytes (it was 512 and 1,024): held out, the smaller
@@ -304,23 +304,15 @@ def _dense(raw: bytes, window: bytes, lower: bytes, words: list[bytes], truncate
 _NO_BUCKETS = np.empty(0, dtype=np.int64)
 
 
-def features(prompt: str) -> tuple[np.ndarray, np.ndarray]:
+def features(prompt: str, hashed: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(hashed bucket indices, dense feature vector) of a prompt.
 
     Indices are sorted, unique int64 in [0, HASH_DIM); each present bucket has the value
     1/sqrt(len(indices)). The dense vector holds N_DENSE unscaled float64 values, NaN where a
     feature does not apply (option features of a prompt without options); the model fills those
-    in (training median) and clips to its training range.
+    in (training median) and clips to its training range. ``hashed=False`` skips the hashing (no
+    indices), for weights that use no hashed bucket.
     """
-    return _features(prompt, hashed=True)
-
-
-def dense_features(prompt: str) -> np.ndarray:
-    """The dense feature vector of ``features`` alone, for weights that use no hashed bucket."""
-    return _features(prompt, hashed=False)[1]
-
-
-def _features(prompt: str, hashed: bool) -> tuple[np.ndarray, np.ndarray]:
     raw = prompt.encode("utf-8", "replace")
     window, truncated = _window(raw)
     text = window.translate(_WORD_TABLE)
@@ -371,19 +363,17 @@ def _without_options(window: bytes) -> bytes:
     """The window less its last multiple-choice block: consecutive lines "A. ...", "B. ...", ...
     starting at an "A" (an "E.g." or a lone "A:" line elsewhere is kept)."""
     lines = window.split(b"\n")
-    end = len(lines)
-    while end > 0:
-        start = end - 1
-        while start >= 0 and not _is_option(lines[start]):
-            start -= 1
-        end = start + 1
-        while start > 0 and _is_option(lines[start - 1]):
-            start -= 1
-        block = lines[start:end]
-        if len(block) >= 2 and block[0][:1] == b"A" and block[1][:1] == b"B":
-            return b"\n".join(lines[:start] + lines[end:])
-        end = start
-    return window
+    block, i = None, 0
+    while i < len(lines):
+        end = i
+        while end < len(lines) and _is_option(lines[end]):
+            end += 1
+        if end - i >= 2 and lines[i][:1] == b"A" and lines[i + 1][:1] == b"B":
+            block = (i, end)
+        i = max(end, i + 1)
+    if block is None:
+        return window
+    return b"\n".join(lines[:block[0]] + lines[block[1]:])
 
 
 def _is_option(line: bytes) -> bool:
